@@ -1,0 +1,1 @@
+"""Refinery: train language models on Kubernetes."""

@@ -1,0 +1,64 @@
+"""The contract between the planner (operator or local runner) and one stage process.
+
+`StageRun` is what `refinery-train run --config FILE` reads: the stage's spec plus everything
+the planner resolved (paths, attempt, where to report). `ProgressRecord` is what the trainer
+writes back — to a file in local mode, to the stage's ConfigMap in a cluster — and the
+planner folds into `status.stages[]`. Neither side guesses a path: the planner decides them all.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .v1alpha1 import ApiModel, Checkpoint, Stage
+
+RESULT_FILE = "result.json"
+MODEL_DIR = "model"
+PROGRESS_FILE = "progress.json"
+CHECKPOINT_MARKER = "refinery-checkpoint-complete.json"
+
+
+class FileReporter(ApiModel):
+    kind: Literal["file"] = "file"
+    path: str = Field(..., description="JSON file the progress record is (atomically) rewritten to.")
+
+
+class ConfigMapReporter(ApiModel):
+    kind: Literal["configmap"] = "configmap"
+    namespace: str
+    name: str = Field(..., description="ConfigMap the stage's ServiceAccount may get/patch; key `progress.json`.")
+
+
+class StageRun(ApiModel):
+    """One attempt of one stage, fully resolved."""
+
+    pipeline: str = Field(..., description="Pipeline name (for logs and metrics labels).")
+    namespace: str | None = Field(None, description="Pipeline namespace (cluster mode).")
+    stage: Stage = Field(..., description="The stage's spec, exactly as in the pipeline.")
+    attempt: int = Field(1, ge=1, description="1-based attempt; checkpoints go to attempt-<n>/checkpoints.")
+    stage_dir: str = Field(..., description="Absolute folder of this stage on the volume.")
+    data_root: str = Field(..., description="Absolute folder that relative data paths are resolved against.")
+    init_model: str | None = Field(None, description="Absolute path of the model named by `from` (its model/ folder).")
+    reward_model: str | None = Field(None, description="Absolute path of the reward model (rlhf).")
+    reporter: FileReporter | ConfigMapReporter | None = Field(None, description="Where progress is reported.")
+    progress_interval_s: float = Field(2.0, gt=0, description="Least seconds between two periodic progress reports.")
+
+
+class ProgressRecord(ApiModel):
+    """What a stage process reports; only that process writes it, only the planner reads it."""
+
+    phase: Literal["Running", "Succeeded", "Failed"] = "Running"
+    attempt: int = 1
+    step: int = 0
+    max_steps: int | None = None
+    progress: float = Field(0.0, ge=0, le=1)
+    last_checkpoint: Checkpoint | None = None
+    checkpoints: int = Field(0, description="Complete checkpoints of the stage on the volume.")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    output: str | None = Field(None, description="Final model folder, once written.")
+    resumed_from: Checkpoint | None = Field(None, description="Checkpoint this attempt resumed from.")
+    message: str | None = Field(None, description="Why the stage failed, when it did.")
+    failure_reason: str | None = Field(None, description="CamelCase reason when failed, e.g. `BadData`, `NanLoss`.")
+    update_time: str | None = None

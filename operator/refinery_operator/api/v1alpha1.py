@@ -1,0 +1,427 @@
+"""The `TrainingPipeline` resource (refinery.dev/v1alpha1) as pydantic models.
+
+These models are the single source of truth: the CRD in `crds/` is generated from them
+(`refinery crd`), `refinery run` and `refinery validate` parse manifests with them, and the
+operator reads every object through them. Python names are snake_case, YAML is camelCase.
+
+Every field has a description, so `kubectl explain trainingpipeline.spec.stages` documents it.
+This module imports neither kopf nor a Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "refinery.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TrainingPipeline"
+PLURAL = "trainingpipelines"
+SINGULAR = "trainingpipeline"
+SHORT_NAMES = ["tp"]
+
+MAX_STAGES = 16
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+STAGE_NAME_MAX = 40  # leaves room for "<pipeline>-<stage>-<attempt>" Job names and suffixes
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase aliases, unknown fields rejected (like `kubectl apply` strict validation)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+    )
+
+    def dump(self) -> dict:
+        """The object as it appears in YAML: camelCase keys, unset optional fields omitted."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class StageType(str, Enum):
+    pretrain = "pretrain"
+    sft = "sft"
+    reward = "reward"
+    rlhf = "rlhf"
+
+
+# ----------------------------------------------------------------------------------------------
+# spec
+
+
+class ModelConfig(ApiModel):
+    """A model built from scratch (pretraining). Sizes follow transformers' LlamaConfig."""
+
+    architecture: Literal["llama"] = Field("llama", description="Model family; `llama` (LlamaForCausalLM).")
+    hidden_size: int = Field(64, ge=8, le=65536, description="Width of the residual stream.")
+    num_hidden_layers: int = Field(2, ge=1, le=512, description="Number of transformer blocks.")
+    num_attention_heads: int = Field(4, ge=1, le=1024, description="Attention heads per block.")
+    num_key_value_heads: int | None = Field(
+        None, ge=1, le=1024, description="Key/value heads (grouped-query attention); default: all heads."
+    )
+    intermediate_size: int = Field(256, ge=8, le=262144, description="Width of the MLP.")
+    max_position_embeddings: int = Field(256, ge=16, le=1048576, description="Longest sequence the model supports, in tokens.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hiddenSize must be a multiple of numAttentionHeads")
+        return self
+
+
+class ModelSource(ApiModel):
+    """Where a stage's initial model comes from when it does not start from another stage."""
+
+    config: ModelConfig | None = Field(None, description="Build a fresh model from this configuration (random weights).")
+    path: str | None = Field(
+        None, max_length=1024, description="A model saved with save_pretrained, as a path on the volume (relative to /workspace)."
+    )
+    hub_id: str | None = Field(
+        None, max_length=256, description="A model id on the Hugging Face Hub, downloaded by the stage pod."
+    )
+    tokenizer: str | None = Field(
+        None,
+        max_length=1024,
+        description="A tokenizer path on the volume or hub id. Default: the model's own; with `config`, a BPE "
+        "tokenizer is trained on the stage's corpus.",
+    )
+    vocab_size: int = Field(
+        512, ge=64, le=1048576, description="Vocabulary size of a tokenizer trained on the corpus (with `config`)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        given = [k for k in ("config", "path", "hub_id") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of config, path, hubId")
+        return self
+
+
+class DataSpec(ApiModel):
+    """A dataset on the volume. Column names follow TRL's conventions."""
+
+    path: str = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        description="Training data: a .txt file (pretrain: one document per blank-line-separated block), "
+        ".jsonl/.json or .parquet. Relative paths are resolved against /workspace (local mode: the "
+        "manifest's folder).",
+    )
+    eval_path: str | None = Field(
+        None, max_length=1024, description="Held-out data in the same format. Default: `evalFraction` of `path`."
+    )
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of `path` held out for evaluation when `evalPath` is not set."
+    )
+    text_field: str = Field("text", max_length=63, description="Column with raw text (pretrain).")
+    prompt_field: str = Field("prompt", max_length=63, description="Column with the prompt (sft, rlhf).")
+    completion_field: str = Field("completion", max_length=63, description="Column with the response (sft).")
+    messages_field: str = Field(
+        "messages", max_length=63, description="Column with a chat as a list of {role, content} (sft), used when present."
+    )
+    chosen_field: str = Field("chosen", max_length=63, description="Column with the preferred response (reward).")
+    rejected_field: str = Field("rejected", max_length=63, description="Column with the dispreferred response (reward).")
+
+
+class TrainingSpec(ApiModel):
+    """Optimisation settings of one stage."""
+
+    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimiser steps; overrides `epochs`.")
+    epochs: float = Field(1.0, gt=0, le=10000, description="Passes over the training data when `maxSteps` is unset.")
+    learning_rate: float = Field(5e-4, gt=0, le=1, description="Peak learning rate.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    batch_size: int = Field(8, ge=1, le=65536, description="Sequences per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches per optimiser step.")
+    seq_len: int = Field(128, ge=8, le=1048576, description="Longest training sequence, in tokens.")
+    save_steps: int = Field(50, ge=1, le=10_000_000, description="Write a checkpoint every this many steps.")
+    eval_steps: int | None = Field(None, ge=1, le=10_000_000, description="Evaluate every this many steps (default: only at the end).")
+    logging_steps: int = Field(10, ge=1, le=10_000_000, description="Report loss and progress every this many steps.")
+    keep_checkpoints: int = Field(3, ge=1, le=1000, description="Newest checkpoints kept on the volume per stage.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Random seed (data order, initialisation, sampling).")
+
+
+class RlSpec(ApiModel):
+    """Reinforcement learning settings (rlhf stages)."""
+
+    algorithm: Literal["rloo", "grpo"] = Field("rloo", description="TRL trainer: `rloo` (RLOOTrainer) or `grpo` (GRPOTrainer).")
+    num_generations: int = Field(4, ge=2, le=256, description="Completions sampled per prompt.")
+    max_completion_length: int = Field(16, ge=1, le=65536, description="Longest sampled completion, in tokens.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
+    beta: float = Field(0.05, ge=0, le=100, description="Weight of the KL penalty against the initial policy.")
+    eval_prompts: int = Field(64, ge=1, le=100000, description="Held-out prompts scored (greedy) before and after training.")
+
+
+class Toleration(ApiModel):
+    key: str | None = Field(None, max_length=253, description="Taint key.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal.")
+    value: str | None = Field(None, max_length=253, description="Taint value (with Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect to tolerate.")
+    toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
+
+
+class Resources(ApiModel):
+    """What each stage pod asks the scheduler for. Ignored in local mode."""
+
+    gpus: int = Field(1, ge=0, le=64, description="GPUs per node (`nvidia.com/gpu`); 0 runs on CPU.")
+    nodes: int = Field(1, ge=1, le=1, description="Nodes (pods) per stage attempt. Multi-node stages are not supported yet.")
+    cpu: str | None = Field(None, max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit, e.g. `8`.")
+    memory: str | None = Field(
+        None, max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$", description="Memory request and limit, e.g. `64Gi`."
+    )
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
+        None, max_length=32, description="Node labels the pod must match."
+    )
+    tolerations: list[Toleration] | None = Field(None, max_length=32, description="Taints the pod tolerates.")
+
+
+class Retries(ApiModel):
+    """How many times a failed attempt is retried, resuming from the newest complete checkpoint."""
+
+    application: int = Field(1, ge=0, le=100, description="Retries after the trainer itself failed (non-zero exit).")
+    infrastructure: int = Field(
+        3, ge=0, le=100, description="Retries after the platform failed the pod (evicted, preempted, node lost)."
+    )
+
+
+class Stage(ApiModel):
+    """One step of the recipe, run as a Job of the trainer image."""
+
+    name: str = Field(..., min_length=1, max_length=STAGE_NAME_MAX, pattern=DNS_LABEL, description="Unique DNS label.")
+    type: StageType = Field(..., description="pretrain | sft | reward | rlhf.")
+    from_: str | None = Field(
+        None,
+        alias="from",
+        max_length=STAGE_NAME_MAX,
+        pattern=DNS_LABEL,
+        description="The stage whose final model initialises this one (its `model/` folder).",
+    )
+    model: ModelSource | None = Field(None, description="The initial model when the stage does not start `from` another stage.")
+    reward_model: str | None = Field(
+        None, max_length=STAGE_NAME_MAX, pattern=DNS_LABEL, description="rlhf: the reward stage whose model scores completions."
+    )
+    depends_on: list[Annotated[str, Field(max_length=STAGE_NAME_MAX, pattern=DNS_LABEL)]] | None = Field(
+        None, max_length=MAX_STAGES, description="Stages that must succeed first. Default: the stages named in from/rewardModel."
+    )
+    data: DataSpec = Field(..., description="The stage's dataset.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
+    rl: RlSpec | None = Field(None, description="rlhf only: sampling and KL settings.")
+    resources: Resources = Field(default_factory=Resources, description="Pod resources (cluster only).")
+    retries: Retries = Field(default_factory=Retries, description="Retry budgets per failure class.")
+
+    @model_validator(mode="after")
+    def _inputs_fit_type(self) -> Stage:
+        if (self.from_ is None) == (self.model is None):
+            raise ValueError("set exactly one of `from` (a stage) or `model`")
+        if self.type == StageType.rlhf and (self.from_ is None or self.reward_model is None):
+            raise ValueError("an rlhf stage needs `from` (the policy's stage) and `rewardModel` (a reward stage)")
+        if self.type != StageType.rlhf and self.reward_model is not None:
+            raise ValueError("`rewardModel` is only valid on rlhf stages")
+        if self.rl is not None and self.type != StageType.rlhf:
+            raise ValueError("`rl` is only valid on rlhf stages")
+        return self
+
+    @property
+    def dependencies(self) -> list[str]:
+        """Stages that must succeed before this one starts."""
+        if self.depends_on is not None:
+            return list(dict.fromkeys(self.depends_on))
+        return [s for s in (self.from_, self.reward_model) if s]
+
+
+class ClaimTemplate(ApiModel):
+    size: str = Field(..., max_length=32, pattern=r"^[0-9]+([EPTGMK]i?)?$", description="Requested size, e.g. `500Gi`.")
+    storage_class_name: str | None = Field(None, max_length=253, description="StorageClass; default: the cluster's default.")
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
+        default_factory=lambda: ["ReadWriteOnce"],
+        max_length=3,
+        description="ReadWriteMany is needed when stages run on several nodes at once.",
+    )
+
+
+class Storage(ApiModel):
+    """The persistent volume mounted at /workspace in every stage pod."""
+
+    claim_name: str | None = Field(None, max_length=253, description="An existing PersistentVolumeClaim in the namespace.")
+    claim: ClaimTemplate | None = Field(None, description="A claim the operator creates and owns (deleted with the pipeline).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Storage:
+        if (self.claim_name is None) == (self.claim is None):
+            raise ValueError("set exactly one of claimName or claim")
+        return self
+
+
+class PipelineSpec(ApiModel):
+    image: str = Field(
+        "ghcr.io/refinery-dev/refinery-trainer:0.1.0", max_length=512, description="Trainer image every stage runs."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy.")
+    service_account_name: str | None = Field(None, max_length=253, description="ServiceAccount of the stage pods.")
+    storage: Storage = Field(..., description="The shared volume.")
+    stages: list[Stage] = Field(..., min_length=1, max_length=MAX_STAGES, description="The stages; they form a DAG.")
+
+    @field_validator("stages")
+    @classmethod
+    def _graph_is_valid(cls, stages: list[Stage]) -> list[Stage]:
+        problems = stage_graph_problems(stages)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return stages
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+
+class ObjectMeta(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+    name: str = Field(..., min_length=1, max_length=63, pattern=DNS_LABEL)
+    namespace: str | None = None
+    generation: int | None = None
+    uid: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# status
+
+
+class Phase(str, Enum):
+    pending = "Pending"
+    running = "Running"
+    succeeded = "Succeeded"
+    failed = "Failed"
+
+
+class Checkpoint(ApiModel):
+    step: int = Field(..., description="Optimiser step of the checkpoint.")
+    path: str = Field(..., description="Folder of the checkpoint on the volume.")
+    time: str | None = Field(None, description="When the checkpoint was completed (RFC 3339).")
+
+
+class Failure(ApiModel):
+    class_: Literal["Application", "Infrastructure"] = Field(..., alias="class", description="Who failed: the trainer or the platform.")
+    reason: str = Field(..., description="CamelCase reason, e.g. `TrainerError`, `Evicted`.")
+    message: str = Field(..., description="What happened, in words a user can act on.")
+
+
+class StageInputs(ApiModel):
+    model: str | None = Field(None, description="Resolved path of the initial model (from `from`).")
+    reward_model: str | None = Field(None, description="Resolved path of the reward model (rlhf).")
+
+
+class StageStatus(ApiModel):
+    name: str
+    phase: Phase = Phase.pending
+    attempt: int = Field(0, description="Current attempt number (1-based; 0 before the first).")
+    job_name: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    progress: float = Field(0.0, description="0–1 share of the stage's steps done.")
+    step: int | None = Field(None, description="Optimiser steps done.")
+    max_steps: int | None = Field(None, description="Optimiser steps planned.")
+    last_checkpoint: Checkpoint | None = None
+    checkpoints: int = Field(0, description="Complete checkpoints written by the stage.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Latest metrics (evalLoss, evalAccuracy, meanReward …).")
+    inputs: StageInputs | None = Field(None, description="The models this stage starts from, as resolved by the operator.")
+    output: str | None = Field(None, description="The stage's final model folder.")
+    restarts: int = Field(0, description="Attempts retried after a failure.")
+    last_failure: Failure | None = None
+    message: str | None = None
+
+
+class Condition(ApiModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class PipelineStatus(ApiModel):
+    phase: Phase = Phase.pending
+    observed_generation: int | None = None
+    current_stage: str | None = Field(None, description="The running stage (the first, when several run).")
+    progress: str | None = Field(None, description="Stages done out of all, e.g. `2/4`.")
+    checkpoint_step: int | None = Field(None, description="Last checkpoint step of the current stage.")
+    checkpoint_time: str | None = Field(None, description="When the current stage last checkpointed.")
+    conditions: list[Condition] = Field(default_factory=list)
+    stages: list[StageStatus] = Field(default_factory=list)
+
+    def stage(self, name: str) -> StageStatus | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+
+class TrainingPipeline(ApiModel):
+    api_version: Literal["refinery.dev/v1alpha1"] = Field(API_VERSION, description="refinery.dev/v1alpha1")
+    kind: Literal["TrainingPipeline"] = KIND
+    metadata: ObjectMeta
+    spec: PipelineSpec
+    status: PipelineStatus | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# graph checks shared by pydantic validation, `refinery validate` and the operator
+
+
+def stage_graph_problems(stages: list[Stage]) -> list[str]:
+    """Every reason the stages do not form a valid DAG, as messages naming the field."""
+    problems: list[str] = []
+    names = [s.name for s in stages]
+    by_name = {s.name: s for s in stages}
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"stages: duplicate stage name {dup!r}")
+    for i, s in enumerate(stages):
+        refs = [("from", s.from_), ("rewardModel", s.reward_model)]
+        refs += [(f"dependsOn[{j}]", d) for j, d in enumerate(s.depends_on or [])]
+        for field, ref in refs:
+            if ref is None:
+                continue
+            if ref not in by_name:
+                problems.append(f"stages[{i}].{field}: no stage named {ref!r}")
+            elif ref == s.name:
+                problems.append(f"stages[{i}].{field}: a stage cannot depend on itself")
+        if s.reward_model in by_name and by_name[s.reward_model].type != StageType.reward:
+            problems.append(f"stages[{i}].rewardModel: stage {s.reward_model!r} is not a reward stage")
+        if s.depends_on is not None:
+            for field, ref in refs[:2]:
+                if ref and ref not in s.depends_on:
+                    problems.append(f"stages[{i}].dependsOn: must include {ref!r} (named in {field})")
+    if not problems:
+        cycle = _find_cycle({s.name: s.dependencies for s in stages})
+        if cycle:
+            problems.append("stages: dependency cycle " + " -> ".join(cycle))
+    return problems
+
+
+def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in edges.get(node, []):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in edges:
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def is_dns_label(value: str) -> bool:
+    return bool(re.match(DNS_LABEL, value)) and len(value) <= 63
