@@ -1,0 +1,28 @@
+"""Turn a planned launch into the `StageRun` a stage process reads (cluster and local alike)."""
+
+from __future__ import annotations
+
+from ..api.run import ConfigMapReporter, FileReporter, StageRun
+from ..api.v1alpha1 import TrainingPipeline
+from .naming import stage_dir
+from .plan import Launch
+
+
+def build_stage_run(
+    pipeline: TrainingPipeline,
+    launch: Launch,
+    pipeline_root: str,
+    data_root: str,
+    reporter: FileReporter | ConfigMapReporter | None,
+) -> StageRun:
+    return StageRun(
+        pipeline=pipeline.metadata.name,
+        namespace=pipeline.metadata.namespace,
+        stage=pipeline.spec.stage(launch.stage),
+        attempt=launch.attempt,
+        stage_dir=stage_dir(pipeline_root, launch.stage),
+        data_root=data_root,
+        init_model=launch.inputs.model,
+        reward_model=launch.inputs.reward_model,
+        reporter=reporter,
+    )
