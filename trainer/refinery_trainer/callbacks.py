@@ -1,0 +1,94 @@
+"""TrainerCallbacks shared by every stage (see `StageContext.callbacks()`).
+
+- `CheckpointMarkerCallback`: transformers calls `on_save` after `_save_checkpoint` has written the
+  whole checkpoint folder (weights, optimizer, scheduler, RNG, trainer_state.json); we fsync it,
+  write the marker last, rotate old complete checkpoints and report the checkpoint at once.
+- `ProgressCallback`: step/max_steps/metrics to the Reporter (throttled), and a NaN/inf loss fails
+  the stage with reason `NanLoss` instead of training on garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from refinery_operator.api.v1alpha1 import Checkpoint
+
+from . import checkpoints as ckpt
+from .errors import NanLossError
+
+if TYPE_CHECKING:
+    from .context import StageContext
+
+log = logging.getLogger(__name__)
+
+_LOSS_KEYS = ("loss", "eval_loss")
+
+
+def _log_metrics(logs: dict) -> dict[str, float]:
+    from .context import camel_metrics
+
+    renamed = {("train_loss_last" if k == "loss" else k): v for k, v in logs.items()}
+    metrics = camel_metrics(renamed)
+    if "trainLossLast" in metrics:  # the loss of the latest logging window, shown as trainLoss
+        metrics["trainLoss"] = metrics.pop("trainLossLast")
+    return metrics
+
+
+class CheckpointMarkerCallback(TrainerCallback):
+    def __init__(self, ctx: StageContext):
+        self.ctx = ctx
+        self.last_metrics: dict[str, float] = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.last_metrics.update(_log_metrics(logs or {}))
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if not path.is_dir():  # e.g. a trainer that saves elsewhere: never mark what we did not see
+            log.warning("on_save: %s does not exist; no marker written", path)
+            return
+        marker = ckpt.write_marker(path, state.global_step, self.last_metrics)
+        removed = ckpt.rotate_checkpoints(self.ctx.stage_dir, self.ctx.training.keep_checkpoints)
+        for old in removed:
+            log.info("removed old checkpoint %s", old)
+        count = len(self.ctx.complete_checkpoints())
+        self.ctx.reporter.checkpoint(
+            Checkpoint(step=state.global_step, path=str(path), time=marker["time"]), count=count, metrics=self.last_metrics
+        )
+        log.info("checkpoint %s complete (%d kept)", path, count)
+
+
+class ProgressCallback(TrainerCallback):
+    def __init__(self, ctx: StageContext):
+        self.ctx = ctx
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Everything a resume loads (weights, optimizer, scheduler, state) is loaded by now.
+        self.ctx.train_started = True
+        self.ctx.report(force=True, step=state.global_step, max_steps=state.max_steps or None)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ctx.report(step=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        for key in _LOSS_KEYS:
+            value = logs.get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise NanLossError(
+                    f"stage {self.ctx.stage.name!r}: {key} became {value} at step {state.global_step}; "
+                    "lower training.learningRate or check the data"
+                )
+        metrics = {**self.ctx.reporter.record.metrics, **_log_metrics(logs)}
+        self.ctx.report(step=state.global_step, metrics=metrics)
+        if state.is_world_process_zero and logs:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in _log_metrics(logs).items())
+            log.info("step %d/%d %s", state.global_step, state.max_steps, shown)

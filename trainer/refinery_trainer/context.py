@@ -1,0 +1,289 @@
+"""`StageContext`: everything a stage needs from the run, in one object.
+
+A stage module is one small workflow against this surface (tokenizer → data → model → trainer →
+train → save → evaluate → metrics):
+
+    def run(ctx: StageContext) -> dict[str, float]:
+        train, held_out = ctx.load_data("prompt", "completion", hint="data.promptField")
+        model, tokenizer = ctx.load_causal_lm()                # from run.init_model
+        config = SFTConfig(**ctx.training_args_kwargs(), max_length=ctx.training.seq_len)
+        trainer = SFTTrainer(model=model, args=config, ..., callbacks=ctx.callbacks())
+        metrics = ctx.train_and_evaluate(trainer)             # resumes, evalLoss, initialEvalLoss …
+        ctx.save_final(trainer.model, tokenizer)
+        return metrics
+
+The CLI builds the context, calls `run(ctx)`, then writes result.json (with `ctx.steps`) and the
+final progress record. Heavy libraries (torch, transformers) are imported inside the methods
+that need them, so building a context stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from refinery_operator.api.run import MODEL_DIR, RESULT_FILE, StageRun
+from refinery_operator.api.v1alpha1 import Checkpoint, DataSpec, Stage, TrainingSpec
+
+from . import checkpoints as ckpt
+from .data import Table, read_table
+from .errors import ModelError
+from .report import Reporter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+
+log = logging.getLogger(__name__)
+
+
+class StageContext:
+    """One attempt of one stage: resolved paths, data, checkpoints, callbacks and reporting."""
+
+    def __init__(self, run: StageRun, reporter: Reporter | None = None):
+        self.run = run
+        self.reporter = reporter if reporter is not None else Reporter.for_run(run)
+        self.steps = 0  # optimiser steps done when training finished (result.json `steps`)
+        self.resumed_from: Checkpoint | None = None
+        self.train_started = False  # set by the callbacks once a resume has loaded (see train())
+
+    # ---- the run -----------------------------------------------------------------------------
+
+    @property
+    def stage(self) -> Stage:
+        return self.run.stage
+
+    @property
+    def training(self) -> TrainingSpec:
+        return self.run.stage.training
+
+    @property
+    def data(self) -> DataSpec:
+        return self.run.stage.data
+
+    @property
+    def attempt(self) -> int:
+        return self.run.attempt
+
+    # ---- paths -------------------------------------------------------------------------------
+
+    @property
+    def stage_dir(self) -> Path:
+        return Path(self.run.stage_dir)
+
+    @property
+    def attempt_dir(self) -> Path:
+        return ckpt.attempt_dir(self.stage_dir, self.attempt)
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.attempt_dir / "checkpoints"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.stage_dir / MODEL_DIR
+
+    @property
+    def result_path(self) -> Path:
+        return self.stage_dir / RESULT_FILE
+
+    def resolve(self, path: str) -> Path:
+        """A path from the spec: absolute as is, relative against `run.data_root`."""
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else Path(self.run.data_root) / p
+
+    def data_file(self, path: str) -> Path:
+        return self.resolve(path)
+
+    @property
+    def init_model_dir(self) -> Path:
+        """The model this stage starts from (`from`, resolved by the planner). Raises ModelError."""
+        return self._model_path(self.run.init_model, "init_model (the `from` stage's model)")
+
+    @property
+    def reward_model_dir(self) -> Path:
+        return self._model_path(self.run.reward_model, "reward_model (the `rewardModel` stage's model)")
+
+    def _model_path(self, value: str | None, what: str) -> Path:
+        if not value:
+            raise ModelError(f"stage {self.stage.name!r}: the run has no {what}")
+        path = self.resolve(value)
+        if not (path / "config.json").is_file():
+            raise ModelError(f"stage {self.stage.name!r}: {what} {path} is not a saved model (no config.json)")
+        return path
+
+    # ---- data --------------------------------------------------------------------------------
+
+    def load_data(self, *columns: str, hint: str = "") -> tuple[Table, Table]:
+        """(train, held-out) tables of `stage.data`, each row having `columns`. Raises DataError.
+
+        The held-out table is `data.evalPath` when set, else a seeded `data.evalFraction` split.
+        """
+        spec = self.data
+        train = read_table(self.data_file(spec.path), text_field=spec.text_field)
+        if spec.eval_path:
+            held_out = read_table(self.data_file(spec.eval_path), text_field=spec.text_field)
+        else:
+            train.require(*columns, hint=hint)
+            train, held_out = train.split(spec.eval_fraction, seed=self.training.seed)
+        return train.require(*columns, hint=hint), held_out.require(*columns, hint=hint)
+
+    # ---- models ------------------------------------------------------------------------------
+
+    def load_tokenizer(self, path: str | Path | None = None) -> PreTrainedTokenizerBase:
+        """The tokenizer saved with a model (default: the init model), with pad/chat template set."""
+        from .tokenizer import load_tokenizer
+
+        return load_tokenizer(path if path is not None else self.init_model_dir)
+
+    def load_causal_lm(self, path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """(model, tokenizer) saved in `path` (default: the init model)."""
+        from .modeling import load_model
+
+        path = Path(path) if path is not None else self.init_model_dir
+        return load_model(path), self.load_tokenizer(path)
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def training_args_kwargs(self, **overrides: Any) -> dict[str, Any]:
+        """Common kwargs of `TrainingArguments` and every TRL config, from `stage.training`.
+
+        Checkpoint rotation is ours, not the Trainer's: transformers rotates (`save_total_limit`)
+        inside `_save_checkpoint`, *before* `on_save` lets us write the marker, so with a limit of
+        1 a kill at that moment would leave no complete checkpoint. The marker callback rotates
+        after the marker instead, keeping `training.keepCheckpoints` complete ones.
+        """
+        import torch
+
+        t = self.training
+        cuda = torch.cuda.is_available()
+        kwargs: dict[str, Any] = dict(
+            output_dir=str(self.checkpoints_dir),
+            max_steps=t.max_steps if t.max_steps else -1,
+            num_train_epochs=t.epochs,
+            learning_rate=t.learning_rate,
+            warmup_steps=t.warmup_ratio if t.warmup_ratio else 0,  # a float < 1 is a ratio (transformers 5)
+            per_device_train_batch_size=t.batch_size,
+            per_device_eval_batch_size=t.batch_size,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            save_strategy="steps",
+            save_steps=t.save_steps,
+            save_total_limit=None,
+            save_only_model=False,  # optimizer, scheduler and RNG state are what makes a resume exact
+            logging_strategy="steps",
+            logging_steps=t.logging_steps,
+            logging_nan_inf_filter=False,  # let a NaN loss reach on_log, where it fails the stage
+            eval_strategy="steps" if t.eval_steps else "no",
+            eval_steps=t.eval_steps,
+            seed=t.seed,
+            data_seed=t.seed,
+            report_to="none",
+            use_cpu=not cuda,
+            dataloader_num_workers=0,  # worker processes cost seconds of start-up on tiny data
+            dataloader_pin_memory=cuda,
+            disable_tqdm=True,  # progress goes through the Reporter; tqdm would flood pod logs
+        )
+        kwargs.update(overrides)
+        return kwargs
+
+    def callbacks(self) -> list[TrainerCallback]:
+        """The TrainerCallbacks every stage passes to its trainer: markers, rotation, progress, NaN check."""
+        from .callbacks import CheckpointMarkerCallback, ProgressCallback
+
+        return [CheckpointMarkerCallback(self), ProgressCallback(self)]
+
+    @property
+    def resume_checkpoint(self) -> Path | None:
+        """Newest complete checkpoint of the stage across attempts, or None."""
+        return next(iter(self.complete_checkpoints()), None)
+
+    def complete_checkpoints(self) -> list[Path]:
+        return ckpt.complete_checkpoints(self.stage_dir)
+
+    def train(self, trainer: Trainer):
+        """`trainer.train()`, resuming from the newest complete checkpoint that loads.
+
+        A checkpoint that fails to load (an error before `on_train_begin`) is skipped for the one
+        before it; with none left, training starts afresh. Returns the TrainOutput.
+        """
+        for path in self.complete_checkpoints():
+            if not ckpt.is_checkpoint_loadable(path):
+                log.warning("checkpoint %s is marked complete but lacks its state or weights; skipping it", path)
+                continue
+            marker = ckpt.read_marker(path) or {}
+            self.resumed_from = Checkpoint(step=ckpt.checkpoint_step(path), path=str(path), time=marker.get("time"))
+            self.reporter.update(force=True, resumed_from=self.resumed_from, step=self.resumed_from.step)
+            self.train_started = False
+            try:
+                output = trainer.train(resume_from_checkpoint=str(path))
+            except Exception as exc:
+                if self.train_started:
+                    raise
+                log.warning("resuming from %s failed (%s: %s); trying the checkpoint before it", path, type(exc).__name__, exc)
+                continue
+            self.steps = trainer.state.global_step
+            return output
+        if self.resumed_from is not None:
+            self.resumed_from = None
+            self.reporter.update(force=True, resumed_from=None, step=0)
+        output = trainer.train()
+        self.steps = trainer.state.global_step
+        return output
+
+    def train_and_evaluate(self, trainer: Trainer) -> dict[str, float]:
+        """Evaluate, train (resuming), evaluate again. Metrics in camelCase.
+
+        Returns `initialEvalLoss` (and every other `initialEval*`) from before training, `evalLoss`
+        (…) after, and `trainLoss` (mean training loss of this attempt's steps).
+        """
+        initial = camel_metrics(trainer.evaluate(), prefix="initial")
+        self.report(metrics={**self.reporter.record.metrics, **initial})
+        output = self.train(trainer)
+        final = camel_metrics(trainer.evaluate())
+        metrics = {**initial, **final}
+        if output.training_loss is not None and math.isfinite(output.training_loss):
+            metrics["trainLoss"] = float(output.training_loss)
+        return metrics
+
+    # ---- outputs -----------------------------------------------------------------------------
+
+    def save_final(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
+        """save_pretrained into a temporary sibling, then rename it to `<stage_dir>/model`."""
+        tmp = self.stage_dir / f".{MODEL_DIR}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        ckpt.fsync_tree(tmp)
+        old = None
+        if self.model_dir.exists():  # a re-run: move the old model away first, delete it after
+            old = self.stage_dir / f".{MODEL_DIR}.old-{int(time.time())}-{os.getpid()}"
+            os.replace(self.model_dir, old)
+        os.replace(tmp, self.model_dir)
+        ckpt.fsync_tree(self.model_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.model_dir
+
+    def report(self, *, force: bool = False, **fields: Any) -> bool:
+        """Update the progress record (fields of `ProgressRecord`); sent at most every interval."""
+        return self.reporter.update(force=force, **fields)
+
+
+_SKIPPED_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+
+
+def camel_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """`{"eval_loss": 1.2, "eval_runtime": ...}` → `{"evalLoss": 1.2}` (or `initialEvalLoss`)."""
+    out = {}
+    for key, value in metrics.items():
+        if any(key.endswith(s) for s in _SKIPPED_METRICS) or not isinstance(value, (int, float)):
+            continue
+        words = [prefix, *key.split("_")] if prefix else key.split("_")
+        name = words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:])
+        out[name] = float(value)
+    return out

@@ -1,0 +1,47 @@
+"""Errors a stage raises on purpose: bad input or a failure with a known reason.
+
+`refinery-train` turns a `StageError` into a `Failed` progress record carrying `reason` (a
+CamelCase word the operator files under the *application* failure class) and its message, prints
+the message on stderr without a traceback, and exits 1. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+REASON_BAD_DATA = "BadData"
+REASON_BAD_MODEL = "BadModel"
+REASON_NAN_LOSS = "NanLoss"
+REASON_STAGE_FAILED = "StageFailed"
+
+
+class StageError(Exception):
+    """A stage cannot go on, for a reason a user can act on."""
+
+    reason = REASON_STAGE_FAILED
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class DataError(StageError):
+    """The dataset is missing or malformed; the message names the file, line and field."""
+
+    reason = REASON_BAD_DATA
+
+
+class ModelError(StageError):
+    """The initial model or tokenizer is missing or cannot be loaded."""
+
+    reason = REASON_BAD_MODEL
+
+
+class NanLossError(StageError):
+    """The training loss became NaN or infinite."""
+
+    reason = REASON_NAN_LOSS
