@@ -158,7 +158,8 @@ def fold_record(status: StageStatus, record: ProgressRecord) -> None:
 
 def failure_of(attempt: AttemptState, record: ProgressRecord | None) -> Failure:
     """The trainer's own words win over the Job's generic reason when it reported a failure."""
-    if not attempt.infrastructure and record is not None and record.phase == "Failed" and record.message:
+    reported = record is not None and record.attempt == attempt.attempt and record.phase == "Failed"
+    if not attempt.infrastructure and reported and record.message:
         return Failure(class_="Application", reason=record.failure_reason or "TrainerError", message=record.message)
     return Failure(
         class_="Infrastructure" if attempt.infrastructure else "Application",

@@ -1,0 +1,160 @@
+"""Generate the TrainingPipeline CustomResourceDefinition from the pydantic models.
+
+    refinery crd > crds/trainingpipelines.refinery.dev.yaml
+
+pydantic emits JSON Schema (2020-12); Kubernetes wants a *structural* OpenAPI v3.0 schema: every
+node typed, no `$ref`, no `anyOf` alternatives of different types, `nullable` instead of a null
+type, boolean `exclusiveMinimum`. This module does that conversion and adds what pydantic cannot
+express: the CEL rules (`x-kubernetes-validations`) that the API server checks at admission, the
+status subresource and the printer columns. Nothing here imports kopf or a Kubernetes client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .v1alpha1 import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, PipelineSpec, PipelineStatus
+
+# Keywords that have no meaning (or are not allowed) in a CRD schema.
+DROPPED = {"title", "$defs", "examples"}
+
+# CEL rules per schema node, keyed by the pydantic model's title. Every list and string they
+# touch is bounded (maxItems / maxLength) so the API server's cost estimate stays within budget.
+CEL_RULES: dict[str, list[dict[str, str]]] = {
+    "PipelineSpec": [
+        {
+            "rule": "self.stages.all(s, self.stages.exists_one(t, t.name == s.name))",
+            "message": "stage names must be unique",
+            "fieldPath": ".stages",
+        },
+        {
+            "rule": "self.stages.all(s, !has(s.from) || self.stages.exists(t, t.name == s.from))",
+            "message": "`from` must name a stage of this pipeline",
+            "fieldPath": ".stages",
+        },
+        {
+            "rule": "self.stages.all(s, !has(s.rewardModel) || self.stages.exists(t, t.name == s.rewardModel && t.type == 'reward'))",
+            "message": "`rewardModel` must name a reward stage of this pipeline",
+            "fieldPath": ".stages",
+        },
+    ],
+    "Stage": [
+        {"rule": "has(self.from) != has(self.model)", "message": "set exactly one of `from` (a stage) or `model`"},
+        {
+            "rule": "self.type != 'rlhf' || (has(self.from) && has(self.rewardModel))",
+            "message": "an rlhf stage needs `from` (the policy's stage) and `rewardModel` (a reward stage)",
+        },
+        {"rule": "self.type == 'rlhf' || !has(self.rewardModel)", "message": "`rewardModel` is only valid on rlhf stages"},
+        {"rule": "self.type == 'rlhf' || !has(self.rl)", "message": "`rl` is only valid on rlhf stages"},
+    ],
+    "ModelSource": [
+        {
+            "rule": "(has(self.config) ? 1 : 0) + (has(self.path) ? 1 : 0) + (has(self.hubId) ? 1 : 0) == 1",
+            "message": "set exactly one of config, path, hubId",
+        },
+    ],
+    "Storage": [{"rule": "has(self.claimName) != has(self.claim)", "message": "set exactly one of claimName or claim"}],
+}
+
+PRINTER_COLUMNS = [
+    {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage", "description": "The running stage."},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "description": "Stages done out of all."},
+    {"name": "Ckpt-Step", "type": "integer", "jsonPath": ".status.checkpointStep", "description": "Last checkpoint step of the running stage."},
+    {"name": "Ckpt-Age", "type": "date", "jsonPath": ".status.checkpointTime", "description": "Age of that checkpoint."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """Convert one pydantic JSON Schema node into a structural OpenAPI v3.0 node."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        merged = {**defs[name], **{k: v for k, v in schema.items() if k != "$ref"}}
+        return structural(merged, defs)
+    alternatives = schema.get("anyOf") or schema.get("oneOf")
+    if alternatives:
+        kept = [a for a in alternatives if a.get("type") != "null"]
+        if len(kept) != 1:
+            raise ValueError(f"cannot express a union of {len(kept)} types in a structural schema: {schema}")
+        # Optional fields are omitted in YAML rather than set to null, so the null alternative
+        # (and its `default: null`) is simply dropped.
+        rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
+        if rest.get("default", ...) is None:
+            rest.pop("default")
+        return structural({**kept[0], **rest}, defs)
+
+    out: dict[str, Any] = {}
+    title = schema.get("title")
+    for key, value in schema.items():
+        if key in DROPPED:
+            continue
+        if key == "properties":
+            out[key] = {name: structural(sub, defs) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = structural(value, defs)
+        elif key == "const":
+            out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
+        else:
+            out[key] = value
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    if out.get("type") == "object" and "properties" in out and "additionalProperties" in out:
+        out.pop("additionalProperties")  # extra="forbid": structural schemas forbid unknown fields already
+    if title in CEL_RULES and "properties" in out:
+        out["x-kubernetes-validations"] = CEL_RULES[title]
+    return out
+
+
+def model_schema(model: type) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return structural(raw, raw.get("$defs", {}))
+
+
+def crd() -> dict[str, Any]:
+    spec = model_schema(PipelineSpec)
+    status = model_schema(PipelineStatus)
+    status.pop("required", None)  # the operator fills status over time
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "plural": PLURAL, "singular": SINGULAR, "shortNames": SHORT_NAMES, "categories": ["refinery"]},
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A training pipeline: stages of the LLM recipe run as Jobs on one shared volume.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render() -> str:
+    header = "# Generated by `refinery crd` from operator/refinery_operator/api/v1alpha1.py. Do not edit.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)

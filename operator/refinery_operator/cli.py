@@ -1,0 +1,97 @@
+"""`refinery`: run a pipeline locally, validate manifests, print the CRD, run the operator.
+
+    refinery run examples/tiny-chat.yaml            # local mode, no cluster
+    refinery validate examples/*.yaml
+    refinery crd > crds/trainingpipelines.refinery.dev.yaml
+    refinery operator [--namespace NS]              # the kopf operator (needs the operator extra)
+
+Heavy imports (kopf, torch) happen only inside the subcommand that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from .api.crd import render
+
+    text = render()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .api.load import InvalidManifest, load_pipelines
+
+    failed = 0
+    for path in args.files:
+        try:
+            names = [p.metadata.name for p in load_pipelines(path)]
+            print(f"{path}: ok ({', '.join(names)})")
+        except InvalidManifest as err:
+            failed += 1
+            print(err, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .api.load import InvalidManifest, load_pipelines
+    from .local.runner import run_local
+
+    try:
+        pipelines = load_pipelines(args.manifest)
+    except InvalidManifest as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    data_root = Path(args.data_root or Path(args.manifest).resolve().parent)
+    ok = True
+    for pipeline in pipelines:
+        ok &= run_local(pipeline, Path(args.workdir), data_root, show_progress=not args.quiet)
+    return 0 if ok else 1
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from .handlers import run_operator
+
+    run_operator(namespace=args.namespace)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refinery", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline on this machine (local mode)")
+    run.add_argument("manifest", help="a TrainingPipeline YAML file")
+    run.add_argument("--workdir", default="runs", help="local folder standing in for the volume (default: ./runs)")
+    run.add_argument("--data-root", help="folder relative data paths resolve against (default: the manifest's folder)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check manifests without a cluster; print every problem with its field")
+    validate.add_argument("files", nargs="+")
+    validate.set_defaults(func=cmd_validate)
+
+    crd = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API models")
+    crd.add_argument("-o", "--output", help="write to this file instead of stdout")
+    crd.set_defaults(func=cmd_crd)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator")
+    op.add_argument("--namespace", help="watch only this namespace (default: all)")
+    op.set_defaults(func=cmd_operator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

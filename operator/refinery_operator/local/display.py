@@ -1,0 +1,57 @@
+"""What local mode shows a person: a progress bar per stage, and a summary table at the end."""
+
+from __future__ import annotations
+
+import sys
+
+from ..api.v1alpha1 import Phase, PipelineStatus
+
+# The metrics worth a column in the summary, in the order a reader wants them.
+SUMMARY_METRICS = ("initialEvalLoss", "evalLoss", "evalAccuracy", "baselineMeanReward", "meanReward", "kl")
+
+
+class ProgressDisplay:
+    """One tqdm bar per stage (only on a terminal unless forced), driven by the status."""
+
+    def __init__(self, stages: list[str], enabled: bool = True) -> None:
+        self._bars = {}
+        if not enabled:
+            return
+        from tqdm import tqdm
+
+        width = max(len(s) for s in stages)
+        for position, name in enumerate(stages):
+            self._bars[name] = tqdm(
+                total=1000, position=position, desc=f"{name:<{width}}", file=sys.stderr, leave=True,
+                bar_format="{desc} {bar} {percentage:3.0f}% {postfix}", dynamic_ncols=True,
+            )
+
+    def update(self, status: PipelineStatus) -> None:
+        for stage in status.stages:
+            bar = self._bars.get(stage.name)
+            if bar is None:
+                continue
+            done = int(1000 * (1.0 if stage.phase == Phase.succeeded else stage.progress))
+            bar.n = done
+            step = f"step {stage.step}/{stage.max_steps}" if stage.max_steps else ""
+            bar.set_postfix_str(f"{stage.phase} {step}".strip(), refresh=False)
+            bar.refresh()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def summary_table(status: PipelineStatus) -> str:
+    """A plain-text table of every stage: phase, steps, attempt and the headline metrics."""
+    metric_names = [m for m in SUMMARY_METRICS if any(m in s.metrics for s in status.stages)]
+    header = ["STAGE", "PHASE", "STEPS", "ATTEMPT", "CKPTS", *metric_names]
+    rows = [header]
+    for s in status.stages:
+        rows.append([
+            s.name, str(s.phase), str(s.step or 0), str(s.attempt), str(s.checkpoints),
+            *(f"{s.metrics[m]:.4f}" if m in s.metrics else "-" for m in metric_names),
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return f"\npipeline {status.phase}\n" + "\n".join(lines)

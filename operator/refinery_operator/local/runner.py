@@ -1,0 +1,200 @@
+"""Local mode: run a TrainingPipeline on this machine, no cluster.
+
+    refinery run examples/tiny-chat.yaml --workdir runs
+
+The same pure `plan()` the operator uses decides what runs next; here an attempt is a
+`refinery-train` child process instead of a Job, the volume is the work folder, and progress
+records are files. The pipeline's status — exactly what the operator would write to `.status` —
+is kept in `<workdir>/<pipeline>/status.json` and rewritten whenever it changes.
+
+Re-running the same command continues a pipeline: stages that succeeded are kept; any other
+stage starts a new attempt, which resumes from its newest complete checkpoint. Delete a stage's
+folder to train it again from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..api.run import PROGRESS_FILE, RESULT_FILE, FileReporter, ProgressRecord
+from ..api.v1alpha1 import Phase, PipelineStatus, TrainingPipeline
+from ..core.naming import pipeline_root, stage_dir
+from ..core.plan import AttemptState, Observed, plan, rfc3339
+from ..core.stage_run import build_stage_run
+from .display import ProgressDisplay, summary_table
+
+POLL_SECONDS = 0.2
+STATUS_FILE = "status.json"
+
+
+@dataclass
+class Attempt:
+    stage: str
+    number: int
+    process: subprocess.Popen
+    log_path: Path
+    started: str
+    ended: str | None = None
+
+    def state(self) -> AttemptState:
+        code = self.process.poll()
+        if code is None:
+            return AttemptState(self.number, "Running", start_time=self.started)
+        if code == 0:
+            return AttemptState(self.number, "Succeeded", start_time=self.started, completion_time=self.ended)
+        killed = code < 0  # ended by a signal: the machine, not the trainer, stopped it
+        reason = f"KilledBy{signal.Signals(-code).name}" if killed else f"ExitCode{code}"
+        message = f"the trainer was killed by {signal.Signals(-code).name}" if killed else last_line(self.log_path)
+        return AttemptState(self.number, "Failed", reason, message, infrastructure=killed,
+                            start_time=self.started, completion_time=self.ended)
+
+
+@dataclass
+class LocalPipeline:
+    pipeline: TrainingPipeline
+    root: Path
+    data_root: Path
+    attempts: dict[str, list[Attempt]] = field(default_factory=dict)
+    finished_before: dict[str, AttemptState] = field(default_factory=dict)
+
+    def observe(self) -> Observed:
+        attempts: dict[str, list[AttemptState]] = {}
+        for name, done in self.finished_before.items():
+            attempts[name] = [done]
+        for name, started in self.attempts.items():
+            attempts.setdefault(name, []).extend(a.state() for a in started)
+        return Observed(attempts=attempts, records=self.read_records())
+
+    def read_records(self) -> dict[str, ProgressRecord]:
+        records = {}
+        for stage in self.pipeline.spec.stages:
+            path = Path(stage_dir(str(self.root), stage.name)) / PROGRESS_FILE
+            try:
+                records[stage.name] = ProgressRecord.model_validate_json(path.read_text())
+            except (FileNotFoundError, ValueError):
+                continue  # not written yet, or caught mid-rename on an odd filesystem: next poll
+        return records
+
+    def start(self, launch) -> None:
+        run = build_stage_run(
+            self.pipeline, launch, str(self.root), str(self.data_root),
+            FileReporter(path=str(Path(stage_dir(str(self.root), launch.stage)) / PROGRESS_FILE)),
+        )
+        runs_dir = self.root / ".runs"
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        config = runs_dir / f"{launch.stage}-{launch.attempt}.json"
+        config.write_text(json.dumps(run.dump(), indent=2))
+        log_path = runs_dir / f"{launch.stage}-{launch.attempt}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "refinery_trainer", "run", "--config", str(config)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            )
+        self.attempts.setdefault(launch.stage, []).append(
+            Attempt(launch.stage, launch.attempt, process, log_path, now_stamp())
+        )
+
+    def running(self) -> list[Attempt]:
+        out = []
+        for started in self.attempts.values():
+            for attempt in started:
+                if attempt.process.poll() is None:
+                    out.append(attempt)
+                elif attempt.ended is None:
+                    attempt.ended = now_stamp()
+        return out
+
+    def stop_all(self) -> None:
+        for attempt in self.running():
+            attempt.process.terminate()
+        for attempt in self.running():
+            try:
+                attempt.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                attempt.process.kill()
+
+
+def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_progress: bool = True) -> bool:
+    """Run one pipeline to the end; return whether it succeeded."""
+    root = Path(pipeline_root(str(workdir.resolve()), None, pipeline.metadata.name))
+    root.mkdir(parents=True, exist_ok=True)
+    local = LocalPipeline(pipeline, root, data_root.resolve())
+    status = continue_from(root, pipeline, local)
+    display = ProgressDisplay([s.name for s in pipeline.spec.stages], enabled=show_progress)
+    try:
+        while True:
+            current = pipeline.model_copy(update={"status": status})
+            decided = plan(current, local.observe(), str(root), datetime.now(timezone.utc))
+            for launch in decided.launches:
+                local.start(launch)
+            if decided.status != status:
+                status = decided.status
+                write_status(root, status)
+            display.update(status)
+            if status.phase in (Phase.succeeded, Phase.failed) and not local.running():
+                break
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        local.stop_all()
+        display.close()
+        print(f"\ninterrupted; run the same command again to resume ({root / STATUS_FILE})", file=sys.stderr)
+        return False
+    display.close()
+    print(summary_table(status))
+    for stage in status.stages:
+        if stage.phase == Phase.failed:
+            logs = sorted((root / ".runs").glob(f"{stage.name}-*.log"))
+            print(f"\nstage {stage.name!r} failed: {stage.message}\n  log: {logs[-1] if logs else '-'}", file=sys.stderr)
+    print(f"status: {root / STATUS_FILE}")
+    return status.phase == Phase.succeeded
+
+
+def continue_from(root: Path, pipeline: TrainingPipeline, local: LocalPipeline) -> PipelineStatus:
+    """The status of an earlier run of this pipeline in the same work folder, made resumable:
+    succeeded stages stay done; the others get a new attempt number (a fresh retry budget)."""
+    try:
+        previous = PipelineStatus.model_validate_json((root / STATUS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return PipelineStatus()
+    known = {s.name for s in pipeline.spec.stages}
+    stages = []
+    for stage in previous.stages:
+        if stage.name not in known:
+            continue
+        finished = (Path(stage_dir(str(root), stage.name)) / RESULT_FILE).exists()
+        if stage.phase == Phase.succeeded and finished:
+            local.finished_before[stage.name] = AttemptState(
+                stage.attempt, "Succeeded", start_time=stage.start_time, completion_time=stage.completion_time
+            )
+        elif stage.attempt > 0:
+            stage = stage.model_copy(update={"phase": Phase.pending, "attempt": stage.attempt + 1, "completion_time": None})
+        stages.append(stage)
+    return PipelineStatus(stages=stages)
+
+
+def write_status(root: Path, status: PipelineStatus) -> None:
+    """Atomically replace status.json, so a reader never sees half a file."""
+    tmp = root / f".{STATUS_FILE}.tmp"
+    tmp.write_text(json.dumps(status.dump(), indent=2) + "\n")
+    os.replace(tmp, root / STATUS_FILE)
+
+
+def last_line(path: Path) -> str:
+    try:
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except FileNotFoundError:
+        return "the trainer failed before writing a log"
+    return lines[-1][:500] if lines else "the trainer exited with an error and printed nothing"
+
+
+def now_stamp() -> str:
+    return rfc3339(datetime.now(timezone.utc))
