@@ -87,6 +87,8 @@ class ProgressCallback(TrainerCallback):
                     f"stage {self.ctx.stage.name!r}: {key} became {value} at step {state.global_step}; "
                     "lower training.learningRate or check the data"
                 )
+        if not self.ctx.train_started:
+            return  # the evaluation of the initial model: reported as initialEval* by train_and_evaluate
         metrics = {**self.ctx.reporter.record.metrics, **_log_metrics(logs)}
         self.ctx.report(step=state.global_step, metrics=metrics)
         if state.is_world_process_zero and logs:

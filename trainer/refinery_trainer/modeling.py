@@ -1,0 +1,49 @@
+"""Models: build a fresh Llama from a `ModelConfig`, or load one saved with save_pretrained.
+
+    model = build_model(ModelConfig(hidden_size=64), tokenizer, seed=0)
+    model = load_model("/workspace/ns/p/pretrain/model")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from refinery_operator.api.v1alpha1 import ModelConfig
+
+from .errors import ModelError
+
+
+def build_model(config: ModelConfig, tokenizer, seed: int = 0):
+    """A randomly initialised LlamaForCausalLM sized by `config`, its vocabulary the tokenizer's."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads or config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,  # halves a tiny model's parameters; the usual choice at this size
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(llama)
+
+
+def load_model(path_or_id: str | Path, model_class=None, **kwargs):
+    """`model_class.from_pretrained(path)` (default AutoModelForCausalLM) in float32 on CPU-friendly
+    settings; a folder or hub id that cannot be loaded raises ModelError."""
+    import torch
+
+    if model_class is None:
+        from transformers import AutoModelForCausalLM as model_class
+    kwargs.setdefault("dtype", torch.float32)
+    try:
+        return model_class.from_pretrained(str(path_or_id), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a model from {path_or_id}: {exc}") from None

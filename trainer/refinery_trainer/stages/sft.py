@@ -1,0 +1,67 @@
+"""sft: supervised fine-tuning with TRL's `SFTTrainer`, starting from the `from` stage's model.
+
+    refinery-train run --config stage.yaml      # stage.type: sft
+
+tokenizer + model (the `from` stage's `model/`) → rows: `messages` (a chat) when the file has
+that column, else `prompt`/`completion` → SFTTrainer (loss on the completion/assistant part
+only) → evaluate, train, evaluate → `model/`.
+Metrics: `initialEvalLoss`, `evalLoss` (held-out loss before/after), `trainLoss`.
+This module is the only place SFTConfig appears.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..context import StageContext
+from ..data import Table
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    train_rows, eval_rows = ctx.load_data()  # data first: a bad file fails in a second, not after loading
+    columns = _columns(ctx, train_rows)
+    train_rows.require(*columns.values(), hint=_hint(ctx, columns))
+    eval_rows.require(*columns.values(), hint=_hint(ctx, columns))
+    chat = "messages" in columns
+    if not chat:
+        train_rows.require_text(*columns.values())
+        eval_rows.require_text(*columns.values())
+    model, tokenizer = ctx.load_causal_lm()
+
+    config = SFTConfig(
+        **ctx.training_args_kwargs(),
+        max_length=min(ctx.training.seq_len, model.config.max_position_embeddings),
+        packing=False,
+        # Loss on what the model should learn to say: the completion, or the assistant turns.
+        completion_only_loss=None if not chat else False,
+        assistant_only_loss=chat,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(train_rows.select(columns)),
+        eval_dataset=Dataset.from_list(eval_rows.select(columns)),
+        processing_class=tokenizer,
+        callbacks=ctx.callbacks(),
+    )
+    metrics = ctx.train_and_evaluate(trainer)
+    ctx.save_final(trainer.model, tokenizer)
+    return metrics
+
+
+def _columns(ctx: StageContext, table: Table) -> dict[str, str]:
+    """TRL column name → the file's column: the chat when present, else prompt and completion."""
+    spec = ctx.data
+    if table.has_column(spec.messages_field):
+        return {"messages": spec.messages_field}
+    return {"prompt": spec.prompt_field, "completion": spec.completion_field}
+
+
+def _hint(ctx: StageContext, columns: dict[str, str]) -> str:
+    return "data.messagesField" if "messages" in columns else "data.promptField/data.completionField"
