@@ -327,6 +327,7 @@ class StageStatus(ApiModel):
     step: int | None = Field(None, description="Optimiser steps done.")
     max_steps: int | None = Field(None, description="Optimiser steps planned.")
     last_checkpoint: Checkpoint | None = None
+    resumed_from: Checkpoint | None = Field(None, description="The checkpoint the current attempt resumed from.")
     checkpoints: int = Field(0, description="Complete checkpoints written by the stage.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Latest metrics (evalLoss, evalAccuracy, meanReward …).")
     inputs: StageInputs | None = Field(None, description="The models this stage starts from, as resolved by the operator.")

@@ -114,12 +114,13 @@ def observe_stage(stage: Stage, prev: StageStatus, observed: Observed, pipeline:
     latest = observed.latest(stage.name)
     record = observed.records.get(stage.name)
     status = prev.model_copy(deep=True)
+    if latest is not None:
+        status.attempt = max(status.attempt, latest.attempt)
+        status.restarts = status.attempt - 1  # every attempt after the first is a retry
     if record is not None:
         fold_record(status, record)
     if latest is None:
         return status
-    status.attempt = max(status.attempt, latest.attempt)
-    status.restarts = status.attempt - 1  # every attempt after the first is a retry
     status.job_name = job_name(pipeline, stage.name, latest.attempt)
     status.start_time = status.start_time or latest.start_time or stamp
     if latest.phase in ("Pending", "Running"):
@@ -150,6 +151,8 @@ def fold_record(status: StageStatus, record: ProgressRecord) -> None:
     status.checkpoints = max(status.checkpoints, record.checkpoints)
     if record.last_checkpoint is not None:
         status.last_checkpoint = record.last_checkpoint
+    if record.attempt == status.attempt:
+        status.resumed_from = record.resumed_from
     if record.metrics:
         status.metrics = {**status.metrics, **record.metrics}
     if record.output:
