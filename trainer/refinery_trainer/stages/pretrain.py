@@ -23,12 +23,12 @@ TOKENIZER_DIR = "tokenizer"  # <stage_dir>/tokenizer: the corpus-trained tokeniz
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    from transformers import Trainer, TrainingArguments, default_data_collator
-
     train_rows, eval_rows = ctx.load_data(ctx.data.text_field, hint="data.textField")
     field = ctx.data.text_field
     train_texts = [r[field] for r in train_rows.require_text(field).rows]
     eval_texts = [r[field] for r in eval_rows.require_text(field).rows]
+
+    from transformers import Trainer, TrainingArguments, default_data_collator  # after the data checks: fail fast
 
     tokenizer = _tokenizer(ctx, train_texts)
     model = _model(ctx, tokenizer)
