@@ -1,0 +1,123 @@
+"""The progress Reporter: throttling, immediate events, sinks, and never failing training."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from refinery_operator.api.run import ConfigMapReporter, FileReporter, ProgressRecord, StageRun
+from refinery_operator.api.v1alpha1 import Checkpoint
+from refinery_trainer.report import ConfigMapSink, FileSink, Reporter, make_sink
+
+
+class ListSink:
+    def __init__(self):
+        self.sent: list[dict] = []
+
+    def write(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def reporter():
+    sink, clock = ListSink(), Clock()
+    return Reporter(sink, attempt=2, interval_s=5.0, clock=clock), sink, clock
+
+
+def test_periodic_updates_are_throttled(reporter):
+    rep, sink, clock = reporter
+    assert rep.update(step=1, max_steps=10)  # the first report goes out at once
+    assert not rep.update(step=2)
+    clock.now += 5
+    assert rep.update(step=3)
+    assert [s["step"] for s in sink.sent] == [1, 3]
+    assert sink.sent[-1]["progress"] == pytest.approx(0.3) and sink.sent[-1]["attempt"] == 2
+    assert rep.record.step == 3
+
+
+def test_checkpoints_and_the_end_are_reported_immediately(reporter):
+    rep, sink, clock = reporter
+    rep.update(step=1, max_steps=10)
+    rep.checkpoint(Checkpoint(step=5, path="/ckpt/checkpoint-5", time="t"), count=1, metrics={"trainLoss": 2.0})
+    rep.succeeded({"evalLoss": 1.5}, output="/stage/model", step=10)
+    last = ProgressRecord.model_validate(sink.sent[-1])
+    assert sink.sent[1]["lastCheckpoint"] == {"step": 5, "path": "/ckpt/checkpoint-5", "time": "t"}
+    assert last.phase == "Succeeded" and last.progress == 1.0 and last.output == "/stage/model"
+    assert last.metrics == {"trainLoss": 2.0, "evalLoss": 1.5} and last.checkpoints == 1
+
+
+def test_failure_carries_message_and_reason(reporter):
+    rep, sink, _ = reporter
+    rep.failed("data.jsonl line 3: malformed JSON", "BadData")
+    assert sink.sent[-1]["phase"] == "Failed" and sink.sent[-1]["failureReason"] == "BadData"
+
+
+def test_a_failing_sink_is_logged_not_raised(caplog):
+    class Broken:
+        def write(self, text):
+            err = RuntimeError("boom")
+            err.status, err.reason = 403, "Forbidden"
+            raise err
+
+    rep = Reporter(Broken())
+    assert rep.update(step=1, force=True) is False
+    assert "HTTP 403 Forbidden" in caplog.text
+
+
+def test_file_sink_rewrites_atomically(tmp_path):
+    path = tmp_path / "progress.json"
+    rep = Reporter(FileSink(str(path)))
+    rep.update(step=1, force=True)
+    rep.update(step=2, force=True)
+    assert json.loads(path.read_text())["step"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["progress.json"]
+
+
+def test_sink_follows_the_stage_run():
+    assert isinstance(make_sink(FileReporter(path="/p.json")), FileSink)
+    sink = make_sink(ConfigMapReporter(namespace="ns", name="p-sft-progress"))
+    assert isinstance(sink, ConfigMapSink) and (sink.namespace, sink.name) == ("ns", "p-sft-progress")
+    assert make_sink(None) is None
+    run = StageRun.model_validate({"pipeline": "p", "stage": {"name": "s", "type": "sft", "from": "a", "data": {"path": "d"}},
+                                   "attempt": 3, "stageDir": "/s", "dataRoot": "/", "progressIntervalS": 7})
+    rep = Reporter.for_run(run)
+    assert rep.sink is None and rep.interval_s == 7 and rep.record.attempt == 3
+
+
+def test_configmap_sink_patches_progress_json_and_falls_back_to_kubeconfig(monkeypatch):
+    calls = []
+
+    class ConfigException(Exception):
+        pass
+
+    def load_incluster_config():
+        calls.append("incluster")
+        raise ConfigException("not in a pod")
+
+    class CoreV1Api:
+        def patch_namespaced_config_map(self, name, namespace, body):
+            calls.append(("patch", namespace, name, body))
+
+    config = types.SimpleNamespace(ConfigException=ConfigException, load_incluster_config=load_incluster_config,
+                                   load_kube_config=lambda: calls.append("kubeconfig"))
+    fake = types.SimpleNamespace(config=config, client=types.SimpleNamespace(CoreV1Api=CoreV1Api))
+    monkeypatch.setitem(sys.modules, "kubernetes", fake)
+
+    rep = Reporter(ConfigMapSink("ns", "p-sft-progress"))
+    assert rep.update(step=4, force=True)
+    assert rep.update(step=5, force=True)
+    assert calls[:2] == ["incluster", "kubeconfig"] and calls.count("kubeconfig") == 1
+    _, namespace, name, body = calls[-1]
+    assert (namespace, name) == ("ns", "p-sft-progress")
+    assert json.loads(body["data"]["progress.json"])["step"] == 5
