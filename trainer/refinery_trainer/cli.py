@@ -129,6 +129,8 @@ def run_stage(run) -> int:
     except Exception as exc:  # a bug: report it, then let the traceback reach the log
         _fail(ctx, f"{type(exc).__name__}: {exc}", REASON_TRAINER_ERROR, traceback=True)
         raise
+    if not ctx.is_main_process:
+        return 0
     result = write_result(ctx, metrics)
     ctx.reporter.succeeded(result["metrics"], result["output"], step=ctx.steps)
     write_termination_message(json.dumps(result, sort_keys=True))
@@ -154,7 +156,8 @@ def write_result(ctx, metrics: dict[str, float]) -> dict:
 
 def _fail(ctx, message: str, reason: str, *, traceback: bool) -> int:
     ctx.reporter.failed(message, reason)
-    write_termination_message(json.dumps({"phase": "Failed", "reason": reason, "message": message[:3000]}))
+    if ctx.is_main_process:
+        write_termination_message(json.dumps({"phase": "Failed", "reason": reason, "message": message[:3000]}))
     if not traceback:
         print(f"refinery-train: stage {ctx.stage.name!r} failed ({reason}): {message}", file=sys.stderr)
     return EXIT_FAILED

@@ -46,7 +46,9 @@ class StageContext:
 
     def __init__(self, run: StageRun, reporter: Reporter | None = None):
         self.run = run
-        self.reporter = reporter if reporter is not None else Reporter.for_run(run)
+        if reporter is None:  # under torchrun only rank 0 reports; the others keep a silent record
+            reporter = Reporter.for_run(run) if self.is_main_process else Reporter(None, attempt=run.attempt)
+        self.reporter = reporter
         self.steps = 0  # optimiser steps done when training finished (result.json `steps`)
         self.resumed_from: Checkpoint | None = None
         self.train_started = False  # set by the callbacks once a resume has loaded (see train())
@@ -68,6 +70,11 @@ class StageContext:
     @property
     def attempt(self) -> int:
         return self.run.attempt
+
+    @property
+    def is_main_process(self) -> bool:
+        """Rank 0 (or no torchrun): the one process that writes the model, result and reports."""
+        return int(os.environ.get("RANK", "0")) == 0
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -263,7 +270,9 @@ class StageContext:
     # ---- outputs -----------------------------------------------------------------------------
 
     def save_final(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
-        """save_pretrained into a temporary sibling, then rename it to `<stage_dir>/model`."""
+        """save_pretrained into a temporary sibling, then rename it to `<stage_dir>/model` (rank 0 only)."""
+        if not self.is_main_process:
+            return self.model_dir
         tmp = self.stage_dir / f".{MODEL_DIR}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)

@@ -11,15 +11,11 @@ Metrics: `initialEvalLoss`, `evalLoss` (held-out loss before/after), `trainLoss`
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 
 from ..context import StageContext
 from ..errors import DataError, StageError
 
 log = logging.getLogger(__name__)
-
-TOKENIZER_DIR = "tokenizer"  # <stage_dir>/tokenizer: the corpus-trained tokenizer, kept for resumes
 
 
 def run(ctx: StageContext) -> dict[str, float]:
@@ -79,16 +75,10 @@ def _tokenizer(ctx: StageContext, corpus: list[str]):
         return load_tokenizer(_path_or_id(ctx, source.tokenizer))
     if source is None or source.config is None:  # a saved model or hub id: its own tokenizer
         return load_tokenizer(_model_location(ctx))
-    saved = ctx.stage_dir / TOKENIZER_DIR
-    if (saved / "tokenizer.json").is_file():  # a resumed attempt reuses the first attempt's tokenizer
-        return load_tokenizer(saved)
-    tokenizer = train_bpe_tokenizer(corpus, vocab_size=source.vocab_size)
-    tmp = ctx.stage_dir / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(saved, ignore_errors=True)
-    os.replace(tmp, saved)
-    return tokenizer
+    resume = ctx.resume_checkpoint
+    if resume is not None and (resume / "tokenizer.json").is_file():
+        return load_tokenizer(resume)  # a resumed attempt must keep the vocabulary its weights were trained with
+    return train_bpe_tokenizer(corpus, vocab_size=source.vocab_size)
 
 
 def _model(ctx: StageContext, tokenizer):

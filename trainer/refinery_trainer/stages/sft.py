@@ -20,9 +20,6 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
     train_rows, eval_rows = ctx.load_data()  # data first: a bad file fails in a second, not after loading
     columns = _columns(ctx, train_rows)
     train_rows.require(*columns.values(), hint=_hint(ctx, columns))
@@ -32,6 +29,9 @@ def run(ctx: StageContext) -> dict[str, float]:
         train_rows.require_text(*columns.values())
         eval_rows.require_text(*columns.values())
     model, tokenizer = ctx.load_causal_lm()
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
 
     config = SFTConfig(
         **ctx.training_args_kwargs(),
