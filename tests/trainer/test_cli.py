@@ -143,6 +143,14 @@ def test_termination_message_only_when_its_folder_is_writable(tmp_path, monkeypa
     assert len(target.read_bytes()) == cli.TERMINATION_LOG_LIMIT
 
 
+def test_default_termination_log_only_when_the_kubelet_made_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("REFINERY_TERMINATION_LOG")
+    monkeypatch.setattr(cli, "TERMINATION_LOG", str(tmp_path / "termination-log"))
+    assert cli.write_termination_message("x") is False and not (tmp_path / "termination-log").exists()
+    (tmp_path / "termination-log").touch()
+    assert cli.write_termination_message("x") is True
+
+
 def test_corpus_too_small_for_one_block(workspace, capsys):
     (workspace / "data").mkdir(parents=True)
     (workspace / "data" / "corpus.txt").write_text("alice likes the cat.\n\nbob sees the dog.\n")

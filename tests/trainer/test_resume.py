@@ -82,3 +82,26 @@ def test_killed_stage_resumes_from_last_complete_checkpoint(workspace):
     assert not (partial / CHECKPOINT_MARKER).exists()
     state = read_json(stage_dir / "attempt-2" / "checkpoints" / f"checkpoint-{MAX_STEPS}" / "trainer_state.json")
     assert state["global_step"] == MAX_STEPS
+
+
+def test_sigterm_saves_a_checkpoint_then_exits_143(workspace):
+    """Kubernetes sends SIGTERM before killing an evicted or preempted pod: keep the work done."""
+    make_corpus(workspace / "data" / "corpus.txt", docs=120)
+    stage_dir = workspace / "p" / "pretrain"
+    run = stage_run(workspace, "pretrain", "pretrain", data={"path": "data/corpus.txt"}, model=TINY_MODEL,
+                    training={"maxSteps": 400, "saveSteps": 25, "loggingSteps": 10})
+    proc = subprocess.Popen(refinery_train(write_config(workspace / "run.yaml", run)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_marker(stage_dir, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and not (stage_dir / "result.json").exists()
+    progress = read_json(stage_dir / "progress.json")
+    assert progress["phase"] == "Failed" and progress["failureReason"] == "Terminated"
+    newest = complete_checkpoints(stage_dir)[0]
+    assert progress["lastCheckpoint"]["path"] == str(newest)
+    assert f"step {checkpoint_step(newest)}" in progress["message"]

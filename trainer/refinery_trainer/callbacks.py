@@ -4,7 +4,8 @@
   whole checkpoint folder (weights, optimizer, scheduler, RNG, trainer_state.json); we fsync it,
   write the marker last, rotate old complete checkpoints and report the checkpoint at once.
 - `ProgressCallback`: step/max_steps/metrics to the Reporter (throttled), and a NaN/inf loss fails
-  the stage with reason `NanLoss` instead of training on garbage.
+  the stage with reason `NanLoss` instead of training on garbage; after SIGTERM it has the Trainer
+  save a checkpoint at the end of the current step and stop (graceful eviction/preemption).
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ class ProgressCallback(TrainerCallback):
         self.ctx.report(force=True, step=state.global_step, max_steps=state.max_steps or None)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.ctx.stop_requested:  # SIGTERM: the Trainer saves right after this step, then stops
+            control.should_save = True
+            control.should_training_stop = True
         self.ctx.report(step=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):

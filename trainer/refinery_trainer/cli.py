@@ -6,7 +6,7 @@
 
 Exit codes: 0 success (result.json written); 1 the stage failed — a known cause (bad data, NaN
 loss …) prints one message without a traceback, anything else keeps its traceback; 2 the config
-is invalid. The final result, or the failure as JSON {phase, reason, message}, also goes to the
+is invalid; 143 stopped by SIGTERM (after saving a checkpoint when it was training). The final result, or the failure as JSON {phase, reason, message}, also goes to the
 Kubernetes termination message (`/dev/termination-log`, or `$REFINERY_TERMINATION_LOG`).
 
 Stage modules are imported only when run, so `--help` and `check` never import torch.
@@ -19,6 +19,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ STAGES: dict[str, str] = {
 
 EXIT_FAILED = 1
 EXIT_INVALID_CONFIG = 2
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 REASON_TRAINER_ERROR = "TrainerError"
@@ -112,7 +114,7 @@ def _loc(loc: tuple) -> str:
 def run_stage(run) -> int:
     """Run the stage; write result.json, the final progress record and the termination message."""
     from .context import StageContext
-    from .errors import StageError
+    from .errors import StageError, TerminatedError
 
     # Progress goes through the Reporter and the log; download/save/map bars would only flood pod logs.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -121,14 +123,21 @@ def run_stage(run) -> int:
     ctx.attempt_dir.mkdir(parents=True, exist_ok=True)
     ctx.report(force=True, phase="Running", attempt=run.attempt)
     log.info("stage %r (%s) attempt %d of pipeline %r", run.stage.name, run.stage.type, run.attempt, run.pipeline)
+    previous = _stop_gracefully_on_sigterm(ctx)
     try:
         stage = importlib.import_module(STAGES[run.stage.type])
         metrics = stage.run(ctx)
+    except TerminatedError as exc:
+        _fail(ctx, exc.message, exc.reason, traceback=False)
+        return EXIT_TERMINATED
     except StageError as exc:
         return _fail(ctx, exc.message, exc.reason, traceback=False)
     except Exception as exc:  # a bug: report it, then let the traceback reach the log
         _fail(ctx, f"{type(exc).__name__}: {exc}", REASON_TRAINER_ERROR, traceback=True)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if not ctx.is_main_process:
         return 0
     result = write_result(ctx, metrics)
@@ -136,6 +145,23 @@ def run_stage(run) -> int:
     write_termination_message(json.dumps(result, sort_keys=True))
     log.info("stage %r succeeded in %d steps: %s", run.stage.name, ctx.steps, _fmt(result["metrics"]))
     return 0
+
+
+def _stop_gracefully_on_sigterm(ctx):
+    """While training, SIGTERM (Kubernetes' notice before a kill) saves a checkpoint and stops; otherwise,
+    or on a second SIGTERM, the process exits at once (nothing would be lost)."""
+
+    def handle(signum, frame):
+        if ctx.train_started and not ctx.stop_requested:
+            ctx.stop_requested = True
+            log.warning("SIGTERM: saving a checkpoint after this step, then stopping")
+            return
+        raise SystemExit(EXIT_TERMINATED)
+
+    try:
+        return signal.signal(signal.SIGTERM, handle)  # the previous handler, restored when the stage ends
+    except ValueError:  # not the main thread (an embedding caller): keep the default behaviour
+        return None
 
 
 def write_result(ctx, metrics: dict[str, float]) -> dict:
@@ -164,9 +190,16 @@ def _fail(ctx, message: str, reason: str, *, traceback: bool) -> int:
 
 
 def write_termination_message(text: str) -> bool:
-    """Write to the Kubernetes termination-message file when its folder exists and is writable."""
-    path = Path(os.environ.get("REFINERY_TERMINATION_LOG", TERMINATION_LOG))
-    if not path.parent.is_dir() or not os.access(path.parent if not path.exists() else path, os.W_OK):
+    """Write the Kubernetes termination message, if there is somewhere to write it.
+
+    `$REFINERY_TERMINATION_LOG` is written when its folder exists and is writable. The default
+    `/dev/termination-log` only when the file exists (the kubelet mounts it into every container):
+    a stage run as root on a workstation must not litter its `/dev`.
+    """
+    override = os.environ.get("REFINERY_TERMINATION_LOG")
+    path = Path(override or TERMINATION_LOG)
+    writable = os.access(path if path.exists() else path.parent, os.W_OK) and path.parent.is_dir()
+    if not writable or (override is None and not path.is_file()):
         return False
     data = text.encode()[:TERMINATION_LOG_LIMIT]
     try:

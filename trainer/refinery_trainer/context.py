@@ -32,7 +32,7 @@ from refinery_operator.api.v1alpha1 import Checkpoint, DataSpec, Stage, Training
 
 from . import checkpoints as ckpt
 from .data import Table, read_table
-from .errors import ModelError
+from .errors import ModelError, TerminatedError
 from .report import Reporter
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class StageContext:
         self.steps = 0  # optimiser steps done when training finished (result.json `steps`)
         self.resumed_from: Checkpoint | None = None
         self.train_started = False  # set by the callbacks once a resume has loaded (see train())
+        self.stop_requested = False  # set on SIGTERM: checkpoint at the end of this step, then stop
 
     # ---- the run -----------------------------------------------------------------------------
 
@@ -242,13 +243,16 @@ class StageContext:
                     raise
                 log.warning("resuming from %s failed (%s: %s); trying the checkpoint before it", path, type(exc).__name__, exc)
                 continue
-            self.steps = trainer.state.global_step
-            return output
+            return self._trained(trainer, output)
         if self.resumed_from is not None:
             self.resumed_from = None
             self.reporter.update(force=True, resumed_from=None, step=0)
-        output = trainer.train()
+        return self._trained(trainer, trainer.train())
+
+    def _trained(self, trainer: Trainer, output):
         self.steps = trainer.state.global_step
+        if self.stop_requested:
+            raise TerminatedError(f"stage {self.stage.name!r} stopped by SIGTERM after a checkpoint at step {self.steps}")
         return output
 
     def train_and_evaluate(self, trainer: Trainer) -> dict[str, float]:

@@ -12,6 +12,7 @@ REASON_BAD_DATA = "BadData"
 REASON_BAD_MODEL = "BadModel"
 REASON_NAN_LOSS = "NanLoss"
 REASON_STAGE_FAILED = "StageFailed"
+REASON_TERMINATED = "Terminated"
 
 
 class StageError(Exception):
@@ -45,3 +46,9 @@ class NanLossError(StageError):
     """The training loss became NaN or infinite."""
 
     reason = REASON_NAN_LOSS
+
+
+class TerminatedError(StageError):
+    """SIGTERM (eviction, preemption, a stopped local run): a checkpoint was saved, then training stopped."""
+
+    reason = REASON_TERMINATED
