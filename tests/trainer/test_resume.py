@@ -70,6 +70,7 @@ def test_killed_stage_resumes_from_last_complete_checkpoint(workspace):
 
     second = subprocess.run(refinery_train(config(2)), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
+    assert "missing keys" not in second.stderr and "Traceback" not in second.stderr
 
     progress = read_json(stage_dir / "progress.json")
     assert progress["phase"] == "Succeeded" and progress["attempt"] == 2

@@ -77,3 +77,22 @@ def test_resume_falls_back_when_the_newest_checkpoint_does_not_load(workspace):
     assert progress["resumedFrom"]["step"] == 10
     assert read_json(stage_dir / "result.json")["steps"] == 20
     assert (stage_dir / "attempt-2" / "checkpoints" / "checkpoint-20" / CHECKPOINT_MARKER).is_file()
+
+
+def test_rerun_after_the_last_checkpoint_only_finishes_the_stage(workspace):
+    """Killed between the final checkpoint and result.json: the next attempt trains no more steps."""
+    make_corpus(workspace / "data" / "corpus.txt", docs=60)
+    base = dict(data={"path": "data/corpus.txt"}, model=TINY_MODEL, training={"maxSteps": 10, "saveSteps": 5})
+    assert cli.main(["run", "--config", str(write_config(workspace / "a1.yaml", stage_run(workspace, "pre", "pretrain", **base)))]) == 0
+    stage_dir = workspace / "p" / "pre"
+    first = read_json(stage_dir / "result.json")
+    (stage_dir / "result.json").unlink()
+
+    again = stage_run(workspace, "pre", "pretrain", attempt=2, **base)
+    assert cli.main(["run", "--config", str(write_config(workspace / "a2.yaml", again))]) == 0
+    result = read_json(stage_dir / "result.json")
+    assert result["steps"] == 10 and result["attempt"] == 2
+    assert result["metrics"]["evalLoss"] == pytest.approx(first["metrics"]["evalLoss"], rel=1e-4)
+    assert read_json(stage_dir / "progress.json")["resumedFrom"]["step"] == 10
+    assert not (stage_dir / "attempt-2" / "checkpoints").exists() or not any((stage_dir / "attempt-2" / "checkpoints").iterdir())
+    assert sorted(p.name for p in stage_dir.iterdir() if p.name.startswith(".")) == []

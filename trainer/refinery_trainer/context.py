@@ -19,6 +19,7 @@ that need them, so building a context stays cheap.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -237,7 +238,10 @@ class StageContext:
             self.reporter.update(force=True, resumed_from=self.resumed_from, step=self.resumed_from.step)
             self.train_started = False
             try:
-                output = trainer.train(resume_from_checkpoint=str(path))
+                if self._is_final(path):
+                    output = self._load_final_checkpoint(trainer, path, marker)
+                else:
+                    output = trainer.train(resume_from_checkpoint=str(path))
             except Exception as exc:
                 if self.train_started:
                     raise
@@ -248,6 +252,23 @@ class StageContext:
             self.resumed_from = None
             self.reporter.update(force=True, resumed_from=None, step=0)
         return self._trained(trainer, trainer.train())
+
+    def _is_final(self, path: Path) -> bool:
+        """The checkpoint already has every planned step (the process died before result.json)."""
+        state = json.loads((path / "trainer_state.json").read_text())
+        planned = self.training.max_steps or state.get("max_steps") or 0
+        return 0 < planned <= state.get("global_step", 0)
+
+    @staticmethod
+    def _load_final_checkpoint(trainer: Trainer, path: Path, marker: dict):
+        """Load the weights only: `trainer.train()` on a finished checkpoint would run one step more."""
+        from transformers.trainer_utils import TrainOutput
+
+        # Private, but the one loader that knows every checkpoint layout (safetensors, shards, adapters, FSDP).
+        trainer._load_from_checkpoint(str(path))
+        trainer.state.global_step = ckpt.checkpoint_step(path)
+        loss = marker.get("metrics", {}).get("trainLoss", math.nan)
+        return TrainOutput(trainer.state.global_step, loss, {})
 
     def _trained(self, trainer: Trainer, output):
         self.steps = trainer.state.global_step

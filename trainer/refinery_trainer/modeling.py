@@ -29,7 +29,9 @@ def build_model(config: ModelConfig, tokenizer, seed: int = 0):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,  # halves a tiny model's parameters; the usual choice at this size
+        # Untied, like Llama 2/3: with tied weights every resume warns "missing keys ['lm_head.weight']"
+        # (Trainer._issue_warnings_after_load checks _keys_to_ignore_on_save, not the tied keys).
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(llama)

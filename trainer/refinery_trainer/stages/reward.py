@@ -1,0 +1,100 @@
+"""reward: a reward model trained on preference pairs with TRL's `RewardTrainer`.
+
+    refinery-train run --config stage.yaml      # stage.type: reward
+
+tokenizer + rows (`chosen`/`rejected`, with a `prompt` column when the file has one) → token ids
+of `prompt + response` as RL trainers score them (see `scoring`) → model: the `from` stage's
+`model/` as `AutoModelForSequenceClassification` with one label (a fresh, seeded score head on
+the SFT model) → RewardTrainer (Bradley-Terry loss) → evaluate, train, evaluate → `model/`,
+loadable by the rlhf stage.
+Metrics: `initialEvalAccuracy`, `evalAccuracy` (share of held-out pairs whose chosen response
+scores strictly higher, before/after training), `initialEvalLoss`, `evalLoss`, `evalMargin`,
+`trainLoss`. This module is the only place RewardConfig appears.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..context import StageContext
+from ..data import Table
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    train_rows, eval_rows = ctx.load_data()  # data first: a bad file fails in a second, not after loading
+    columns = _columns(ctx, train_rows)
+    hint = "data.chosenField/data.rejectedField" + ("/data.promptField" if "prompt" in columns else "")
+    for table in (train_rows, eval_rows):
+        table.require(*columns.values(), hint=hint).require_text(*columns.values())
+    train, held_out = train_rows.select(columns), eval_rows.select(columns)
+    tokenizer = ctx.load_tokenizer()
+    model = load_reward_model(ctx, tokenizer)
+
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from ..scoring import pairwise_accuracy
+
+    config = RewardConfig(
+        **ctx.training_args_kwargs(),
+        max_length=min(ctx.training.seq_len, model.config.max_position_embeddings),  # longer pairs are dropped
+        disable_dropout=True,
+        dataset_num_proc=None,
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(tokenize_pairs(tokenizer, train)),
+        eval_dataset=Dataset.from_list(tokenize_pairs(tokenizer, held_out)),
+        processing_class=tokenizer,
+        callbacks=ctx.callbacks(),
+    )
+    initial_accuracy = pairwise_accuracy(model, tokenizer, held_out)
+    metrics = ctx.train_and_evaluate(trainer)
+    # TRL's evalAccuracy is a mean of per-batch means; these count every held-out pair once.
+    metrics["initialEvalAccuracy"] = initial_accuracy
+    metrics["evalAccuracy"] = pairwise_accuracy(trainer.model, tokenizer, held_out)
+    log.info("reward: held-out pairwise accuracy %.3f -> %.3f", initial_accuracy, metrics["evalAccuracy"])
+    ctx.save_final(trainer.model, tokenizer)
+    return metrics
+
+
+def load_reward_model(ctx: StageContext, tokenizer):
+    """The init model with a one-output classification head (new, so transformers reports its
+    weights as newly initialised); the head's initialisation is seeded."""
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    from ..modeling import load_model
+
+    set_seed(ctx.training.seed)
+    model = load_model(ctx.init_model_dir, AutoModelForSequenceClassification, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
+    return model
+
+
+def tokenize_pairs(tokenizer, rows: list[dict]) -> list[dict]:
+    """RewardTrainer's pre-tokenized format: `chosen_ids`/`rejected_ids` of prompt + response."""
+    return [
+        {
+            "chosen_ids": _ids(tokenizer, row.get("prompt", ""), row["chosen"]),
+            "rejected_ids": _ids(tokenizer, row.get("prompt", ""), row["rejected"]),
+        }
+        for row in rows
+    ]
+
+
+def _ids(tokenizer, prompt: str, response: str) -> list[int]:
+    from ..scoring import reward_input_ids
+
+    return reward_input_ids(tokenizer, prompt, response)
+
+
+def _columns(ctx: StageContext, table: Table) -> dict[str, str]:
+    """TRL column name → the file's column; the prompt is optional (then chosen/rejected are whole texts)."""
+    spec = ctx.data
+    columns = {"chosen": spec.chosen_field, "rejected": spec.rejected_field}
+    if table.has_column(spec.prompt_field):
+        columns = {"prompt": spec.prompt_field, **columns}
+    return columns
