@@ -77,14 +77,13 @@ def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer,
     columns = {"prompt": ctx.data.prompt_field}
     periodic_eval = ctx.training.eval_steps is not None  # TRL's own eval: sampled rewards on held-out prompts
     config = Config(
-        **ctx.training_args_kwargs(),
+        # Held-out eval batches must hold whole groups of numGenerations completions.
+        **ctx.training_args_kwargs(per_device_eval_batch_size=_round_up(ctx.training.batch_size, rl.num_generations)),
         num_generations=rl.num_generations,
         max_completion_length=rl.max_completion_length,
         temperature=rl.temperature,
         beta=rl.beta,
         disable_dropout=True,
-        # Held-out eval batches must hold whole groups of numGenerations completions.
-        per_device_eval_batch_size=_round_up(ctx.training.batch_size, rl.num_generations),
     )
     return Trainer(
         model=policy,
