@@ -11,7 +11,7 @@ This module imports neither kopf nor a Kubernetes client.
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -45,7 +45,7 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-class StageType(str, Enum):
+class StageType(StrEnum):
     pretrain = "pretrain"
     sft = "sft"
     reward = "reward"
@@ -292,7 +292,7 @@ class ObjectMeta(ApiModel):
 # status
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     pending = "Pending"
     running = "Running"
     succeeded = "Succeeded"

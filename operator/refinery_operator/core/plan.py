@@ -68,7 +68,7 @@ class Observed:
 class Launch:
     stage: str
     attempt: int
-    inputs: StageInputs
+    inputs: StageInputs | None  # None: the stage starts from its own `model`
 
 
 @dataclass(frozen=True)
@@ -192,14 +192,15 @@ def next_attempt(stage: Stage, status: StageStatus, latest: AttemptState | None)
     return None
 
 
-def resolve_inputs(stage: Stage, stages: Mapping[str, StageStatus], pipeline_root: str) -> StageInputs:
+def resolve_inputs(stage: Stage, stages: Mapping[str, StageStatus], pipeline_root: str) -> StageInputs | None:
     """Hand each stage its upstream stages' final models, by the path the upstream reported."""
     def output_of(name: str | None) -> str | None:
         if name is None:
             return None
         return stages[name].output or model_dir(pipeline_root, name)
 
-    return StageInputs(model=output_of(stage.from_), reward_model=output_of(stage.reward_model))
+    inputs = StageInputs(model=output_of(stage.from_), reward_model=output_of(stage.reward_model))
+    return inputs if inputs.model or inputs.reward_model else None
 
 
 def summarize(stages: list[StageStatus], previous: PipelineStatus, generation: int | None, stamp: str) -> PipelineStatus:

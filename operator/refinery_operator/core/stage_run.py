@@ -22,7 +22,7 @@ def build_stage_run(
         attempt=launch.attempt,
         stage_dir=stage_dir(pipeline_root, launch.stage),
         data_root=data_root,
-        init_model=launch.inputs.model,
-        reward_model=launch.inputs.reward_model,
+        init_model=launch.inputs.model if launch.inputs else None,
+        reward_model=launch.inputs.reward_model if launch.inputs else None,
         reporter=reporter,
     )

@@ -11,31 +11,41 @@ SUMMARY_METRICS = ("initialEvalLoss", "evalLoss", "evalAccuracy", "baselineMeanR
 
 
 class ProgressDisplay:
-    """One tqdm bar per stage (only on a terminal unless forced), driven by the status."""
+    """One tqdm bar per stage on a terminal; elsewhere (CI, a log file) one line per event."""
 
-    def __init__(self, stages: list[str], enabled: bool = True) -> None:
+    def __init__(self, stages: list[str], enabled: bool = True, stream=None) -> None:
+        self._stream = stream or sys.stderr
+        self._enabled = enabled
         self._bars = {}
-        if not enabled:
+        self._seen: dict[str, tuple] = {}
+        if not enabled or not self._stream.isatty():
             return
         from tqdm import tqdm
 
         width = max(len(s) for s in stages)
         for position, name in enumerate(stages):
             self._bars[name] = tqdm(
-                total=1000, position=position, desc=f"{name:<{width}}", file=sys.stderr, leave=True,
+                total=1000, position=position, desc=f"{name:<{width}}", file=self._stream, leave=True,
                 bar_format="{desc} {bar} {percentage:3.0f}% {postfix}", dynamic_ncols=True,
             )
 
     def update(self, status: PipelineStatus) -> None:
+        if not self._enabled:
+            return
         for stage in status.stages:
-            bar = self._bars.get(stage.name)
-            if bar is None:
-                continue
-            done = int(1000 * (1.0 if stage.phase == Phase.succeeded else stage.progress))
-            bar.n = done
             step = f"step {stage.step}/{stage.max_steps}" if stage.max_steps else ""
-            bar.set_postfix_str(f"{stage.phase} {step}".strip(), refresh=False)
-            bar.refresh()
+            bar = self._bars.get(stage.name)
+            if bar is not None:
+                bar.n = int(1000 * (1.0 if stage.phase == Phase.succeeded else stage.progress))
+                bar.set_postfix_str(f"{stage.phase} {step}".strip(), refresh=False)
+                bar.refresh()
+                continue
+            ckpt = stage.last_checkpoint.step if stage.last_checkpoint else None
+            event = (stage.phase, stage.attempt, ckpt)
+            if self._seen.get(stage.name) != event:
+                self._seen[stage.name] = event
+                saved = f", checkpoint at step {ckpt}" if ckpt is not None else ""
+                print(f"{stage.name}: {stage.phase} (attempt {stage.attempt}{saved}) {step}".rstrip(), file=self._stream)
 
     def close(self) -> None:
         for bar in self._bars.values():
