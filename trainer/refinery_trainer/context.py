@@ -202,10 +202,11 @@ class StageContext:
         return kwargs
 
     def callbacks(self) -> list[TrainerCallback]:
-        """The TrainerCallbacks every stage passes to its trainer: markers, rotation, progress, NaN check."""
+        """The TrainerCallbacks every stage passes to its trainer: markers, rotation, progress, NaN check, metrics."""
         from .callbacks import CheckpointMarkerCallback, ProgressCallback
+        from .metrics import metrics_callbacks
 
-        return [CheckpointMarkerCallback(self), ProgressCallback(self)]
+        return [CheckpointMarkerCallback(self), ProgressCallback(self), *metrics_callbacks(self)]
 
     @staticmethod
     def quiet(trainer: Trainer) -> None:
