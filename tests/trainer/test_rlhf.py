@@ -50,14 +50,20 @@ def test_grpo_raises_reward(example, workspace):
 
 
 def test_rlhf_resumes_from_its_checkpoint(example, workspace):
-    first = rlhf_run(workspace, example, "rl", training={"maxSteps": 4, "saveSteps": 2}, rl={"evalPrompts": 8})
+    first = rlhf_run(workspace, example, "rl", training={"maxSteps": 4, "saveSteps": 2, "loggingSteps": 2}, rl={"evalPrompts": 8})
     assert run_stage(workspace, first)["steps"] == 4
-    second = rlhf_run(workspace, example, "rl", training={"maxSteps": 6, "saveSteps": 2}, rl={"evalPrompts": 8},
+    second = rlhf_run(workspace, example, "rl", training={"maxSteps": 6, "saveSteps": 2, "loggingSteps": 2}, rl={"evalPrompts": 8},
                       attempt=2)
     result = run_stage(workspace, second)
     assert result["steps"] == 6 and "meanReward" in result["metrics"]
     assert read_json(workspace / "p" / "rl" / "progress.json")["resumedFrom"]["step"] == 4
     assert (workspace / "p" / "rl" / "attempt-2" / "checkpoints" / "checkpoint-6" / CHECKPOINT_MARKER).is_file()
+
+    # Killed after its last checkpoint but before result.json: a rerun loads it and still reports kl.
+    third = rlhf_run(workspace, example, "rl", training={"maxSteps": 6, "saveSteps": 2, "loggingSteps": 2}, rl={"evalPrompts": 8},
+                     attempt=3)
+    result = run_stage(workspace, third)
+    assert result["steps"] == 6 and {"meanReward", "baselineMeanReward", "kl"} <= set(result["metrics"])
 
 
 def test_batch_must_hold_whole_groups(example, workspace):

@@ -25,8 +25,10 @@ This module is the only place RLOOConfig and GRPOConfig appear.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 
 from refinery_operator.api.v1alpha1 import RlSpec
 
@@ -57,7 +59,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     metrics = {
         "baselineMeanReward": baseline,
         "meanReward": mean_reward(trainer.model, tokenizer, reward_model, reward_tokenizer, eval_prompts, rl),
-        **last_logged(trainer.state.log_history, {"kl": "kl", "reward": "trainReward"}),
+        **last_logged(_log_history(ctx, trainer), {"kl": "kl", "reward": "trainReward"}),
     }
     if output.training_loss is not None and math.isfinite(output.training_loss):
         metrics["trainLoss"] = float(output.training_loss)
@@ -128,6 +130,14 @@ def last_logged(history: list[dict], names: dict[str, str]) -> dict[str, float]:
             if name not in found and isinstance(entry.get(key), (int, float)):
                 found[name] = float(entry[key])
     return found
+
+
+def _log_history(ctx: StageContext, trainer) -> list[dict]:
+    """The trainer's logs; after a rerun that only loaded a finished checkpoint, the checkpoint's."""
+    if trainer.state.log_history or ctx.resumed_from is None:
+        return trainer.state.log_history
+    state = Path(ctx.resumed_from.path) / "trainer_state.json"
+    return json.loads(state.read_text()).get("log_history", []) if state.is_file() else []
 
 
 def _check_batch(ctx: StageContext, rl: RlSpec) -> None:
