@@ -1,0 +1,88 @@
+# syntax=docker/dockerfile:1.7
+# Two images from one repository:
+#
+#   docker build --target operator -t ghcr.io/refinery-dev/refinery-operator:0.1.0 .
+#   docker build --target trainer  -t ghcr.io/refinery-dev/refinery-trainer:0.1.0 .
+#
+# Base images are pinned by version tag; a release build should pin them by digest too
+# (`docker buildx imagetools inspect <tag>` prints it). tests/unit/test_dockerfile.py checks the
+# pip install steps below against the extras in pyproject.toml: no image is built in CI here.
+
+ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
+# torch 2.13.0 from PyPI is built against CUDA 13.0; DeepSpeed compiles its ops at first use
+# (JIT) with the nvcc of this image, whose CUDA major version must match torch's.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-devel-ubuntu24.04
+
+# ------------------------------------------------------------------------------------------------
+# operator: kopf + the Kubernetes client, never torch
+FROM ${PYTHON_IMAGE} AS operator
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin refinery
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+# The distribution also holds the trainer package; the operator image ships none of its code.
+RUN mkdir trainer \
+ && pip install '.[operator]' \
+ && cd / && rm -rf /src \
+ && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch in the operator image'"
+WORKDIR /
+USER 10001:10001
+# 8080: kopf's liveness endpoint (/healthz); 8000: Prometheus /metrics (REFINERY_METRICS_PORT).
+EXPOSE 8080 8000
+ENV REFINERY_METRICS_PORT=8000
+# Standalone: one replica and no kopf peering objects (see handlers.run_operator). The chart
+# replaces CMD with `--namespace=<ns>` to watch a single namespace.
+ENTRYPOINT ["kopf", "run", "-m", "refinery_operator.handlers", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]
+CMD ["--all-namespaces"]
+
+# ------------------------------------------------------------------------------------------------
+# trainer: CUDA torch + the trainer extra + DeepSpeed; `refinery-train` is what stage Jobs run
+FROM ${CUDA_IMAGE} AS trainer
+ARG TORCH_VERSION=2.13.0
+ARG DEEPSPEED_VERSION=0.19.8
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+# python3.12-dev: DeepSpeed's JIT ops compile against Python.h; ninja/g++ drive that build.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.12 python3.12-venv python3.12-dev g++ ninja-build libaio-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3.12 -m venv /opt/venv \
+ && pip install --upgrade pip setuptools wheel
+# torch first, in its own layer (GBs that rarely change), then pinned by a constraint so that no
+# later install can swap it for another build.
+RUN pip install "torch==${TORCH_VERSION}" \
+ && echo "torch==${TORCH_VERSION}" > /opt/constraints.txt
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY trainer/ trainer/
+# --no-build-isolation: DeepSpeed's setup imports torch; an isolated build would fetch another one.
+RUN pip install -c /opt/constraints.txt '.[trainer]' \
+ && pip install -c /opt/constraints.txt --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}" \
+ && cd / && rm -rf /src \
+ && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}') and torch.version.cuda, torch.__version__"
+# The stage pod runs as uid 1000 (builders.RUN_AS_USER) with a read-only view of everything but
+# /workspace (the volume) and /tmp (an emptyDir): every cache goes under /tmp.
+RUN (userdel --remove ubuntu 2>/dev/null || true) \
+ && useradd --uid 1000 --user-group --create-home --home-dir /home/refinery --shell /usr/sbin/nologin refinery
+ENV HOME=/tmp \
+    HF_HOME=/tmp/huggingface \
+    TORCH_EXTENSIONS_DIR=/tmp/torch_extensions \
+    TRITON_CACHE_DIR=/tmp/triton \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    REFINERY_METRICS_PORT=9400
+WORKDIR /workspace
+USER 1000:1000
+# Prometheus metrics of the stage (trainer/refinery_trainer/metrics.py).
+EXPOSE 9400
+ENTRYPOINT ["refinery-train"]
+CMD ["--help"]

@@ -1,0 +1,199 @@
+"""The Dockerfile's install steps against pyproject.toml (no Docker engine here: nothing is built).
+
+What can go wrong without a build to notice it: the operator image pulling torch, the trainer
+image installing an extra that does not exist or a CPU torch over the CUDA one, the entrypoints
+naming a module or console script that is not there.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+EXTRAS = PYPROJECT["project"]["optional-dependencies"]
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    args: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    runs: list[str] = field(default_factory=list)
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+
+def logical_lines(text: str) -> list[str]:
+    """Dockerfile lines with `\\` continuations joined and comments dropped."""
+    lines, current = [], ""
+    for raw in text.splitlines():
+        if raw.lstrip().startswith("#") and not current:
+            continue
+        current += raw.rstrip().removesuffix("\\") + " "
+        if not raw.rstrip().endswith("\\"):
+            if current.strip():
+                lines.append(current.strip())
+            current = ""
+    return lines
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], dict[str, Stage]]:
+    global_args, stages, stage = {}, {}, None
+    for line in logical_lines(text):
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            base, _, name = rest.partition(" AS ")
+            stage = stages[name.strip()] = Stage(name.strip(), base.strip())
+        elif keyword == "ARG":
+            key, _, default = rest.partition("=")
+            (stage.args if stage else global_args)[key] = default
+        elif keyword == "ENV" and stage:
+            stage.env.update(dict(re.findall(r"(\w+)=(\S+)", rest)))
+        elif keyword == "RUN" and stage:
+            stage.runs.append(rest)
+        if stage:
+            stage.instructions.append((keyword, rest))
+    return global_args, stages
+
+
+GLOBAL_ARGS, STAGES = parse_dockerfile((REPO / "Dockerfile").read_text())
+
+
+def commands(stage: Stage) -> list[list[str]]:
+    """Every shell command of the stage's RUN steps, as words (split at `&&`)."""
+    out = []
+    for run in stage.runs:
+        current: list[str] = []
+        for word in shlex.split(run):
+            if word in ("&&", ";", "||"):
+                out.append(current)
+                current = []
+            else:
+                current.append(word)
+        out.append(current)
+    return out
+
+
+def pip_installs(stage: Stage) -> list[list[str]]:
+    """The arguments of every `pip install` in the stage's RUN steps (options dropped)."""
+    installs = []
+    for words in commands(stage):
+        if words[:2] == ["pip", "install"]:
+            args, skip = [], False
+            for w in words[2:]:
+                if skip:
+                    skip = False
+                elif w in ("-c", "--constraint", "-r", "--index-url", "--extra-index-url"):
+                    skip = True
+                elif not w.startswith("-"):
+                    args.append(w)
+            installs.append(args)
+    return installs
+
+
+def requirement_names(args: list[str]) -> set[str]:
+    return {re.split(r"[=<>!~\[ ]", a, maxsplit=1)[0].lower() for a in args if not a.startswith(".")}
+
+
+def extras_installed(args: list[str]) -> set[str]:
+    found = set()
+    for a in args:
+        m = re.fullmatch(r"\.\[(.+)\]", a)
+        if m:
+            found |= set(m.group(1).split(","))
+    return found
+
+
+def test_both_targets_exist_on_pinned_bases():
+    assert set(STAGES) == {"operator", "trainer"}
+    for stage in STAGES.values():
+        base = stage.base
+        if base.startswith("${"):
+            base = GLOBAL_ARGS[base.strip("${}")]
+        image, _, tag = base.partition(":")
+        assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), f"{stage.name}: base {base} is not pinned to a version"
+
+
+def test_operator_installs_exactly_the_operator_extra_and_never_torch():
+    installs = [a for a in pip_installs(STAGES["operator"]) if a]
+    assert installs == [[".[operator]"]]
+    resolved = {re.split(r"[=<>!~\[ ;]", r, maxsplit=1)[0].lower() for r in EXTRAS["operator"] + PYPROJECT["project"]["dependencies"]}
+    assert "torch" not in resolved and "refinery" not in resolved  # no extra pulls the trainer in
+    assert "kopf" in resolved and "prometheus-client" in resolved
+
+
+def test_trainer_installs_the_trainer_extra_and_deepspeed_without_replacing_cuda_torch():
+    stage = STAGES["trainer"]
+    installs = pip_installs(stage)
+    assert any(extras_installed(a) == {"trainer"} for a in installs)
+    assert not any(extras_installed(a) - {"trainer"} for a in installs), "only the trainer extra"
+    assert any("deepspeed" in requirement_names(a) for a in installs)
+    # torch is installed once, pinned, and every later install is constrained to it
+    torch_steps = [i for i, a in enumerate(installs) if "torch" in requirement_names(a)]
+    assert len(torch_steps) == 1
+    later = [" ".join(w) for w in commands(stage) if w[:2] == ["pip", "install"]
+             and not any(a.startswith(("torch==", "pip")) for a in w[2:])]
+    assert later and all("-c /opt/constraints.txt" in cmd for cmd in later), later
+    assert any("--no-build-isolation" in cmd and "deepspeed" in cmd for cmd in later), "DeepSpeed's build must see our torch"
+
+
+def test_trainer_torch_is_the_version_the_readme_pins():
+    readme_pin = re.search(r"pip install(?: -q)? torch==([\w.]+)", (REPO / "README.md").read_text()).group(1)
+    assert STAGES["trainer"].args["TORCH_VERSION"] == readme_pin
+    assert re.fullmatch(r"\d+\.\d+\.\d+", STAGES["trainer"].args["DEEPSPEED_VERSION"])
+
+
+@pytest.mark.parametrize("target", ["operator", "trainer"])
+def test_runs_as_a_numeric_non_root_user(target):
+    users = [rest for keyword, rest in STAGES[target].instructions if keyword == "USER"]
+    assert users, f"{target}: no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0  # numeric, so runAsNonRoot can verify it
+
+
+def test_trainer_uid_matches_the_stage_pods_security_context():
+    from refinery_operator.builders import RUN_AS_USER
+
+    assert [rest for k, rest in STAGES["trainer"].instructions if k == "USER"][-1] == f"{RUN_AS_USER}:{RUN_AS_USER}"
+
+
+def test_trainer_caches_live_in_writable_paths():
+    env = STAGES["trainer"].env
+    for name in ("TORCH_EXTENSIONS_DIR", "HF_HOME", "TRITON_CACHE_DIR", "HOME"):
+        assert env[name].startswith("/tmp"), f"{name}={env[name]}: stage pods can write only /tmp and /workspace"
+
+
+def entrypoint(target: str) -> list[str]:
+    import json
+
+    return json.loads(next(rest for k, rest in STAGES[target].instructions if k == "ENTRYPOINT"))
+
+
+def test_operator_entrypoint_runs_the_handlers_module_with_a_liveness_endpoint():
+    cmd = entrypoint("operator")
+    assert cmd[:2] == ["kopf", "run"]
+    module = cmd[cmd.index("-m") + 1]
+    assert (REPO / "operator" / Path(*module.split("."))).with_suffix(".py").exists()
+    assert any(a.startswith("--liveness=http://0.0.0.0:8080/healthz") for a in cmd)
+    assert "--standalone" in cmd  # no kopf peering: the chart grants no peering RBAC
+
+
+def test_trainer_entrypoint_is_the_console_script():
+    assert entrypoint("trainer") == ["refinery-train"]
+    assert "refinery-train" in PYPROJECT["project"]["scripts"]
+
+
+def test_dockerignore_keeps_the_context_to_what_the_images_copy():
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore
+    copied = {rest.split()[0].rstrip("/") for s in STAGES.values() for k, rest in s.instructions if k == "COPY"}
+    for path in copied:
+        assert f"!{path}/" in ignore or f"!{path}" in ignore, f"{path} is copied but excluded from the build context"
