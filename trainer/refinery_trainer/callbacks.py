@@ -31,14 +31,26 @@ log = logging.getLogger(__name__)
 _LOSS_KEYS = ("loss", "eval_loss")
 
 
-def _log_metrics(logs: dict) -> dict[str, float]:
-    from .context import camel_metrics
+# Training-log keys (transformers and TRL) worth reporting while a stage runs, under the names
+# status and metrics use. Everything else a trainer logs (runtimes, per-token statistics, TRL's
+# slash-separated keys) stays in the pod log: status carries headline figures only.
+LIVE_METRICS = {
+    "loss": "trainLoss",
+    "learning_rate": "learningRate",
+    "grad_norm": "gradNorm",
+    "eval_loss": "evalLoss",
+    "eval_accuracy": "evalAccuracy",
+    "reward": "trainReward",
+    "kl": "kl",
+}
 
-    renamed = {("train_loss_last" if k == "loss" else k): v for k, v in logs.items()}
-    metrics = camel_metrics(renamed)
-    if "trainLossLast" in metrics:  # the loss of the latest logging window, shown as trainLoss
-        metrics["trainLoss"] = metrics.pop("trainLossLast")
-    return metrics
+
+def _log_metrics(logs: dict) -> dict[str, float]:
+    return {
+        name: float(logs[key])
+        for key, name in LIVE_METRICS.items()
+        if isinstance(logs.get(key), (int, float))
+    }
 
 
 class CheckpointMarkerCallback(TrainerCallback):

@@ -112,7 +112,8 @@ class Reporter:
         return self.update(force=True, **fields)
 
     def succeeded(self, metrics: dict[str, float], output: str, step: int | None = None) -> bool:
-        fields = {"phase": "Succeeded", "metrics": {**self.record.metrics, **metrics}, "output": output, "progress": 1.0}
+        # Exactly the result's metrics: the live training-log values are not final figures.
+        fields = {"phase": "Succeeded", "metrics": dict(metrics), "output": output, "progress": 1.0}
         if step is not None:
             fields["step"] = step
         return self.update(force=True, **fields)

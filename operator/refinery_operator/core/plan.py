@@ -153,7 +153,9 @@ def fold_record(status: StageStatus, record: ProgressRecord) -> None:
         status.last_checkpoint = record.last_checkpoint
     if record.attempt == status.attempt:
         status.resumed_from = record.resumed_from
-    if record.metrics:
+    if record.phase == "Succeeded":
+        status.metrics = dict(record.metrics)  # the stage's final figures (result.json), nothing else
+    elif record.metrics:
         status.metrics = {**status.metrics, **record.metrics}
     if record.output:
         status.output = record.output
