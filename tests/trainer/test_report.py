@@ -54,7 +54,8 @@ def test_checkpoints_and_the_end_are_reported_immediately(reporter):
     last = ProgressRecord.model_validate(sink.sent[-1])
     assert sink.sent[1]["lastCheckpoint"] == {"step": 5, "path": "/ckpt/checkpoint-5", "time": "t"}
     assert last.phase == "Succeeded" and last.progress == 1.0 and last.output == "/stage/model"
-    assert last.metrics == {"trainLoss": 2.0, "evalLoss": 1.5} and last.checkpoints == 1
+    # The final record carries the result's metrics only, not the live values reported before.
+    assert last.metrics == {"evalLoss": 1.5} and last.checkpoints == 1
 
 
 def test_failure_carries_message_and_reason(reporter):
