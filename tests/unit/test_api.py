@@ -95,10 +95,28 @@ def cel_nodes(spec: dict):
         yield "Stage", stage
         if "model" in stage:
             yield "ModelSource", stage["model"]
+        if "rl" in stage:
+            yield "RlSpec", stage["rl"]
+
+
+def with_defaults(obj, node: dict):
+    """The object after the API server's defaulting (schema `default`s), which runs before CEL."""
+    if isinstance(obj, dict) and "properties" in node:
+        out = dict(obj)
+        for name, sub in node["properties"].items():
+            if name not in out and "default" in sub:
+                out[name] = sub["default"]
+            if name in out:
+                out[name] = with_defaults(out[name], sub)
+        return out
+    if isinstance(obj, list) and isinstance(node.get("items"), dict):
+        return [with_defaults(item, node["items"]) for item in obj]
+    return obj
 
 
 def evaluate_cel_rules(spec: dict) -> list[str]:
-    """Evaluate the CRD's CEL rules offline, as the API server would at admission."""
+    """Evaluate the CRD's CEL rules offline, as the API server would at admission (after defaulting)."""
+    spec = with_defaults(spec, schema()["properties"]["spec"])
     env = celpy.Environment()
     failed = []
     for title, obj in cel_nodes(spec):
@@ -123,6 +141,8 @@ BAD_MANIFESTS = [
     ("bad stage name", lambda m: m["spec"]["stages"][0].update({"name": "Pre_Train"}), "spec.stages[0].name", False),
     ("negative learning rate", lambda m: m["spec"]["stages"][0]["training"].update({"learningRate": -1}), "spec.stages[0].training.learningRate", False),
     ("no stages", lambda m: m["spec"].update({"stages": []}), "spec.stages", False),
+    ("rloo with one generation", lambda m: m["spec"]["stages"][3].update({"rl": {"numGenerations": 1}}), "spec.stages[3].rl", True),
+    ("dpo settings on an sft stage", lambda m: m["spec"]["stages"][1].update({"dpo": {"beta": 0.1}}), "spec.stages[1]", True),
 ]
 
 

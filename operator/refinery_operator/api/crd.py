@@ -48,6 +48,13 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         },
         {"rule": "self.type == 'rlhf' || !has(self.rewardModel)", "message": "`rewardModel` is only valid on rlhf stages"},
         {"rule": "self.type == 'rlhf' || !has(self.rl)", "message": "`rl` is only valid on rlhf stages"},
+        {"rule": "self.type == 'dpo' || !has(self.dpo)", "message": "`dpo` is only valid on dpo stages"},
+    ],
+    "RlSpec": [
+        {
+            "rule": "!(self.algorithm in ['rloo', 'grpo']) || self.numGenerations >= 2",
+            "message": "rloo and grpo compare completions of one prompt: numGenerations must be at least 2",
+        },
     ],
     "ModelSource": [
         {

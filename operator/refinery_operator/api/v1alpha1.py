@@ -10,47 +10,18 @@ This module imports neither kopf nor a Kubernetes client.
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-GROUP = "refinery.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "TrainingPipeline"
-PLURAL = "trainingpipelines"
-SINGULAR = "trainingpipeline"
-SHORT_NAMES = ["tp"]
-
-MAX_STAGES = 16
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-STAGE_NAME_MAX = 40  # leaves room for "<pipeline>-<stage>-<attempt>" Job names and suffixes
-
-
-class ApiModel(BaseModel):
-    """Base: camelCase aliases, unknown fields rejected (like `kubectl apply` strict validation)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        use_enum_values=True,
-    )
-
-    def dump(self) -> dict:
-        """The object as it appears in YAML: camelCase keys, unset optional fields omitted."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-class StageType(StrEnum):
-    pretrain = "pretrain"
-    sft = "sft"
-    reward = "reward"
-    rlhf = "rlhf"
-
+from .base import (  # noqa: F401  (re-exported: the resource's names live here)
+    API_VERSION, DNS_LABEL, GROUP, KIND, MAX_STAGES, PLURAL, SHORT_NAMES, SINGULAR, STAGE_NAME_MAX, VERSION,
+    ApiModel, StageType, is_dns_label,
+)
+from .graph import stage_graph_problems
+from .training import DeepSpeedSpec, DpoSpec, LoraSpec, RlSpec, TrainingSpec  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------
 # spec
@@ -122,41 +93,13 @@ class DataSpec(ApiModel):
         0.1, gt=0, lt=1, description="Share of `path` held out for evaluation when `evalPath` is not set."
     )
     text_field: str = Field("text", max_length=63, description="Column with raw text (pretrain).")
-    prompt_field: str = Field("prompt", max_length=63, description="Column with the prompt (sft, rlhf).")
+    prompt_field: str = Field("prompt", max_length=63, description="Column with the prompt (sft, rlhf, dpo).")
     completion_field: str = Field("completion", max_length=63, description="Column with the response (sft).")
     messages_field: str = Field(
         "messages", max_length=63, description="Column with a chat as a list of {role, content} (sft), used when present."
     )
-    chosen_field: str = Field("chosen", max_length=63, description="Column with the preferred response (reward).")
-    rejected_field: str = Field("rejected", max_length=63, description="Column with the dispreferred response (reward).")
-
-
-class TrainingSpec(ApiModel):
-    """Optimisation settings of one stage."""
-
-    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimiser steps; overrides `epochs`.")
-    epochs: float = Field(1.0, gt=0, le=10000, description="Passes over the training data when `maxSteps` is unset.")
-    learning_rate: float = Field(5e-4, gt=0, le=1, description="Peak learning rate.")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warm-up.")
-    batch_size: int = Field(8, ge=1, le=65536, description="Sequences per device per step.")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches per optimiser step.")
-    seq_len: int = Field(128, ge=8, le=1048576, description="Longest training sequence, in tokens.")
-    save_steps: int = Field(50, ge=1, le=10_000_000, description="Write a checkpoint every this many steps.")
-    eval_steps: int | None = Field(None, ge=1, le=10_000_000, description="Evaluate every this many steps (default: only at the end).")
-    logging_steps: int = Field(10, ge=1, le=10_000_000, description="Report loss and progress every this many steps.")
-    keep_checkpoints: int = Field(3, ge=1, le=1000, description="Newest checkpoints kept on the volume per stage.")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Random seed (data order, initialisation, sampling).")
-
-
-class RlSpec(ApiModel):
-    """Reinforcement learning settings (rlhf stages)."""
-
-    algorithm: Literal["rloo", "grpo"] = Field("rloo", description="TRL trainer: `rloo` (RLOOTrainer) or `grpo` (GRPOTrainer).")
-    num_generations: int = Field(4, ge=2, le=256, description="Completions sampled per prompt.")
-    max_completion_length: int = Field(16, ge=1, le=65536, description="Longest sampled completion, in tokens.")
-    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
-    beta: float = Field(0.05, ge=0, le=100, description="Weight of the KL penalty against the initial policy.")
-    eval_prompts: int = Field(64, ge=1, le=100000, description="Held-out prompts scored (greedy) before and after training.")
+    chosen_field: str = Field("chosen", max_length=63, description="Column with the preferred response (reward, dpo).")
+    rejected_field: str = Field("rejected", max_length=63, description="Column with the dispreferred response (reward, dpo).")
 
 
 class Toleration(ApiModel):
@@ -195,7 +138,7 @@ class Stage(ApiModel):
     """One step of the recipe, run as a Job of the trainer image."""
 
     name: str = Field(..., min_length=1, max_length=STAGE_NAME_MAX, pattern=DNS_LABEL, description="Unique DNS label.")
-    type: StageType = Field(..., description="pretrain | sft | reward | rlhf.")
+    type: StageType = Field(..., description="pretrain | sft | reward | rlhf | dpo.")
     from_: str | None = Field(
         None,
         alias="from",
@@ -212,7 +155,9 @@ class Stage(ApiModel):
     )
     data: DataSpec = Field(..., description="The stage's dataset.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
-    rl: RlSpec | None = Field(None, description="rlhf only: sampling and KL settings.")
+    rl: RlSpec | None = Field(None, description="rlhf only: algorithm, sampling and KL settings.")
+    dpo: DpoSpec | None = Field(None, description="dpo only: beta and loss type.")
+    deepspeed: DeepSpeedSpec | None = Field(None, description="Run the stage's trainer under DeepSpeed ZeRO.")
     resources: Resources = Field(default_factory=Resources, description="Pod resources (cluster only).")
     retries: Retries = Field(default_factory=Retries, description="Retry budgets per failure class.")
 
@@ -226,6 +171,8 @@ class Stage(ApiModel):
             raise ValueError("`rewardModel` is only valid on rlhf stages")
         if self.rl is not None and self.type != StageType.rlhf:
             raise ValueError("`rl` is only valid on rlhf stages")
+        if self.dpo is not None and self.type != StageType.dpo:
+            raise ValueError("`dpo` is only valid on dpo stages")
         return self
 
     @property
@@ -368,61 +315,3 @@ class TrainingPipeline(ApiModel):
     status: PipelineStatus | None = None
 
 
-# ----------------------------------------------------------------------------------------------
-# graph checks shared by pydantic validation, `refinery validate` and the operator
-
-
-def stage_graph_problems(stages: list[Stage]) -> list[str]:
-    """Every reason the stages do not form a valid DAG, as messages naming the field."""
-    problems: list[str] = []
-    names = [s.name for s in stages]
-    by_name = {s.name: s for s in stages}
-    for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"stages: duplicate stage name {dup!r}")
-    for i, s in enumerate(stages):
-        refs = [("from", s.from_), ("rewardModel", s.reward_model)]
-        refs += [(f"dependsOn[{j}]", d) for j, d in enumerate(s.depends_on or [])]
-        for field, ref in refs:
-            if ref is None:
-                continue
-            if ref not in by_name:
-                problems.append(f"stages[{i}].{field}: no stage named {ref!r}")
-            elif ref == s.name:
-                problems.append(f"stages[{i}].{field}: a stage cannot depend on itself")
-        if s.reward_model in by_name and by_name[s.reward_model].type != StageType.reward:
-            problems.append(f"stages[{i}].rewardModel: stage {s.reward_model!r} is not a reward stage")
-        if s.depends_on is not None:
-            for field, ref in refs[:2]:
-                if ref and ref not in s.depends_on:
-                    problems.append(f"stages[{i}].dependsOn: must include {ref!r} (named in {field})")
-    if not problems:
-        cycle = _find_cycle({s.name: s.dependencies for s in stages})
-        if cycle:
-            problems.append("stages: dependency cycle " + " -> ".join(cycle))
-    return problems
-
-
-def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for dep in edges.get(node, []):
-            if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep]
-            if dep not in state and (found := visit(dep)):
-                return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in edges:
-        if node not in state and (found := visit(node)):
-            return found
-    return None
-
-
-def is_dns_label(value: str) -> bool:
-    return bool(re.match(DNS_LABEL, value)) and len(value) <= 63

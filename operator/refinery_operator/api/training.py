@@ -1,0 +1,95 @@
+"""How a stage trains: optimisation, precision, LoRA, DeepSpeed, and the RL / DPO settings."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from .base import ApiModel
+
+
+class LoraSpec(ApiModel):
+    """Train low-rank adapters (PEFT LoRA) instead of every weight."""
+
+    r: int = Field(8, ge=1, le=1024, description="Rank of the adapters.")
+    alpha: int = Field(16, ge=1, le=4096, description="Scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[Annotated[str, Field(max_length=63)]] | None = Field(
+        None, max_length=32, description="Module names to adapt, e.g. [q_proj, v_proj]. Default: every linear layer."
+    )
+    save: Literal["merged", "adapter"] = Field(
+        "merged",
+        description="`merged`: the final model has the adapters folded in (loads without PEFT). `adapter`: only the "
+        "adapter is saved, with a reference to its base model.",
+    )
+
+
+class DeepSpeedSpec(ApiModel):
+    """DeepSpeed ZeRO for the stage's trainer (launched under torchrun)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also weights.")
+    offload_optimizer: bool = Field(False, description="Keep optimizer state in CPU memory (ZeRO-Offload).")
+    offload_params: bool = Field(False, description="Keep weights in CPU memory (ZeRO-3 only).")
+    config_path: str | None = Field(
+        None, max_length=1024, description="A full DeepSpeed JSON config on the volume; overrides the fields above."
+    )
+
+
+class TrainingSpec(ApiModel):
+    """Optimisation settings of one stage."""
+
+    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimiser steps; overrides `epochs`.")
+    epochs: float = Field(1.0, gt=0, le=10000, description="Passes over the training data when `maxSteps` is unset.")
+    learning_rate: float = Field(5e-4, gt=0, le=1, description="Peak learning rate.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    batch_size: int = Field(8, ge=1, le=65536, description="Sequences per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Micro-batches per optimiser step.")
+    seq_len: int = Field(128, ge=8, le=1048576, description="Longest training sequence, in tokens.")
+    save_steps: int = Field(50, ge=1, le=10_000_000, description="Write a checkpoint every this many steps.")
+    eval_steps: int | None = Field(None, ge=1, le=10_000_000, description="Evaluate every this many steps (default: only at the end).")
+    logging_steps: int = Field(10, ge=1, le=10_000_000, description="Report loss and progress every this many steps.")
+    keep_checkpoints: int = Field(3, ge=1, le=1000, description="Newest checkpoints kept on the volume per stage.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Random seed (data order, initialisation, sampling).")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="`auto`: bf16 on GPUs that support it, else fp32 (always fp32 on CPU)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory.")
+    lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights (sft, reward, dpo, rlhf).")
+
+
+class RlSpec(ApiModel):
+    """Reinforcement learning settings (rlhf stages)."""
+
+    algorithm: Literal["rloo", "grpo", "ppo"] = Field(
+        "rloo",
+        description="`rloo` (TRL RLOOTrainer), `grpo` (TRL GRPOTrainer) or `ppo` (PPO with a value model "
+        "initialised from the reward model).",
+    )
+    num_generations: int = Field(4, ge=1, le=256, description="Completions sampled per prompt (rloo, grpo: at least 2).")
+    max_completion_length: int = Field(16, ge=1, le=65536, description="Longest sampled completion, in tokens.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
+    beta: float = Field(0.05, ge=0, le=100, description="Weight of the KL penalty against the initial policy.")
+    eval_prompts: int = Field(64, ge=1, le=100000, description="Held-out prompts scored (greedy) before and after training.")
+    clip_range: float = Field(0.2, gt=0, le=10, description="ppo: clip range of the policy ratio.")
+    value_clip_range: float = Field(0.2, gt=0, le=100, description="ppo: clip range of the value update.")
+    value_coef: float = Field(0.1, ge=0, le=100, description="ppo: weight of the value loss.")
+    gamma: float = Field(1.0, ge=0, le=1, description="ppo: discount factor.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="ppo: GAE lambda.")
+    ppo_epochs: int = Field(4, ge=1, le=100, description="ppo: optimisation passes over each batch of rollouts.")
+    target_kl: float | None = Field(
+        None, gt=0, le=100, description="ppo: adapt `beta` towards this KL per completion (adaptive KL controller); fixed when unset."
+    )
+
+    @model_validator(mode="after")
+    def _group_baselines_need_groups(self) -> RlSpec:
+        if self.algorithm in ("rloo", "grpo") and self.num_generations < 2:
+            raise ValueError(f"{self.algorithm} compares completions of one prompt: numGenerations must be at least 2")
+        return self
+
+
+class DpoSpec(ApiModel):
+    """Direct preference optimisation settings (dpo stages)."""
+
+    beta: float = Field(0.1, gt=0, le=100, description="Strength of the implicit KL constraint to the reference policy.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss: sigmoid (the paper's), ipo or hinge.")
