@@ -1,0 +1,125 @@
+"""kopf glue: every handler delegates to `reconcile.reconcile` (the one use-case).
+
+Run it with `refinery operator` (which calls `run_operator`) or `kopf run -m refinery_operator.handlers`.
+
+How a pipeline is driven:
+- A daemon per pipeline runs `reconcile` whenever it is woken, and at least every RESYNC_S
+  seconds as a backstop (level-based: every pass recomputes everything from observation).
+- Jobs and progress ConfigMaps are watched; any event on one that carries our labels wakes
+  its pipeline's daemon. A checkpoint a pod reports therefore reaches `.status` after one
+  watch event plus one reconcile (two list calls and a status patch): well under a second.
+- Creation, resumption and spec changes run `reconcile` directly, so an invalid spec becomes
+  `kopf.PermanentError` (logged once, never retried) plus the status Failed/InvalidSpec.
+- Reconciles of the same pipeline are serialised by a per-pipeline lock, and each starts from
+  the status the previous one wrote (a watched body may lag behind our own last patch).
+
+kopf's own bookkeeping goes to annotations (`AnnotationsProgressStorage`,
+`AnnotationsDiffBaseStorage`), never into `.status`, which our schema types strictly. Daemons
+need a finalizer (kopf stops them before the object goes); ours is named `refinery.dev/...`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+import kopf
+import urllib3.exceptions
+from kubernetes.client.exceptions import ApiException
+
+from . import builders
+from .api.v1alpha1 import GROUP, PLURAL, VERSION
+from .k8s import Cluster
+from .reconcile import Outcome, reconcile
+
+RESYNC_S = 30.0  # backstop: a pipeline is reconciled at least this often
+RETRY_S = 2.0  # after an API error
+ANNOTATION_PREFIX = "refinery.dev"
+API_ERRORS = (ApiException, urllib3.exceptions.HTTPError)
+OWNED = {builders.LABEL_PIPELINE: kopf.PRESENT}
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/stop-daemon"
+    settings.posting.level = logging.WARNING  # Events on the pipeline only for problems
+    memo.cluster = memo.get("cluster") or Cluster.from_environment()
+    memo.wakeups = collections.defaultdict(asyncio.Event)  # (namespace, name) -> Event
+    memo.locks = collections.defaultdict(asyncio.Lock)
+    memo.statuses = {}  # (namespace, name, uid) -> the status this operator last wrote
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def spec_changed(body: kopf.Body, memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
+    outcome = await locked_reconcile(memo, body)
+    memo.wakeups[namespace, name].set()
+    if outcome.invalid:
+        raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+async def keep_reconciling(body: kopf.Body, memo: kopf.Memo, namespace: str, name: str,
+                           logger: logging.Logger, **_: Any) -> None:
+    wakeup: asyncio.Event = memo.wakeups[namespace, name]
+    try:
+        while True:
+            wakeup.clear()  # a wake-up during the reconcile below triggers one more pass
+            try:
+                await locked_reconcile(memo, body, logger)
+            except API_ERRORS as e:
+                logger.warning("reconcile failed, retrying in %.0fs: %s", RETRY_S, e)
+                await asyncio.sleep(RETRY_S)
+                continue
+            try:
+                await asyncio.wait_for(wakeup.wait(), RESYNC_S)
+            except TimeoutError:
+                pass
+    finally:
+        memo.wakeups.pop((namespace, name), None)
+        memo.statuses.pop((namespace, name, body.metadata.uid), None)
+        memo.locks.pop((namespace, name, body.metadata.uid), None)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OWNED)
+@kopf.on.event("", "v1", "configmaps", labels={**OWNED, builders.LABEL_COMPONENT: builders.COMPONENT_PROGRESS})
+def child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    wakeup = memo.wakeups.get((namespace, labels[builders.LABEL_PIPELINE]))
+    if wakeup is not None:  # no daemon: the pipeline is gone or not yet seen
+        wakeup.set()
+
+
+async def locked_reconcile(memo: kopf.Memo, body: kopf.Body, logger: logging.Logger | None = None) -> Outcome:
+    key = (body.metadata.namespace, body.metadata.name, body.metadata.uid)
+    async with memo.locks[key]:
+        outcome = await reconcile(memo.cluster, body, last_status=memo.statuses.get(key))
+        memo.statuses[key] = outcome.status
+    if logger is not None and outcome.launched:
+        logger.info("started %s", ", ".join(outcome.launched))
+    return outcome
+
+
+@kopf.on.cleanup()
+def close(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("cluster") is not None:
+        memo.cluster.close()
+
+
+def run_operator(namespace: str | None = None, *, liveness_endpoint: str | None = None, verbose: bool = False) -> None:
+    """Run the operator until interrupted: cluster-wide, or only in `namespace`.
+
+    Standalone (no kopf peering): run one replica; the Deployment's `Recreate` strategy keeps
+    two from overlapping during a rollout.
+    """
+    kopf.configure(verbose=verbose)
+    kopf.run(
+        clusterwide=namespace is None,
+        namespaces=[namespace] if namespace else (),
+        standalone=True,
+        liveness_endpoint=liveness_endpoint,
+    )

@@ -1,0 +1,64 @@
+"""A stand-in for `refinery-train run --config FILE`: quick, torch-free, same contract.
+
+It reads the StageRun, "trains" a few steps, writes complete checkpoints (marker last) under
+`attempt-<n>/checkpoints/`, reports progress and checkpoints through the trainer's own
+`Reporter` (so the ConfigMap patch path is the real one), resumes from the newest complete
+checkpoint of the stage, then writes `model/` and `result.json` and reports success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from refinery_operator.api.run import StageRun
+from refinery_operator.api.v1alpha1 import Checkpoint
+from refinery_trainer import checkpoints as ckpt
+from refinery_trainer.report import Reporter
+
+STEP_S = 0.05
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["run"])
+    parser.add_argument("--config", required=True)
+    run = StageRun.model_validate(yaml.safe_load(Path(parser.parse_args().config).read_text()))
+    stage_dir = Path(run.stage_dir)
+    max_steps = run.stage.training.max_steps or 6
+    save = run.stage.training.save_steps
+    done = ckpt.complete_checkpoints(stage_dir)
+    start = ckpt.checkpoint_step(done[0]) if done else 0
+    reporter = Reporter.for_run(run)
+    if done:
+        reporter.record = reporter.record.model_copy(update={"resumed_from": Checkpoint(step=start, path=str(done[0]))})
+    reporter.update(force=True, step=start, max_steps=max_steps)
+    count = len(done)
+    for step in range(start + 1, max_steps + 1):
+        time.sleep(STEP_S)
+        loss = 1.0 / step
+        if step % save == 0 or step == max_steps:
+            path = ckpt.attempt_dir(stage_dir, run.attempt) / "checkpoints" / f"checkpoint-{step}"
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "weights.json").write_text(json.dumps({"step": step}))
+            ckpt.write_marker(path, step, {"loss": loss})
+            count += 1
+            reporter.checkpoint(Checkpoint(step=step, path=str(path), time=ckpt.now_rfc3339()), count, {"loss": loss})
+        else:
+            reporter.update(step=step, metrics={"loss": loss})
+    model = stage_dir / "model"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text(json.dumps({"stage": run.stage.name, "init": run.init_model}))
+    metrics = {"loss": 1.0 / max_steps, "evalLoss": 1.5 / max_steps}
+    ckpt.atomic_write_text(stage_dir / "result.json", json.dumps({"metrics": metrics, "output": str(model)}))
+    reporter.succeeded(metrics, str(model), step=max_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
