@@ -1,0 +1,79 @@
+"""Observation (Jobs and progress ConfigMaps -> plan inputs) and spec errors, without an API."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from refinery_operator.k8s import merge_patch
+from refinery_operator.reconcile import attempt_state, describe_validation_error, parse_pipeline, progress_record
+from tests.builders import chat_pipeline
+
+
+def job(attempt=1, **status):
+    return {"metadata": {"labels": {"refinery.dev/attempt": str(attempt)}}, "status": status}
+
+
+def cond(type_, reason=None, message=None):
+    return {"type": type_, "status": "True", "reason": reason, "message": message, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize(("obj", "phase", "infrastructure", "reason"), [
+    (job(), "Pending", False, None),
+    (job(active=1, startTime="t"), "Running", False, None),
+    (job(succeeded=1, conditions=[cond("SuccessCriteriaMet"), cond("Complete")]), "Succeeded", False, None),
+    (job(failed=1, conditions=[cond("FailureTarget", "BackoffLimitExceeded"), cond("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")]),
+     "Failed", False, "TrainerError"),
+    (job(failed=1, conditions=[cond("Failed", "PodFailurePolicy", "Pod ns/p has condition DisruptionTarget matching FailJob rule at index 0")]),
+     "Failed", True, "Disrupted"),
+    (job(failed=1, conditions=[cond("Failed", "PodFailurePolicy", "Container trainer for pod ns/p failed with exit code 137 matching FailJob rule at index 1")]),
+     "Failed", True, "OOMKilled"),
+    (job(failed=1, conditions=[cond("Failed", "PodFailurePolicy", "... matching FailJob rule at index 9")]), "Failed", False, "TrainerError"),
+    (job(failed=1, conditions=[cond("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")]), "Failed", True, "DeadlineExceeded"),
+])
+def test_attempt_state_from_job(obj, phase, infrastructure, reason):
+    state = attempt_state(obj)
+    assert (state.phase, state.infrastructure, state.reason) == (phase, infrastructure, reason)
+
+
+def test_attempt_number_comes_from_the_label():
+    assert attempt_state(job(attempt=3)).attempt == 3
+
+
+@pytest.mark.parametrize(("data", "step"), [
+    ({}, None),
+    ({"progress.json": ""}, None),
+    ({"progress.json": "{not json"}, None),
+    ({"progress.json": json.dumps({"phase": "Bogus"})}, None),
+    ({"progress.json": json.dumps({"step": 7, "maxSteps": 10, "progress": 0.7})}, 7),
+])
+def test_progress_record_from_configmap(data, step):
+    record = progress_record({"metadata": {"name": "p-s-progress"}, "data": data})
+    assert (record.step if record else None) == step
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda m: m["spec"]["stages"][1].update({"from": "nope"}), "spec.stages[1].from: no stage named 'nope'"),
+    (lambda m: m["spec"]["stages"][0].update({"training": {"maxSteps": 0}}), "spec.stages[0].training.maxSteps: Input should be greater than or equal to 1"),
+    (lambda m: m["spec"]["stages"][0].update({"bogus": 1}), "spec.stages[0].bogus: Extra inputs are not permitted"),
+    (lambda m: m["spec"].pop("storage"), "spec.storage: Field required"),
+])
+def test_invalid_spec_message_names_the_field(edit, expected):
+    manifest = chat_pipeline("p").manifest()
+    edit(manifest)
+    with pytest.raises(Exception) as error:
+        parse_pipeline(manifest)
+    assert expected in describe_validation_error(error.value)
+
+
+@pytest.mark.parametrize(("old", "new", "patch"), [
+    ({}, {}, {}),
+    ({"a": 1}, {"a": 1}, {}),
+    ({"a": 1}, {"a": 2}, {"a": 2}),
+    ({"a": 1, "b": 2}, {"a": 1}, {"b": None}),
+    ({"s": {"x": 1, "y": 2}}, {"s": {"x": 1}}, {"s": {"y": None}}),
+    ({"l": [1, 2]}, {"l": [1]}, {"l": [1]}),
+])
+def test_merge_patch(old, new, patch):
+    assert merge_patch(old, new) == patch
