@@ -37,9 +37,11 @@ TRAINING = {
     "sft": {"maxSteps": 400, "learningRate": 3e-3, "batchSize": 32, "seqLen": 64, "saveSteps": 400},
     "reward": {"maxSteps": 250, "learningRate": 3e-3, "batchSize": 32, "seqLen": 64, "saveSteps": 250},
     "rlhf": {"maxSteps": 100, "learningRate": 1e-3, "batchSize": 32, "seqLen": 64, "saveSteps": 100},
+    "dpo": {"maxSteps": 40, "learningRate": 1e-3, "batchSize": 16, "seqLen": 64, "saveSteps": 40},
 }
 FILES = {"pretrain": ("pretrain.txt", None), "sft": ("sft.jsonl", "sft_eval.jsonl"),
-         "reward": ("preferences.jsonl", "preferences_eval.jsonl"), "rlhf": ("prompts.jsonl", "prompts_eval.jsonl")}
+         "reward": ("preferences.jsonl", "preferences_eval.jsonl"), "rlhf": ("prompts.jsonl", "prompts_eval.jsonl"),
+         "dpo": ("preferences.jsonl", "preferences_eval.jsonl")}
 
 
 def example_run(ws: Path, name: str, type: str, *, training: dict | None = None, stage: dict | None = None,
@@ -65,9 +67,16 @@ def run_stage(ws: Path, run: dict) -> dict:
 @functools.cache
 def example_models(ws: Path) -> Path:
     """pretrain → sft → reward on the example data, once per test session (cached by folder)."""
+    example_sft(ws)
+    run_stage(ws, example_run(ws, "reward", "reward", from_="sft", initModel=str(model_dir(ws, "sft"))))
+    return ws
+
+
+@functools.cache
+def example_sft(ws: Path) -> Path:
+    """pretrain → sft on the example data, once per test session (cached by folder)."""
     run_stage(ws, example_run(ws, "pretrain", "pretrain", model=MODEL))
     run_stage(ws, example_run(ws, "sft", "sft", from_="pretrain", initModel=str(model_dir(ws, "pretrain"))))
-    run_stage(ws, example_run(ws, "reward", "reward", from_="sft", initModel=str(model_dir(ws, "sft"))))
     return ws
 
 

@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "sft": "refinery_trainer.stages.sft",
     "reward": "refinery_trainer.stages.reward",
     "rlhf": "refinery_trainer.stages.rlhf",
+    "dpo": "refinery_trainer.stages.dpo",
 }
 
 EXIT_FAILED = 1

@@ -121,7 +121,7 @@ class StageContext:
         if not value:
             raise ModelError(f"stage {self.stage.name!r}: the run has no {what}")
         path = self.resolve(value)
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ModelError(f"stage {self.stage.name!r}: {what} {path} is not a saved model (no config.json)")
         return path
 
@@ -168,8 +168,11 @@ class StageContext:
         """
         import torch
 
+        from .devices import precision_kwargs
+
         t = self.training
         cuda = torch.cuda.is_available()
+        precision = precision_kwargs(t.precision, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
         kwargs: dict[str, Any] = dict(
             output_dir=str(self.checkpoints_dir),
             max_steps=t.max_steps if t.max_steps else -1,
@@ -194,12 +197,20 @@ class StageContext:
             use_cpu=not cuda,
             dataloader_num_workers=0,  # worker processes cost seconds of start-up on tiny data
             dataloader_pin_memory=cuda,
-            bf16=cuda and torch.cuda.is_bf16_supported(),  # TRL configs default to bf16 even on CPU
-            activation_checkpointing=False,  # TRL configs default to True: ~20% slower, pointless when small
+            **precision,  # explicit: TRL configs default to bf16 even on CPU
+            activation_checkpointing=t.gradient_checkpointing,  # TRL configs default to True (~20% slower)
+            include_num_input_tokens_seen="non_padding",  # tokens/s of real tokens (ProgressCallback)
             disable_tqdm=True,  # progress goes through the Reporter; tqdm would flood pod logs
         )
         kwargs.update(overrides)
         return kwargs
+
+    def lora_config(self, task: str = "causal"):
+        """peft LoraConfig of `training.lora` for a trainer's `peft_config` (None: train every weight).
+        `task`: "causal" (sft, dpo, rlhf policies) or "reward" (also trains the score head)."""
+        from .lora import lora_config
+
+        return lora_config(self.training.lora, task)
 
     def callbacks(self) -> list[TrainerCallback]:
         """The TrainerCallbacks every stage passes to its trainer: markers, rotation, progress, NaN check, metrics."""
@@ -296,12 +307,18 @@ class StageContext:
     # ---- outputs -----------------------------------------------------------------------------
 
     def save_final(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
-        """save_pretrained into a temporary sibling, then rename it to `<stage_dir>/model` (rank 0 only)."""
+        """save_pretrained into a temporary sibling, then rename it to `<stage_dir>/model` (rank 0 only).
+        A LoRA model is saved merged or as an adapter, as `training.lora.save` says."""
         if not self.is_main_process:
             return self.model_dir
+        from .lora import is_lora_model, save_lora_model
+
         tmp = self.stage_dir / f".{MODEL_DIR}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        if is_lora_model(model):  # `training.lora.save`: merged weights, or the adapter + its base
+            save_lora_model(model, tmp, self.training.lora, base=self.init_model_dir)
+        else:
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         ckpt.fsync_tree(tmp)
@@ -320,7 +337,8 @@ class StageContext:
         return self.reporter.update(force=force, **fields)
 
 
-_SKIPPED_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "preparation_time", "flos", "num_tokens")
+_SKIPPED_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "preparation_time", "flos", "num_tokens",
+                    "num_input_tokens_seen", "tokens_per_second")
 
 
 def camel_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -2,6 +2,7 @@
 
     model = build_model(ModelConfig(hidden_size=64), tokenizer, seed=0)
     model = load_model("/workspace/ns/p/pretrain/model")
+    model = load_model("/workspace/ns/p/sft/model")   # a LoRA adapter folder: merged into its base on load
 """
 
 from __future__ import annotations
@@ -39,11 +40,23 @@ def build_model(config: ModelConfig, tokenizer, seed: int = 0):
 
 def load_model(path_or_id: str | Path, model_class=None, **kwargs):
     """`model_class.from_pretrained(path)` (default AutoModelForCausalLM) in float32 on CPU-friendly
-    settings; a folder or hub id that cannot be loaded raises ModelError."""
+    settings; a folder or hub id that cannot be loaded raises ModelError.
+
+    A folder with only a LoRA adapter (a stage saved with `lora.save: adapter`) loads its base
+    (`base_model_name_or_path`, itself loaded by this function) and merges the adapter into it.
+    """
     import torch
+
+    from .lora import adapter_base, is_adapter_folder, load_merged
 
     if model_class is None:
         from transformers import AutoModelForCausalLM as model_class
+    if is_adapter_folder(path_or_id):
+        base = load_model(adapter_base(path_or_id), model_class, **kwargs)
+        try:
+            return load_merged(path_or_id, base)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"cannot load the LoRA adapter in {path_or_id}: {exc}") from None
     kwargs.setdefault("dtype", torch.float32)
     try:
         return model_class.from_pretrained(str(path_or_id), **kwargs)
