@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from .admission import admission_problems
 from .v1alpha1 import TrainingPipeline
 
 
@@ -31,22 +32,38 @@ def field_path(loc: tuple) -> str:
 
 
 def explain(err: ValidationError) -> list[str]:
+    """One line per problem, each starting with the field path it is about."""
     problems = []
     for e in err.errors():
-        message = e["msg"].removeprefix("Value error, ")
+        where = field_path(e["loc"])
         if e["type"] == "extra_forbidden":
-            message = "unknown field (misspelt?)"
-        problems.append(f"{field_path(e['loc']) or '(top level)'}: {message}")
+            problems.append(f"{where}: unknown field (misspelt?)")
+            continue
+        parent, _, last = where.rpartition(".")
+        for message in e["msg"].removeprefix("Value error, ").split("; "):
+            # Graph checks validate the whole list and name the item themselves ("stages[1].from: …").
+            if last and message.startswith((f"{last}[", f"{last}:")):
+                problems.append(f"{parent}.{message}" if parent else message)
+            else:
+                problems.append(f"{where or '(top level)'}: {message}")
     return problems
 
 
-def parse_pipeline(obj: object, source: str = "manifest") -> TrainingPipeline:
+def parse_pipeline(obj: object, source: str = "manifest", admission: bool = True) -> TrainingPipeline:
+    """The typed pipeline, or InvalidManifest listing every problem once, each with its field.
+
+    With `admission`, the CRD's schema and CEL rules are applied first (what `kubectl apply`
+    would refuse), then the models' semantic checks (what the operator would refuse)."""
     if not isinstance(obj, dict):
         raise InvalidManifest(source, ["(top level): expected a mapping with apiVersion, kind, metadata, spec"])
+    problems = admission_problems(obj) if admission else []
     try:
-        return TrainingPipeline.model_validate(obj)
+        pipeline = TrainingPipeline.model_validate(obj)
     except ValidationError as err:
-        raise InvalidManifest(source, explain(err)) from None
+        problems += [p for p in explain(err) if p not in problems]
+    if problems:
+        raise InvalidManifest(source, problems)
+    return pipeline
 
 
 def load_pipelines(path: str | Path) -> list[TrainingPipeline]:
