@@ -99,7 +99,14 @@ def adapter_base(path: str | Path) -> str:
 
 
 def load_merged(path: str | Path, base_model):
-    """The adapter saved in `path` folded into `base_model` (a plain transformers model again)."""
-    from peft import PeftModel
+    """The adapter saved in `path` folded into `base_model` (a plain transformers model again).
 
-    return PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
+    The base may be another head than the adapter was trained with (a reward stage starting from
+    an sft adapter loads it into a sequence classifier): the task-agnostic PeftModel loads and
+    merges the shared layers, where the task's class would insist on the original head's methods.
+    """
+    from peft import PeftConfig, PeftModel
+
+    config = PeftConfig.from_pretrained(str(path))
+    config.task_type = None
+    return PeftModel.from_pretrained(base_model, str(path), config=config).merge_and_unload()

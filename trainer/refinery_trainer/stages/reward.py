@@ -49,6 +49,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         train_dataset=Dataset.from_list(tokenize_pairs(tokenizer, train)),
         eval_dataset=Dataset.from_list(tokenize_pairs(tokenizer, held_out)),
         processing_class=tokenizer,
+        peft_config=ctx.lora_config("reward"),  # None unless training.lora
         callbacks=ctx.callbacks(),
     )
     initial_accuracy = pairwise_accuracy(model, tokenizer, held_out)

@@ -48,6 +48,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         train_dataset=Dataset.from_list(train_rows.select(columns)),
         eval_dataset=Dataset.from_list(eval_rows.select(columns)),
         processing_class=tokenizer,
+        peft_config=ctx.lora_config("causal"),  # None unless training.lora
         callbacks=ctx.callbacks(),
     )
     metrics = ctx.train_and_evaluate(trainer)
