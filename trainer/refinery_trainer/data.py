@@ -65,6 +65,15 @@ class Table:
                     raise DataError(f"{self.where(i)}: field {name!r} must be a string, got {type(row[name]).__name__}")
         return self
 
+    def require_messages(self, column: str) -> Table:
+        """The column holds chats: lists of {role, content} with string values and an assistant turn
+        (the part a chat model learns to write), after `require`."""
+        for i, row in enumerate(self.rows):
+            problem = _chat_problem(row[column])
+            if problem:
+                raise DataError(f"{self.where(i)}: field {column!r} {problem}")
+        return self
+
     def select(self, columns: dict[str, str]) -> list[dict]:
         """Rows with only `columns` (new name → name in the file), e.g. to TRL's conventions."""
         return [{new: row[old] for new, old in columns.items()} for row in self.rows]
@@ -83,8 +92,30 @@ class Table:
         return Table(self.path, [self.rows[i] for i in idx], [self.lines[i] for i in idx], self.unit)
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def _chat_problem(chat) -> str | None:
+    """Why `chat` is not a list of {role, content} messages with an assistant turn, or None."""
+    if not isinstance(chat, list) or not chat:
+        return f"must be a non-empty list of {{role, content}} messages, got {type(chat).__name__}"
+    for j, message in enumerate(chat):
+        if not isinstance(message, dict):
+            return f"[{j}] must be a {{role, content}} object, got {type(message).__name__}"
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                got = "nothing" if message.get(key) is None else type(message[key]).__name__
+                return f"[{j}].{key} must be a string, got {got}"
+        if message["role"] not in ROLES:
+            return f"[{j}].role {message['role']!r} is not one of {', '.join(ROLES)}"
+    if not any(m["role"] == "assistant" for m in chat):
+        return "has no assistant message (the part the model learns to write)"
+    return None
+
+
 def read_table(path: str | Path, *, text_field: str = "text") -> Table:
-    """Read a data file; `.txt` becomes rows `{text_field: document}`. Raises DataError."""
+    """Read a data file; `.txt` becomes rows `{text_field: document}`. Raises DataError, also for a
+    file without a single row."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: dataset file not found" + (" (it is a folder)" if path.is_dir() else ""))
@@ -93,14 +124,19 @@ def read_table(path: str | Path, *, text_field: str = "text") -> Table:
         raise DataError(f"{path}: unsupported data format {suffix or '(none)'}; use one of {', '.join(SUPPORTED)}")
     try:
         if suffix == ".txt":
-            return _read_txt(path, text_field)
-        if suffix == ".jsonl":
-            return _read_jsonl(path)
-        if suffix == ".json":
-            return _read_json(path)
-        return _read_parquet(path)
+            table = _read_txt(path, text_field)
+        elif suffix == ".jsonl":
+            table = _read_jsonl(path)
+        elif suffix == ".json":
+            table = _read_json(path)
+        else:
+            table = _read_parquet(path)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not table.rows:
+        what = {".txt": "no text (documents are blank-line-separated blocks)", ".jsonl": "no JSON lines"}
+        raise DataError(f"{path}: the file is empty: {what.get(suffix, 'no rows')}")
+    return table
 
 
 def _read_txt(path: Path, text_field: str) -> Table:

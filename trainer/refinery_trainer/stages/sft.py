@@ -25,9 +25,11 @@ def run(ctx: StageContext) -> dict[str, float]:
     train_rows.require(*columns.values(), hint=_hint(ctx, columns))
     eval_rows.require(*columns.values(), hint=_hint(ctx, columns))
     chat = "messages" in columns
-    if not chat:
-        train_rows.require_text(*columns.values())
-        eval_rows.require_text(*columns.values())
+    for table in (train_rows, eval_rows):
+        if chat:
+            table.require_messages(columns["messages"])
+        else:
+            table.require_text(*columns.values())
     model, tokenizer = ctx.load_causal_lm()
 
     from datasets import Dataset
