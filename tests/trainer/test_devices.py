@@ -1,0 +1,84 @@
+"""Precision, gradient checkpointing, effective batch size and tokens/s: what the spec asks, what runs."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from refinery_operator.api.run import StageRun
+from refinery_trainer import cli
+from refinery_trainer.callbacks import ProgressCallback
+from refinery_trainer.context import StageContext
+from refinery_trainer.devices import PrecisionError, effective_batch_size, precision_kwargs
+
+from .conftest import TINY_MODEL, make_corpus, read_json, stage_run, write_config
+
+FP32 = {"bf16": False, "fp16": False}
+
+
+@pytest.mark.parametrize("precision, cuda, bf16_supported, expected", [
+    ("auto", False, False, FP32),                       # CPU: always fp32
+    ("auto", True, True, {"bf16": True, "fp16": False}),  # Ampere and newer
+    ("auto", True, False, FP32),                        # older GPUs: fp32, never a silent fp16
+    ("fp32", True, True, FP32),
+    ("bf16", True, True, {"bf16": True, "fp16": False}),
+    ("fp16", True, False, {"bf16": False, "fp16": True}),
+])
+def test_precision_choice(precision, cuda, bf16_supported, expected):
+    assert precision_kwargs(precision, cuda=cuda, bf16_supported=bf16_supported) == expected
+
+
+@pytest.mark.parametrize("precision, cuda, needle", [
+    ("bf16", False, "needs a CUDA GPU"), ("fp16", False, "needs a CUDA GPU"), ("bf16", True, "no bf16 support"),
+])
+def test_unsupported_precision_is_an_error(precision, cuda, needle):
+    with pytest.raises(PrecisionError, match=needle) as err:
+        precision_kwargs(precision, cuda=cuda, bf16_supported=False)
+    assert err.value.reason == "UnsupportedPrecision"
+
+
+def test_effective_batch_size():
+    assert effective_batch_size(8, 4) == 32 and effective_batch_size(8, 4, world_size=2) == 64
+
+
+def context(workspace, **training) -> StageContext:
+    run = stage_run(workspace, "sft", "sft", data={"path": "d.jsonl"}, from_="x", training=training)
+    return StageContext(StageRun.model_validate(run))
+
+
+def test_training_args_follow_the_spec(workspace):
+    kwargs = context(workspace, gradientCheckpointing=True, gradientAccumulationSteps=4).training_args_kwargs()
+    assert kwargs["activation_checkpointing"] is True and kwargs["gradient_accumulation_steps"] == 4
+    assert kwargs["bf16"] is False and kwargs["fp16"] is False  # this machine has no GPU
+    assert kwargs["include_num_input_tokens_seen"] == "non_padding"
+    assert context(workspace).training_args_kwargs()["activation_checkpointing"] is False
+
+
+def test_fp16_on_cpu_fails_the_stage_with_a_clear_reason(workspace, capsys):
+    make_corpus(workspace / "corpus.txt", docs=40)
+    run = stage_run(workspace, "pretrain", "pretrain", data={"path": "corpus.txt"}, model=TINY_MODEL,
+                    training={"precision": "fp16"})
+    assert cli.main(["run", "--config", str(write_config(workspace / "run.yaml", run))]) == cli.EXIT_FAILED
+    progress = read_json(workspace / "p" / "pretrain" / "progress.json")
+    assert progress["failureReason"] == "UnsupportedPrecision" and "training.precision=fp16" in progress["message"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_progress_reports_effective_batch_and_tokens_per_second(workspace):
+    ctx = context(workspace, batchSize=8, gradientAccumulationSteps=2)
+    now = [100.0]
+    callback = ProgressCallback(ctx, clock=lambda: now[0])
+    args = types.SimpleNamespace(per_device_train_batch_size=8, gradient_accumulation_steps=2, world_size=3)
+    state = types.SimpleNamespace(global_step=0, max_steps=10, num_input_tokens_seen=0, is_world_process_zero=True)
+    callback.on_train_begin(args, state, None)
+    assert ctx.reporter.record.metrics["effectiveBatchSize"] == 48
+
+    now[0], state.global_step, state.num_input_tokens_seen = 102.0, 5, 5000
+    callback.on_log(args, state, None, logs={"loss": 1.0})
+    assert ctx.reporter.record.metrics["tokensPerSecond"] == 2500.0
+    now[0], state.num_input_tokens_seen = 103.0, 5000
+    callback.on_log(args, state, None, logs={"eval_loss": 1.0})  # evaluations do not count
+    now[0], state.global_step, state.num_input_tokens_seen = 104.0, 10, 8000
+    callback.on_log(args, state, None, logs={"loss": 0.5})
+    assert ctx.reporter.record.metrics["tokensPerSecond"] == 1500.0  # 3000 tokens over the 2 s since the last log
