@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,7 +52,7 @@ class Pod:
     name: str
     folder: Path
     command: list[str]
-    process: asyncio.subprocess.Process | None = None
+    process: subprocess.Popen | None = None
     exit_code: int | None = None
     evicted: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -110,7 +111,7 @@ class Kubelet:
     async def stop(self) -> None:
         """Kill the pods still running (only the processes this kubelet started)."""
         for pod in self.pods.values():
-            if pod.process is not None and pod.process.returncode is None:
+            if pod.process is not None and pod.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pod.process.pid, signal.SIGKILL)
         for task in list(self._tasks):
@@ -121,7 +122,7 @@ class Kubelet:
         """The node goes away under the pod: SIGKILL, then a DisruptionTarget failure."""
         pod = self.pods[job]
         pod.evicted = True
-        if pod.process is not None and pod.process.returncode is None:
+        if pod.process is not None and pod.process.poll() is None:
             os.killpg(pod.process.pid, signal.SIGKILL)
         await pod.done.wait()
 
@@ -139,12 +140,15 @@ class Kubelet:
             command = self.command_map.get(command[0], [command[0]]) + command[1:]
             pod.command = command
             with open(pod.folder / "log.txt", "wb") as log:
-                pod.process = await asyncio.create_subprocess_exec(
-                    *command, env=env, cwd=pod.folder, stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                )
+                pod.process = subprocess.Popen(command, env=env, cwd=pod.folder, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True)
             await self._patch_status(pod.job, {"active": 1, "ready": 1, "startTime": now()})
-            pod.exit_code = await pod.process.wait()
+            while pod.process.poll() is None:  # polled: no asyncio child watcher involved
+                await asyncio.sleep(0.1)
+            pod.exit_code = pod.process.returncode
+            self._log(f"{pod.job}: exited with {pod.exit_code}")
             await self._patch_status(pod.job, self._final_status(pod))
+            self._log(f"{pod.job}: status written")
         finally:
             pod.done.set()
 
@@ -204,6 +208,10 @@ class Kubelet:
     # ------------------------------------------------------------------------------------------
     # API calls (the emulator's HTTP API, so watchers see every change)
 
+    def _log(self, line: str) -> None:
+        with open(self.root / "kubelet.log", "a") as log:
+            log.write(f"{now()} {line}\n")
+
     async def _get_configmap_data(self, name: str) -> dict[str, str]:
         assert self._session is not None
         async with self._session.get(f"{self.server}/api/v1/namespaces/{self.namespace}/configmaps/{name}") as resp:
@@ -224,7 +232,14 @@ def condition(type_: str, reason: str, message: str, stamp: str) -> dict[str, st
 
 
 def map_path(value: str, mounts: dict[str, Path]) -> str:
-    """A container path -> the host folder it is mounted from (longest mount path first)."""
+    """A container path -> the host folder it is mounted from (longest mount path first).
+
+    A path that is already a host path is kept: the trainer reports the paths it actually
+    wrote, and the operator hands them to the next stage (the temp dir lies under /tmp, itself
+    a mount path of the pod).
+    """
+    if any(value == str(host) or value.startswith(f"{host}/") for host in mounts.values()):
+        return value
     for mount in sorted(mounts, key=len, reverse=True):
         if value == mount or value.startswith(mount.rstrip("/") + "/"):
             return str(mounts[mount]) + value[len(mount.rstrip("/")):]
