@@ -1,8 +1,9 @@
 """TrainerCallbacks shared by every stage (see `StageContext.callbacks()`).
 
 - `CheckpointMarkerCallback`: transformers calls `on_save` after `_save_checkpoint` has written the
-  whole checkpoint folder (weights, optimizer, scheduler, RNG, trainer_state.json); we fsync it,
-  write the marker last, rotate old complete checkpoints and report the checkpoint at once.
+  whole checkpoint folder (weights, optimizer, scheduler, RNG, trainer_state.json);
+  `StageContext.mark_checkpoint` waits for every rank, fsyncs it, writes the marker last, rotates
+  old complete checkpoints and reports the checkpoint at once.
 - `ProgressCallback`: step/max_steps/metrics to the Reporter (throttled), and a NaN/inf loss fails
   the stage with reason `NanLoss` instead of training on garbage; after SIGTERM it has the Trainer
   save a checkpoint at the end of the current step and stop (graceful eviction/preemption).
@@ -22,9 +23,6 @@ from typing import TYPE_CHECKING
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from refinery_operator.api.v1alpha1 import Checkpoint
-
-from . import checkpoints as ckpt
 from .errors import NanLossError
 
 if TYPE_CHECKING:
@@ -66,21 +64,10 @@ class CheckpointMarkerCallback(TrainerCallback):
         self.last_metrics.update(_log_metrics(logs or {}))
 
     def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
+        # Every rank gets here after writing its part (ZeRO shards, rng_state_<rank>.pth); the
+        # context waits for all of them before rank 0 writes the marker.
         path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if not path.is_dir():  # e.g. a trainer that saves elsewhere: never mark what we did not see
-            log.warning("on_save: %s does not exist; no marker written", path)
-            return
-        marker = ckpt.write_marker(path, state.global_step, self.last_metrics)
-        removed = ckpt.rotate_checkpoints(self.ctx.stage_dir, self.ctx.training.keep_checkpoints)
-        for old in removed:
-            log.info("removed old checkpoint %s", old)
-        count = len(self.ctx.complete_checkpoints())
-        self.ctx.reporter.checkpoint(
-            Checkpoint(step=state.global_step, path=str(path), time=marker["time"]), count=count, metrics=self.last_metrics
-        )
-        log.info("checkpoint %s complete (%d kept)", path, count)
+        self.ctx.mark_checkpoint(path, state.global_step, self.last_metrics)
 
 
 class ProgressCallback(TrainerCallback):

@@ -32,6 +32,7 @@ from refinery_operator.api.run import MODEL_DIR, RESULT_FILE, StageRun
 from refinery_operator.api.v1alpha1 import Checkpoint, DataSpec, Stage, TrainingSpec
 
 from . import checkpoints as ckpt
+from . import distributed
 from .data import Table, read_table
 from .errors import ModelError, TerminatedError
 from .report import Reporter
@@ -202,6 +203,7 @@ class StageContext:
             include_num_input_tokens_seen="non_padding",  # tokens/s of real tokens (ProgressCallback)
             disable_tqdm=True,  # progress goes through the Reporter; tqdm would flood pod logs
         )
+        kwargs.update(distributed.training_args_kwargs(self.stage.deepspeed, self.resolve, cuda=cuda))  # ZeRO
         kwargs.update(overrides)
         return kwargs
 
@@ -234,6 +236,24 @@ class StageContext:
     def complete_checkpoints(self) -> list[Path]:
         return ckpt.complete_checkpoints(self.stage_dir)
 
+    def mark_checkpoint(self, path: Path, step: int, metrics: dict[str, float]) -> None:
+        """Make a written checkpoint folder complete: wait until every rank has written its files,
+        then (rank 0) fsync them, write the marker last, rotate old checkpoints and report it.
+        Every rank must call it (it is a barrier under torchrun); the marker callback and the ppo
+        loop do."""
+        distributed.barrier()
+        if not self.is_main_process:
+            return
+        if not path.is_dir():  # e.g. a trainer that saves elsewhere: never mark what we did not see
+            log.warning("%s does not exist; no marker written", path)
+            return
+        marker = ckpt.write_marker(path, step, metrics)
+        for old in ckpt.rotate_checkpoints(self.stage_dir, self.training.keep_checkpoints):
+            log.info("removed old checkpoint %s", old)
+        count = len(self.complete_checkpoints())
+        self.reporter.checkpoint(Checkpoint(step=step, path=str(path), time=marker["time"]), count=count, metrics=metrics)
+        log.info("checkpoint %s complete (%d kept)", path, count)
+
     def train(self, trainer: Trainer):
         """`trainer.train()`, resuming from the newest complete checkpoint that loads.
 
@@ -255,7 +275,8 @@ class StageContext:
                 else:
                     output = trainer.train(resume_from_checkpoint=str(path))
             except Exception as exc:
-                if self.train_started:
+                # A DeepSpeed engine, once started, cannot be set up again in this process.
+                if self.train_started or getattr(trainer, "deepspeed", None) is not None:
                     raise
                 log.warning("resuming from %s failed (%s: %s); trying the checkpoint before it", path, type(exc).__name__, exc)
                 continue
@@ -295,10 +316,12 @@ class StageContext:
         (…) after, and `trainLoss` (mean training loss of this attempt's steps).
         """
         self.quiet(trainer)
-        initial = camel_metrics(trainer.evaluate(), prefix="initial")
+        with distributed.plain_evaluation(trainer):  # DeepSpeed before its engine starts: see there
+            initial = camel_metrics(trainer.evaluate(), prefix="initial")
         self.report(metrics={**self.reporter.record.metrics, **initial})
         output = self.train(trainer)
-        final = camel_metrics(trainer.evaluate())
+        with distributed.plain_evaluation(trainer):  # no engine when only the final checkpoint was loaded
+            final = camel_metrics(trainer.evaluate())
         metrics = {**initial, **final}
         if output.training_loss is not None and math.isfinite(output.training_loss):
             metrics["trainLoss"] = float(output.training_loss)
@@ -308,9 +331,15 @@ class StageContext:
 
     def save_final(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
         """save_pretrained into a temporary sibling, then rename it to `<stage_dir>/model` (rank 0 only).
-        A LoRA model is saved merged or as an adapter, as `training.lora.save` says."""
-        if not self.is_main_process:
-            return self.model_dir
+        A LoRA model is saved merged or as an adapter, as `training.lora.save` says. Every rank must
+        call it: under ZeRO-3 they gather the sharded weights together first."""
+        with distributed.gathered_parameters(model):
+            if self.is_main_process:
+                self._save_final(model, tokenizer)
+        distributed.barrier()  # no rank exits (ending the Job) before model/ is in place
+        return self.model_dir
+
+    def _save_final(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> Path:
         from .lora import is_lora_model, save_lora_model
 
         tmp = self.stage_dir / f".{MODEL_DIR}.tmp-{os.getpid()}"

@@ -1,0 +1,79 @@
+"""The DeepSpeed config a stage's `deepspeed` spec becomes, and what it asks of TrainingArguments
+(no DeepSpeed needed: the config is plain data)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from refinery_operator.api.v1alpha1 import DeepSpeedSpec
+from refinery_trainer.distributed import DeepSpeedConfigError, deepspeed_config, gathered_parameters, training_args_kwargs
+
+
+def config(**spec):
+    return deepspeed_config(DeepSpeedSpec(**spec), resolve=lambda p: p)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_stage_and_auto_fields(stage):
+    cfg = config(zero_stage=stage)
+    assert cfg["zero_optimization"]["stage"] == stage
+    # Everything TrainingArguments knows stays "auto", so the two can never disagree.
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "gradient_clipping"):
+        assert cfg[key] == "auto"
+    assert cfg["bf16"] == {"enabled": "auto"} and cfg["fp16"] == {"enabled": "auto"}
+    # ZeRO-3 checkpoints and final models hold whole 16-bit weights, loadable with from_pretrained.
+    assert cfg["zero_optimization"].get("stage3_gather_16bit_weights_on_model_save", False) is (stage == 3)
+    assert "offload_optimizer" not in cfg["zero_optimization"] and "offload_param" not in cfg["zero_optimization"]
+
+
+def test_offload():
+    zero = config(zero_stage=3, offload_optimizer=True, offload_params=True)["zero_optimization"]
+    assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": False}
+    assert zero["offload_param"] == {"device": "cpu", "pin_memory": False}
+    pinned = deepspeed_config(DeepSpeedSpec(zero_stage=2, offload_optimizer=True), lambda p: p, pin_memory=True)
+    assert pinned["zero_optimization"]["offload_optimizer"]["pin_memory"] is True
+
+
+@pytest.mark.parametrize("spec, words", [
+    ({"zero_stage": 2, "offload_params": True}, "offloadParams needs zeroStage 3"),
+    ({"zero_stage": 0, "offload_optimizer": True}, "offloadOptimizer needs zeroStage 1, 2 or 3"),
+])
+def test_impossible_combinations_are_stage_errors(spec, words):
+    with pytest.raises(DeepSpeedConfigError, match=words) as exc:
+        config(**spec)
+    assert exc.value.reason == "BadDeepSpeedConfig"
+
+
+def test_config_path_replaces_the_fields(tmp_path):
+    full = {"zero_optimization": {"stage": 1}, "train_micro_batch_size_per_gpu": "auto"}
+    (tmp_path / "ds.json").write_text(json.dumps(full))
+    resolve = lambda p: tmp_path / p  # noqa: E731 - as StageContext.resolve: relative to the data root
+    assert deepspeed_config(DeepSpeedSpec(zero_stage=3, config_path="ds.json"), resolve) == full
+
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DeepSpeedConfigError, match=r"bad.json: not valid JSON"):
+        deepspeed_config(DeepSpeedSpec(config_path="bad.json"), resolve)
+    with pytest.raises(DeepSpeedConfigError, match=r"missing.json: cannot read it"):
+        deepspeed_config(DeepSpeedSpec(config_path="missing.json"), resolve)
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(DeepSpeedConfigError, match="expected a JSON object"):
+        deepspeed_config(DeepSpeedSpec(config_path="list.json"), resolve)
+
+
+def test_training_args_kwargs():
+    assert training_args_kwargs(None, lambda p: p, cuda=True) == {}
+    kwargs = training_args_kwargs(DeepSpeedSpec(zero_stage=2), lambda p: p, cuda=True)
+    # use_cpu=True would make accelerate drop the DeepSpeed plugin, even on a CPU-only host.
+    assert kwargs["use_cpu"] is False and kwargs["deepspeed"]["zero_optimization"]["stage"] == 2
+
+
+def test_gathering_a_model_that_is_not_partitioned_does_nothing():
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    with gathered_parameters(model):
+        assert model.weight.shape == (2, 2)
+    with gathered_parameters(object()):  # anything with save_pretrained, e.g. a test double
+        pass
