@@ -9,7 +9,8 @@ the SFT model) → RewardTrainer (Bradley-Terry loss) → evaluate, train, evalu
 loadable by the rlhf stage.
 Metrics: `initialEvalAccuracy`, `evalAccuracy` (share of held-out pairs whose chosen response
 scores strictly higher, before/after training), `initialEvalLoss`, `evalLoss`, `evalMargin`,
-`trainLoss`. This module is the only place RewardConfig appears.
+`trainLoss`. With `training.lora`, LoRA adapters and the score head are trained instead (see `lora`).
+This module is the only place RewardConfig appears.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ tokenizer + model (the `from` stage's `model/`) → rows: `messages` (a chat) wh
 that column, else `prompt`/`completion` → SFTTrainer (loss on the completion/assistant part
 only) → evaluate, train, evaluate → `model/`.
 Metrics: `initialEvalLoss`, `evalLoss` (held-out loss before/after), `trainLoss`.
+With `training.lora`, only LoRA adapters are trained (see `refinery_trainer.lora`).
 This module is the only place SFTConfig appears.
 """
 
