@@ -9,7 +9,8 @@ the SFT model) → RewardTrainer (Bradley-Terry loss) → evaluate, train, evalu
 loadable by the rlhf stage.
 Metrics: `initialEvalAccuracy`, `evalAccuracy` (share of held-out pairs whose chosen response
 scores strictly higher, before/after training), `initialEvalLoss`, `evalLoss`, `evalMargin`,
-`trainLoss`. With `training.lora`, LoRA adapters and the score head are trained instead (see `lora`).
+`trainLoss`.
+With `training.lora`, only LoRA adapters and the score head are trained (see `refinery_trainer.lora`).
 This module is the only place RewardConfig appears.
 """
 
