@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -101,26 +102,41 @@ def cluster(kubeconfig: Path) -> Cluster:
 
 @pytest.fixture()
 def start_operator(kubeconfig: Path) -> Callable[[], Any]:
-    """`async with start_operator(): ...` runs the real kopf operator in this event loop."""
+    """`async with start_operator(): ...` runs the real kopf operator in its own thread and loop.
+
+    Not in the test's loop: like a real operator process, it must not share tasks with the
+    emulator and the kubelet (on exit, kopf cancels every task created while it ran).
+    """
 
     @contextlib.asynccontextmanager
-    async def running() -> AsyncIterator[asyncio.Task]:
-        stop, ready = asyncio.Event(), asyncio.Event()
+    async def running() -> AsyncIterator[threading.Thread]:
+        stop, ready = threading.Event(), threading.Event()
         memo = kopf.Memo(cluster=Cluster.from_environment(str(kubeconfig)))
         settings = kopf.OperatorSettings()
         # kmock 0.8 answers GET /api/v1/namespaces with a 500 (it parses "namespaces" as the
         # namespace prefix of a path): kopf must not list/watch namespaces and CRDs, it takes
         # the namespace given. (A real operator with a fixed namespace list loses nothing.)
         settings.scanning.disabled = True
-        task = asyncio.create_task(kopf.operator(
-            namespaces=[NAMESPACE], standalone=True, stop_flag=stop, ready_flag=ready, memo=memo, settings=settings,
-        ))
-        await asyncio.wait_for(ready.wait(), 15)
+        errors: list[BaseException] = []
+
+        def operate() -> None:
+            try:
+                asyncio.run(kopf.operator(namespaces=[NAMESPACE], standalone=True, stop_flag=stop, ready_flag=ready,
+                                          memo=memo, settings=settings))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the test
+                errors.append(e)
+
+        thread = threading.Thread(target=operate, name="operator", daemon=True)
+        thread.start()
+        assert await asyncio.to_thread(ready.wait, 15), "the operator did not start"
         try:
-            yield task
+            yield thread
         finally:
             stop.set()
-            await asyncio.wait_for(task, 20)
+            await asyncio.to_thread(thread.join, 20)
+            assert not thread.is_alive(), "the operator did not stop"
+        if errors:
+            raise errors[0]
 
     return running
 

@@ -36,10 +36,8 @@ import aiohttp
 import yaml
 
 
-# A watch that stays quiet this long is restarted (a re-list), as client-go's reflector does when
-# its watch times out. Workaround: kmock 0.8 sometimes stops delivering events to a watch that
-# outlived another client's disconnected watch (seen when the operator restarts).
-WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=2.0)
+# A quiet watch is restarted (a re-list), as client-go's reflector does when its watch times out.
+WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=30.0)
 
 
 def now() -> str:

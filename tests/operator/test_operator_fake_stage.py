@@ -132,7 +132,7 @@ async def test_invalid_spec_fails_once_without_a_crash_loop(emulator, cluster, s
         patches_then = count_status_patches(emulator)
         await asyncio.sleep(3)  # a crash loop would keep retrying and patching here
         patches_later = count_status_patches(emulator)
-        assert not operator.done()
+        assert operator.is_alive()
 
     status = stored(emulator, PIPELINES_KEY, "cycle")["status"]
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
