@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import builders
+from .api.load import explain
 from .api.run import PROGRESS_FILE, ProgressRecord
 from .api.v1alpha1 import PipelineStatus, TrainingPipeline
 from .core import naming
@@ -62,19 +63,7 @@ def parse_pipeline(body: Mapping[str, Any]) -> TrainingPipeline:
 
 def describe_validation_error(error: ValidationError) -> str:
     """`spec.stages[1].from: no stage named 'x'; ...` — each problem names its field."""
-    problems = []
-    for item in error.errors():
-        where = ""
-        for part in item["loc"]:
-            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
-        message = item["msg"].removeprefix("Value error, ")
-        parent, _, last = where.rpartition(".")
-        for problem in message.split("; "):
-            if last and problem.startswith(last):  # graph checks name the field below `spec`
-                problems.append(f"{parent}.{problem}" if parent else problem)
-            else:
-                problems.append(f"{where}: {problem}" if where else problem)
-    return "; ".join(problems)
+    return "; ".join(explain(error))
 
 
 def attempt_state(job: Mapping[str, Any]) -> AttemptState:

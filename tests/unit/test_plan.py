@@ -140,3 +140,19 @@ def test_long_names_give_valid_deterministic_job_names():
     name = job_name("a" * 60, "stage-with-a-long-name", 12)
     assert len(name) <= 63 and name == job_name("a" * 60, "stage-with-a-long-name", 12)
     assert name != job_name("a" * 60, "stage-with-a-long-name", 13)
+
+
+def test_inputs_of_a_running_stage_are_recomputed_not_remembered():
+    # A status read back from a watch may predate the patch that recorded the inputs.
+    attempts = {"pretrain": ok(), "sft": [AttemptState(1, "Running")]}
+    result = run(chat_pipeline().obj(), attempts, status=PipelineStatus())
+    assert result.launches == ()
+    assert result.status.stage("sft").inputs.model == f"{ROOT}/pretrain/model"
+    assert result.status.stage("pretrain").inputs is None  # it starts from its own `model`
+
+
+def test_a_stage_that_succeeded_on_retry_keeps_its_last_failure():
+    pipeline = make_pipeline().stage("pretrain", "pretrain").obj()
+    attempts = {"pretrain": [AttemptState(1, "Failed", "Disrupted", "node lost", infrastructure=True), AttemptState(2, "Succeeded")]}
+    stage = run(pipeline, attempts).status.stage("pretrain")
+    assert (stage.phase, stage.restarts, stage.last_failure.reason) == ("Succeeded", 1, "Disrupted")

@@ -18,7 +18,7 @@ def stage_graph_problems(stages: list[Stage]) -> list[str]:
     names = [s.name for s in stages]
     by_name = {s.name: s for s in stages}
     for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"stages: duplicate stage name {dup!r}")
+        problems.append(f"stages: stage names must be unique: {dup!r} appears {names.count(dup)} times")
     for i, s in enumerate(stages):
         refs = [("from", s.from_), ("rewardModel", s.reward_model)]
         refs += [(f"dependsOn[{j}]", d) for j, d in enumerate(s.depends_on or [])]

@@ -92,14 +92,17 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
     failed_for_good = any(s.phase == Phase.failed for s in by_name.values())
     for stage in spec.stages:
         status = by_name[stage.name]
-        attempt = next_attempt(stage, status, observed.latest(stage.name))
-        if attempt is None or failed_for_good:
+        if not all(by_name[d].phase == Phase.succeeded for d in stage.dependencies):
             continue
-        if all(by_name[d].phase == Phase.succeeded for d in stage.dependencies):
-            inputs = resolve_inputs(stage, by_name, pipeline_root)
+        # Recomputed on every call, not remembered from the launch: the inputs are a function of
+        # the upstream outputs, so a status that lost them (or never had them) gets them back.
+        inputs = resolve_inputs(stage, by_name, pipeline_root)
+        status = by_name[stage.name] = status.model_copy(update={"inputs": inputs})
+        attempt = next_attempt(stage, status, observed.latest(stage.name))
+        if attempt is not None and not failed_for_good:
             launches.append(Launch(stage.name, attempt, inputs))
             by_name[stage.name] = status.model_copy(update=dict(
-                phase=Phase.running, attempt=attempt, restarts=attempt - 1, inputs=inputs,
+                phase=Phase.running, attempt=attempt, restarts=attempt - 1,
                 job_name=job_name(pipeline.metadata.name, stage.name, attempt),
                 start_time=status.start_time or stamp, completion_time=None,
             ))
@@ -121,6 +124,9 @@ def observe_stage(stage: Stage, prev: StageStatus, observed: Observed, pipeline:
         fold_record(status, record)
     if latest is None:
         return status
+    failures = [a for a in observed.attempts.get(stage.name) or () if a.phase == "Failed"]
+    if failures:
+        status.last_failure = failure_of(max(failures, key=lambda a: a.attempt), record)
     status.job_name = job_name(pipeline, stage.name, latest.attempt)
     status.start_time = status.start_time or latest.start_time or stamp
     if latest.phase in ("Pending", "Running"):
@@ -131,9 +137,8 @@ def observe_stage(stage: Stage, prev: StageStatus, observed: Observed, pipeline:
         status.progress = 1.0
         status.completion_time = status.completion_time or latest.completion_time or stamp
         status.output = status.output or (record.output if record else None)
-        status.last_failure = None
+        # lastFailure stays: a stage that succeeded on its second attempt still says why it needed one.
     else:
-        status.last_failure = failure_of(latest, record)
         if retry_budget_left(stage, observed.attempts.get(stage.name) or ()):
             status.phase = Phase.running  # a retry is launched below
         else:

@@ -1,0 +1,51 @@
+"""Every manifest of the invalid catalog that reaches the operator (kmock, like an API server
+with a stale or hand-edited CRD, admits anything) ends Failed / InvalidSpec with a message naming
+the field — and the operator creates nothing for it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from refinery_operator.reconcile import reconcile
+
+CATALOG = sorted((Path(__file__).resolve().parents[1] / "manifests" / "invalid").glob("*.yaml"))
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+class RecordingCluster:
+    """Only a status patch is allowed: an invalid pipeline must not create or even list anything."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict] = []
+
+    async def patch_status(self, namespace, name, old, new) -> bool:
+        self.patches.append(new)
+        return True
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the operator called Cluster.{name} for an invalid pipeline")
+
+
+def expectation(path: Path) -> tuple[str, str]:
+    line = next(l for l in path.read_text().splitlines() if l.startswith("# expect:"))
+    field, _, text = line.removeprefix("# expect:").partition("|")
+    return field.strip(), text.strip()
+
+
+@pytest.mark.parametrize("path", CATALOG, ids=lambda p: p.stem)
+async def test_invalid_spec_is_failed_with_the_field_named(path):
+    body = yaml.safe_load(path.read_text())
+    body["metadata"] = {**body["metadata"], "namespace": "default", "uid": "u1", "generation": 3}
+    cluster = RecordingCluster()
+    outcome = await reconcile(cluster, body, now=NOW)
+    field, text = expectation(path)
+    assert outcome.invalid and field in outcome.invalid and text in outcome.invalid, outcome.invalid
+    (status,) = cluster.patches
+    assert status["phase"] == "Failed"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "InvalidSpec")
+    assert field in failed["message"]
