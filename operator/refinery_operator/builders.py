@@ -39,6 +39,7 @@ CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 CONTAINER_NAME = "trainer"
 STAGE_COMMAND = ["refinery-train", "run", "--config", CONFIG_PATH]
 GPU_RESOURCE = "nvidia.com/gpu"
+TRAINER_METRICS_PORT = 9400  # the trainer serves here by default inside a pod (trainer/refinery_trainer/metrics.py)
 # The stage image runs as this non-root user; fsGroup makes the volume writable for it.
 RUN_AS_USER = 1000
 SHM_SIZE = "2Gi"  # DataLoader workers and NCCL need more than the runtime's 64 MiB /dev/shm
@@ -272,6 +273,8 @@ def build_trainer_container(pipeline: TrainingPipeline, stage: Stage, launch: La
         "imagePullPolicy": pipeline.spec.image_pull_policy,
         "command": list(STAGE_COMMAND),
         "env": build_env(pipeline, stage, launch),
+        # Trainer metrics (loss, tokens/s, reward …) for the chart's PodMonitor, which selects this port by name.
+        "ports": [{"name": "metrics", "containerPort": TRAINER_METRICS_PORT, "protocol": "TCP"}],
         "resources": build_resources(stage),
         "volumeMounts": [
             {"name": "workspace", "mountPath": naming.VOLUME_ROOT},

@@ -83,6 +83,7 @@ def test_stage_job_mounts_the_workspace_and_the_stage_config():
 
 
 def test_stage_job_env_names_the_attempt():
+    assert container(job())["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
     env = {e["name"]: e for e in container(job())["env"]}
     assert env["REFINERY_PIPELINE"]["value"] == "chat"
     assert env["REFINERY_STAGE"]["value"] == "sft"
