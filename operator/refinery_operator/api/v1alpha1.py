@@ -110,11 +110,23 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
 
 
+# Pods of a multi-node stage. Their hostnames are `<job>-<index>`: naming.job_name leaves room for
+# the index (two digits) within the 63 characters of a DNS label.
+MAX_NODES = 64
+
+
 class Resources(ApiModel):
     """What each stage pod asks the scheduler for. Ignored in local mode."""
 
     gpus: int = Field(1, ge=0, le=64, description="GPUs per node (`nvidia.com/gpu`); 0 runs on CPU.")
-    nodes: int = Field(1, ge=1, le=1, description="Nodes (pods) per stage attempt. Multi-node stages are not supported yet.")
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_NODES,
+        description="Nodes (pods) per stage attempt. Above 1: an Indexed Job of this many pods plus a headless "
+        "Service; the trainer runs under torchrun with one process per GPU (one per pod on CPU). The volume "
+        "must then be mountable on several nodes (ReadWriteMany).",
+    )
     cpu: str | None = Field(None, max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit, e.g. `8`.")
     memory: str | None = Field(
         None, max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$", description="Memory request and limit, e.g. `64Gi`."
@@ -130,8 +142,41 @@ class Retries(ApiModel):
 
     application: int = Field(1, ge=0, le=100, description="Retries after the trainer itself failed (non-zero exit).")
     infrastructure: int = Field(
-        3, ge=0, le=100, description="Retries after the platform failed the pod (evicted, preempted, node lost)."
+        3, ge=0, le=100,
+        description="Retries after the platform failed the pod (evicted, preempted, node lost, killed by the node for "
+        "memory, no pod ready within `startTimeoutSeconds`).",
     )
+    backoff_seconds: int = Field(
+        10, ge=0, le=3600,
+        description="Wait before the first retry; it doubles with every further failure of the stage, up to 32 times "
+        "this (and at most 1 hour).",
+    )
+    start_timeout_seconds: int = Field(
+        900, ge=1, le=86400,
+        description="An attempt whose pod is not ready this long after its Job started (image pull back-off, "
+        "unschedulable, volume not attachable) fails as an infrastructure failure `StartTimeout`.",
+    )
+
+
+GateOperator = Literal[">=", ">", "<=", "<"]
+
+
+class Gate(ApiModel):
+    """A threshold the stage's final metrics must meet before the stages that depend on it start."""
+
+    metric: str = Field(
+        ..., min_length=1, max_length=63, pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+        description="A final metric of the stage, e.g. `evalAccuracy` (reward), `evalLoss`, `meanReward`.",
+    )
+    operator: GateOperator = Field(">=", description="How the metric compares with `value`: >=, >, <=, <.")
+    value: float = Field(..., description="The threshold.")
+
+    def holds(self, metrics: dict[str, float]) -> bool | None:
+        """Whether the metrics meet the gate; None when the metric was not reported."""
+        got = metrics.get(self.metric)
+        if got is None:
+            return None
+        return {">=": got >= self.value, ">": got > self.value, "<=": got <= self.value, "<": got < self.value}[self.operator]
 
 
 class Stage(ApiModel):
@@ -160,6 +205,10 @@ class Stage(ApiModel):
     deepspeed: DeepSpeedSpec | None = Field(None, description="Run the stage's trainer under DeepSpeed ZeRO.")
     resources: Resources = Field(default_factory=Resources, description="Pod resources (cluster only).")
     retries: Retries = Field(default_factory=Retries, description="Retry budgets per failure class.")
+    gate: Gate | None = Field(
+        None, description="A metric threshold the stage must meet before its dependants start; else the pipeline "
+        "fails with reason `GateNotMet`."
+    )
 
     @model_validator(mode="after")
     def _inputs_fit_type(self) -> Stage:
@@ -206,6 +255,39 @@ class Storage(ApiModel):
         return self
 
 
+class KeepBest(ApiModel):
+    """Keep the checkpoints with the best value of a metric (read from each checkpoint's marker)."""
+
+    metric: str = Field(
+        ..., min_length=1, max_length=63, pattern=r"^[A-Za-z][A-Za-z0-9_.]*$",
+        description="Metric recorded with each checkpoint, e.g. `evalLoss`, `loss`, `evalAccuracy`.",
+    )
+    mode: Literal["min", "max"] = Field("min", description="`min`: lower is better (losses); `max`: higher is better.")
+    count: int = Field(1, ge=1, le=1000, description="How many best checkpoints to keep.")
+
+
+class CheckpointRetention(ApiModel):
+    """Which complete checkpoints of a finished stage are kept on the volume.
+
+    Applied by a short Job (`refinery-train prune`) that the operator starts when a stage
+    succeeds. A checkpoint is kept when it is among the `keepLast` newest, among the `keepBest`
+    best, or still used (an input of a stage, the newest complete one); partial checkpoints are
+    never touched. The trainer's own `training.keepCheckpoints` bounds the disk *during* a run and
+    acts first: retention only chooses among the checkpoints that rotation left.
+    """
+
+    keep_last: int | None = Field(
+        None, ge=1, le=1000, description="Keep this many newest complete checkpoints of each stage (at least the newest)."
+    )
+    keep_best: KeepBest | None = Field(None, description="Also keep the best checkpoints by a metric.")
+
+    @model_validator(mode="after")
+    def _something_to_keep(self) -> CheckpointRetention:
+        if self.keep_last is None and self.keep_best is None:
+            raise ValueError("set keepLast, keepBest or both")
+        return self
+
+
 class PipelineSpec(ApiModel):
     image: str = Field(
         "ghcr.io/refinery-dev/refinery-trainer:0.1.0", max_length=512, description="Trainer image every stage runs."
@@ -213,7 +295,25 @@ class PipelineSpec(ApiModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy.")
     service_account_name: str | None = Field(None, max_length=253, description="ServiceAccount of the stage pods.")
     storage: Storage = Field(..., description="The shared volume.")
+    suspend: bool = Field(
+        False,
+        description="Stop the running stages after they save a checkpoint (their pods get SIGTERM and "
+        "`terminationGracePeriodSeconds`); `false` again resumes them from it. Spends no retry budget.",
+    )
+    queue_name: str | None = Field(
+        None, max_length=63, pattern=DNS_LABEL,
+        description="Kueue LocalQueue: every stage Job carries `kueue.x-k8s.io/queue-name` and is created suspended "
+        "until Kueue admits it.",
+    )
+    termination_grace_period_seconds: int = Field(
+        300, ge=10, le=3600,
+        description="How long a stage pod may take to save a checkpoint after SIGTERM (suspend, eviction) before it "
+        "is killed.",
+    )
     stages: list[Stage] = Field(..., min_length=1, max_length=MAX_STAGES, description="The stages; they form a DAG.")
+    checkpoints: CheckpointRetention | None = Field(
+        None, description="Retention of finished stages' checkpoints. Default: keep what the trainer's rotation left."
+    )
 
     @field_validator("stages")
     @classmethod
@@ -244,6 +344,7 @@ class Phase(StrEnum):
     running = "Running"
     succeeded = "Succeeded"
     failed = "Failed"
+    suspended = "Suspended"
 
 
 class Checkpoint(ApiModel):
@@ -256,11 +357,17 @@ class Failure(ApiModel):
     class_: Literal["Application", "Infrastructure"] = Field(..., alias="class", description="Who failed: the trainer or the platform.")
     reason: str = Field(..., description="CamelCase reason, e.g. `TrainerError`, `Evicted`.")
     message: str = Field(..., description="What happened, in words a user can act on.")
+    attempt: int | None = Field(None, description="The attempt that failed.")
 
 
 class StageInputs(ApiModel):
     model: str | None = Field(None, description="Resolved path of the initial model (from `from`).")
     reward_model: str | None = Field(None, description="Resolved path of the reward model (rlhf).")
+
+
+class RestartCounts(ApiModel):
+    application: int = Field(0, description="Retries after the trainer failed (exit code, NanLoss, BadData).")
+    infrastructure: int = Field(0, description="Retries after the platform failed the pod (evicted, OOM-killed, StartTimeout).")
 
 
 class StageStatus(ApiModel):
@@ -280,7 +387,16 @@ class StageStatus(ApiModel):
     inputs: StageInputs | None = Field(None, description="The models this stage starts from, as resolved by the operator.")
     output: str | None = Field(None, description="The stage's final model folder.")
     restarts: int = Field(0, description="Attempts retried after a failure.")
+    restarts_by_class: RestartCounts = Field(default_factory=RestartCounts, description="`restarts` by failure class.")
     last_failure: Failure | None = None
+    next_attempt_time: str | None = Field(None, description="When the next attempt starts, after the retry back-off.")
+    gpu_seconds: float = Field(0.0, description="GPU-seconds held by the stage's pods, over all attempts.")
+    lost_gpu_seconds: float = Field(
+        0.0, description="GPU-seconds of work thrown away by failures: from the newest checkpoint to each failure."
+    )
+    run: int = Field(0, description="Times the stage was re-run (annotation or changed spec); 0 for the first run.")
+    first_attempt: int = Field(1, description="The current run's first attempt; older attempts belong to earlier runs.")
+    spec_hash: str | None = Field(None, description="Hash of the stage spec (and inputs) the current run trains with.")
     message: str | None = None
 
 
@@ -302,6 +418,9 @@ class PipelineStatus(ApiModel):
     checkpoint_time: str | None = Field(None, description="When the current stage last checkpointed.")
     conditions: list[Condition] = Field(default_factory=list)
     stages: list[StageStatus] = Field(default_factory=list)
+    rerun_request: str | None = Field(
+        None, description="The last `refinery.dev/rerun-from` annotation value acted on (a new value triggers a re-run)."
+    )
 
     def stage(self, name: str) -> StageStatus | None:
         return next((s for s in self.stages if s.name == name), None)

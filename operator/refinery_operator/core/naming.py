@@ -24,8 +24,23 @@ def dns_name(*parts: object, limit: int = MAX_NAME) -> str:
     return f"{full[: limit - len(digest) - 1].rstrip('-')}-{digest}"
 
 
+# A multi-node stage's pods are named by the Job controller `<job>-<index>` (their hostname, a DNS
+# label): Job names leave room for "-" and a two-digit index.
+JOB_NAME_MAX = MAX_NAME - 3
+
+
 def job_name(pipeline: str, stage: str, attempt: int) -> str:
-    return dns_name(pipeline, stage, attempt)
+    return dns_name(pipeline, stage, attempt, limit=JOB_NAME_MAX)
+
+
+def stage_service_name(job: str) -> str:
+    """Headless Service of a multi-node attempt: named as its Job, so rank 0 is `<job>-0.<job>`."""
+    return job
+
+
+def cleanup_job_name(pipeline: str, stage: str, attempt: int) -> str:
+    """Job that applies checkpoint retention to a stage once its attempt `attempt` succeeded."""
+    return dns_name(pipeline, stage, attempt, "prune")
 
 
 def stage_config_name(pipeline: str, stage: str, attempt: int) -> str:
