@@ -76,15 +76,29 @@ def _program(rule: str):
     return env.program(env.compile(rule))
 
 
-def cel_problems(obj: Any, node: dict[str, Any], path: str = "") -> list[str]:
-    """Evaluate every `x-kubernetes-validations` rule on the part of `obj` it is attached to."""
+def is_transition_rule(rule: dict[str, Any]) -> bool:
+    return "oldSelf" in rule["rule"]
+
+
+def cel_problems(obj: Any, node: dict[str, Any], path: str = "", old: Any = None) -> list[str]:
+    """Evaluate every `x-kubernetes-validations` rule on the part of `obj` it is attached to.
+
+    `old` is the same part of the stored object on an update (None on a create, or where the API
+    server cannot correlate old and new: items of lists that are not map lists). Transition rules
+    (those naming `oldSelf`) run only where there is an old value, as on the API server.
+    """
     import celpy
 
     problems = []
     for rule in node.get("x-kubernetes-validations", []):
+        if is_transition_rule(rule) and old is None:
+            continue
         where = path + rule.get("fieldPath", "")
+        activation = {"self": celpy.json_to_cel(obj)}
+        if old is not None:
+            activation["oldSelf"] = celpy.json_to_cel(old)
         try:
-            ok = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(obj)})
+            ok = _program(rule["rule"]).evaluate(activation)
         except celpy.CELEvalError as err:
             problems.append(f"{where}: rule {rule['rule']!r} could not be evaluated: {err.args[0]}")
             continue
@@ -93,20 +107,32 @@ def cel_problems(obj: Any, node: dict[str, Any], path: str = "") -> list[str]:
     if isinstance(obj, dict):
         for name, sub in (node.get("properties") or {}).items():
             if name in obj:
-                problems += cel_problems(obj[name], sub, join(path, name))
+                before = old.get(name) if isinstance(old, dict) else None
+                problems += cel_problems(obj[name], sub, join(path, name), before)
     elif isinstance(obj, list) and isinstance(node.get("items"), dict):
+        keys = node.get("x-kubernetes-list-map-keys") if node.get("x-kubernetes-list-type") == "map" else None
+        olds = {_key(o, keys): o for o in old if isinstance(o, dict)} if keys and isinstance(old, list) else {}
         for i, item in enumerate(obj):
-            problems += cel_problems(item, node["items"], f"{path}[{i}]")
+            before = olds.get(_key(item, keys)) if keys and isinstance(item, dict) else None
+            problems += cel_problems(item, node["items"], f"{path}[{i}]", before)
     return problems
 
 
-def admission_problems(manifest: dict[str, Any]) -> list[str]:
-    """What the API server would refuse: schema first; CEL only on a schema-valid object (as there)."""
+def _key(item: dict[str, Any], keys: list[str]) -> tuple:
+    return tuple(item.get(k) for k in keys)
+
+
+def admission_problems(manifest: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """What the API server would refuse: schema first; CEL only on a schema-valid object (as there).
+
+    With `old` (the stored object), this is an update: transition rules compare the two.
+    """
     problems = schema_problems(manifest)
     if problems:
         return problems
     spec_node = openapi_schema()["properties"]["spec"]
-    return cel_problems(with_defaults(manifest.get("spec"), spec_node), spec_node, "spec")
+    old_spec = with_defaults(old.get("spec"), spec_node) if old else None
+    return cel_problems(with_defaults(manifest.get("spec"), spec_node), spec_node, "spec", old_spec)
 
 
 def json_path(parts) -> str:

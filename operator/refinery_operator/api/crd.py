@@ -49,6 +49,25 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         {"rule": "self.type == 'rlhf' || !has(self.rewardModel)", "message": "`rewardModel` is only valid on rlhf stages"},
         {"rule": "self.type == 'rlhf' || !has(self.rl)", "message": "`rl` is only valid on rlhf stages"},
         {"rule": "self.type == 'dpo' || !has(self.dpo)", "message": "`dpo` is only valid on dpo stages"},
+        # Transition rules (`oldSelf`): the API server evaluates them on an update, per stage, the
+        # old stage being the one of the same name (`stages` is a map list keyed by name). CEL on
+        # the spec cannot see the status, so "started" cannot be told apart: a stage's identity —
+        # what it trains and from what — is fixed once the stage exists. Changing it means a new
+        # stage name; a changed `training` (or rl, dpo, deepspeed) re-runs the stage instead.
+        {"rule": "self.type == oldSelf.type", "message": "a stage's `type` cannot change; add a stage with a new name instead"},
+        {
+            "rule": "has(self.from) == has(oldSelf.from) && (!has(self.from) || self.from == oldSelf.from)",
+            "message": "a stage's `from` cannot change; add a stage with a new name instead",
+        },
+        {
+            "rule": "has(self.model) == has(oldSelf.model) && (!has(self.model) || self.model == oldSelf.model)",
+            "message": "a stage's `model` cannot change; add a stage with a new name instead",
+        },
+        {
+            "rule": "has(self.rewardModel) == has(oldSelf.rewardModel) && (!has(self.rewardModel) || self.rewardModel == oldSelf.rewardModel)",
+            "message": "a stage's `rewardModel` cannot change; add a stage with a new name instead",
+        },
+        {"rule": "self.data == oldSelf.data", "message": "a stage's `data` cannot change; add a stage with a new name instead"},
     ],
     "RlSpec": [
         {
@@ -64,6 +83,10 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     ],
     "Storage": [{"rule": "has(self.claimName) != has(self.claim)", "message": "set exactly one of claimName or claim"}],
 }
+
+# Lists whose items the API server correlates by key across updates (`x-kubernetes-list-type:
+# map`): transition rules on their items compare each item with the old item of the same key.
+LIST_MAP_KEYS: dict[tuple[str, str], list[str]] = {("PipelineSpec", "stages"): ["name"]}
 
 PRINTER_COLUMNS = [
     {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage", "description": "The running stage."},
@@ -100,6 +123,9 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             continue
         if key == "properties":
             out[key] = {name: structural(sub, defs) for name, sub in value.items()}
+            for name, keys in ((n, k) for (t, n), k in LIST_MAP_KEYS.items() if t == title and n in out[key]):
+                out[key][name]["x-kubernetes-list-type"] = "map"
+                out[key][name]["x-kubernetes-list-map-keys"] = keys
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
             out[key] = structural(value, defs)
         elif key == "const":
