@@ -8,7 +8,8 @@ objects and finds the ones it created before.
 Per pipeline: a ServiceAccount for the stage pods, a Role that lets them `get`/`patch` only the
 pipeline's progress ConfigMaps (by `resourceNames`), its RoleBinding, one progress ConfigMap per
 stage, and the workspace PVC when `storage.claim` is a template. Per stage attempt: a ConfigMap
-holding the attempt's `StageRun` (mounted at /etc/refinery) and the Job that runs it.
+holding the attempt's `StageRun` (mounted at /etc/refinery) and the Job that runs it — for a
+multi-node stage an Indexed Job plus its headless Service (builders_distributed.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from . import builders_distributed as distributed
 from .api.run import PROGRESS_FILE, ConfigMapReporter, StageRun
 from .api.v1alpha1 import API_VERSION, KIND, Stage, TrainingPipeline
 from .core import naming
@@ -37,7 +39,8 @@ CONFIG_DIR = "/etc/refinery"
 CONFIG_KEY = "stage.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 CONTAINER_NAME = "trainer"
-STAGE_COMMAND = ["refinery-train", "run", "--config", CONFIG_PATH]
+RUN_ARGS = ["run", "--config", CONFIG_PATH]
+STAGE_COMMAND = ["refinery-train", *RUN_ARGS]  # one process; see builders_distributed.stage_command
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAINER_METRICS_PORT = 9400  # the trainer serves here by default inside a pod (trainer/refinery_trainer/metrics.py)
 # The stage image runs as this non-root user; fsGroup makes the volume writable for it.
@@ -132,6 +135,8 @@ def build_service_account(pipeline: TrainingPipeline) -> dict[str, Any] | None:
         "apiVersion": "v1",
         "kind": "ServiceAccount",
         "metadata": metadata(pipeline, name, labels(pipeline, COMPONENT_STAGE)),
+        # No token unless a pod asks for one: stage pods do (to report), cleanup pods do not.
+        "automountServiceAccountToken": False,
     }
 
 
@@ -210,21 +215,29 @@ def build_stage_job(pipeline: TrainingPipeline, launch: Launch) -> dict[str, Any
     stage = pipeline.spec.stage(launch.stage)
     name = naming.job_name(pipeline.metadata.name, stage.name, launch.attempt)
     job_labels = labels(pipeline, COMPONENT_STAGE, stage.name, launch.attempt)
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(pipeline, name, job_labels),
-        "spec": {
-            "backoffLimit": 0,
-            "completions": 1,
-            "parallelism": 1,
-            "podFailurePolicy": build_pod_failure_policy(),
-            "template": {
-                "metadata": {"labels": dict(job_labels)},
-                "spec": build_pod_spec(pipeline, stage, launch),
-            },
+    spec: dict[str, Any] = {
+        "backoffLimit": 0,  # with N pods: any pod failing fails the attempt (torchrun cannot lose a rank)
+        "completions": 1,
+        "parallelism": 1,
+        "podFailurePolicy": build_pod_failure_policy(),
+        "template": {
+            "metadata": {"labels": dict(job_labels)},
+            "spec": build_pod_spec(pipeline, stage, launch),
         },
     }
+    if distributed.is_multi_node(stage):
+        spec.update(distributed.multi_node_job_spec(stage, naming.stage_service_name(name)))
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(pipeline, name, job_labels), "spec": spec}
+
+
+def build_stage_service(pipeline: TrainingPipeline, launch: Launch) -> dict[str, Any] | None:
+    """The headless Service of a multi-node attempt (None for one pod): DNS names of its pods."""
+    stage = pipeline.spec.stage(launch.stage)
+    if not distributed.is_multi_node(stage):
+        return None
+    job = naming.job_name(pipeline.metadata.name, stage.name, launch.attempt)
+    service_labels = labels(pipeline, COMPONENT_STAGE, stage.name, launch.attempt)
+    return distributed.build_headless_service(metadata(pipeline, naming.stage_service_name(job), service_labels), service_labels)
 
 
 def build_pod_failure_policy() -> dict[str, Any]:
@@ -241,6 +254,8 @@ def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> 
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": stage_service_account(pipeline),
+        # The trainer reports progress with this token; our ServiceAccount does not mount it by default.
+        "automountServiceAccountToken": True,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
@@ -259,6 +274,9 @@ def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> 
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
         ],
     }
+    if distributed.is_multi_node(stage):
+        job = naming.job_name(pipeline.metadata.name, stage.name, launch.attempt)
+        spec.update(distributed.multi_node_pod_spec(naming.stage_service_name(job)))
     if stage.resources.node_selector:
         spec["nodeSelector"] = dict(stage.resources.node_selector)
     if stage.resources.tolerations:
@@ -267,14 +285,20 @@ def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> 
 
 
 def build_trainer_container(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> dict[str, Any]:
+    job = naming.job_name(pipeline.metadata.name, stage.name, launch.attempt)
+    # Trainer metrics (loss, tokens/s, reward …) for the chart's PodMonitor, which selects this port by name.
+    ports = [{"name": "metrics", "containerPort": TRAINER_METRICS_PORT, "protocol": "TCP"}]
+    env = build_env(pipeline, stage, launch)
+    if distributed.is_multi_node(stage):
+        ports.append(distributed.rendezvous_port())
+        env = distributed.index_env() + env
     return {
         "name": CONTAINER_NAME,
         "image": pipeline.spec.image,
         "imagePullPolicy": pipeline.spec.image_pull_policy,
-        "command": list(STAGE_COMMAND),
-        "env": build_env(pipeline, stage, launch),
-        # Trainer metrics (loss, tokens/s, reward …) for the chart's PodMonitor, which selects this port by name.
-        "ports": [{"name": "metrics", "containerPort": TRAINER_METRICS_PORT, "protocol": "TCP"}],
+        "command": distributed.stage_command(stage, job, naming.stage_service_name(job), RUN_ARGS),
+        "env": env,
+        "ports": ports,
         "resources": build_resources(stage),
         "volumeMounts": [
             {"name": "workspace", "mountPath": naming.VOLUME_ROOT},

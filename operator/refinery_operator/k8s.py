@@ -61,6 +61,7 @@ BY_KIND = {
     "Job": JOBS,
     "ConfigMap": CONFIGMAPS,
     "PersistentVolumeClaim": Resource("", "v1", "persistentvolumeclaims"),
+    "Service": Resource("", "v1", "services"),  # headless, of a multi-node stage attempt
     "ServiceAccount": Resource("", "v1", "serviceaccounts"),
     "Role": Resource("rbac.authorization.k8s.io", "v1", "roles"),
     "RoleBinding": Resource("rbac.authorization.k8s.io", "v1", "rolebindings"),

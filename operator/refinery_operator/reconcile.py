@@ -157,6 +157,8 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], now: datetime | N
             await cluster.create_if_absent(obj)
         for launch in result.launches:
             await cluster.create_if_absent(builders.build_stage_config(pipeline, launch))
+            if (service := builders.build_stage_service(pipeline, launch)) is not None:  # multi-node: pod DNS names
+                await cluster.create_if_absent(service)
             job, created = await cluster.create_if_absent(builders.build_stage_job(pipeline, launch))
             if created:
                 launched.append(job["metadata"]["name"])
