@@ -63,10 +63,17 @@ def pipeline_root(volume_root: str, namespace: str | None, pipeline: str) -> str
     return str(root / namespace / pipeline if namespace else root / pipeline)
 
 
-def stage_dir(pipeline_root_dir: str, stage: str) -> str:
-    return str(PurePosixPath(pipeline_root_dir) / stage)
+RERUNS_DIR = "reruns"
 
 
-def model_dir(pipeline_root_dir: str, stage: str) -> str:
+def stage_dir(pipeline_root_dir: str, stage: str, run: int = 0) -> str:
+    """The stage's folder; a re-run (`status.stages[].run` > 0) trains in `<stage>/reruns/<run>/`,
+    so it never resumes from a checkpoint of the run it replaces (the trainer resumes from the
+    newest complete checkpoint under its stage folder) and the replaced model stays until then."""
+    base = PurePosixPath(pipeline_root_dir) / stage
+    return str(base / RERUNS_DIR / str(run) if run else base)
+
+
+def model_dir(pipeline_root_dir: str, stage: str, run: int = 0) -> str:
     """Where a stage's final model lands (save_pretrained, renamed into place)."""
-    return str(PurePosixPath(pipeline_root_dir) / stage / MODEL_DIR)
+    return str(PurePosixPath(stage_dir(pipeline_root_dir, stage, run)) / MODEL_DIR)
