@@ -3,6 +3,8 @@
     refinery-train run --config stage.yaml     # train one attempt of one stage (a StageRun)
     refinery-train check --config stage.yaml   # validate the config only (no torch import)
     refinery-train stages                      # list the stage types this trainer knows
+    refinery-train launch --wait-for HOST -- torchrun ...   # multi-node pods: wait for rank 0, then exec (launch.py)
+    refinery-train prune --stage-dir DIR --keep-last N       # checkpoint retention on the volume (prune.py)
 
 Exit codes: 0 success (result.json written); 1 the stage failed — a known cause (bad data, NaN
 loss …) prints one message without a traceback, anything else keeps its traceback; 2 the config
@@ -46,7 +48,17 @@ class ConfigError(Exception):
     """The StageRun file is missing, unreadable or invalid."""
 
 
+# Tools with their own parsers and no StageRun: the multi-node launcher and checkpoint retention.
+TOOLS: dict[str, str] = {
+    "launch": "refinery_trainer.launch",
+    "prune": "refinery_trainer.prune",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "stages":
         print("\n".join(STAGES))
