@@ -1,6 +1,7 @@
-"""rlhf: reinforcement learning from a reward model with TRL's `RLOOTrainer` (or `GRPOTrainer`).
+"""rlhf: reinforcement learning from a reward model with TRL's `RLOOTrainer` (or `GRPOTrainer`, or
+our PPO loop with a value model: `refinery_trainer.ppo`).
 
-    refinery-train run --config stage.yaml      # stage.type: rlhf, rl.algorithm: rloo | grpo
+    refinery-train run --config stage.yaml      # stage.type: rlhf, rl.algorithm: rloo | grpo | ppo
 
 policy + tokenizer (the `from` stage's `model/`, usually sft) and the reward model (the
 `rewardModel` stage's `model/`) → prompts → greedy completions of the held-out prompts scored by
@@ -20,6 +21,10 @@ Metrics:
   `rl.beta` > 0, since TRL keeps no reference model otherwise.
 - `trainReward`: mean reward of the sampled training completions in the last logging window.
 - `trainLoss`: mean policy loss (near 0 by construction: advantages are centred per prompt).
+- ppo (`refinery_trainer.ppo`, our own loop with a critic initialised from the reward model):
+  `kl` (the same per-token mean), `trainReward`, `trainLoss` (policy + valueCoef x value loss),
+  `policyLoss`, `valueLoss` and `beta` (the KL weight, adapted when `rl.targetKl` is set), all
+  from the last logging window.
 This module is the only place RLOOConfig and GRPOConfig appear.
 """
 
@@ -54,18 +59,28 @@ def run(ctx: StageContext) -> dict[str, float]:
     log.info("rlhf: initial policy scores %.4f on %d held-out prompts", baseline, len(eval_prompts))
     ctx.report(metrics={**ctx.reporter.record.metrics, "baselineMeanReward": baseline})
 
-    trainer = _trainer(ctx, rl, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows)
-    output = ctx.train(trainer)
-    metrics = {
-        "baselineMeanReward": baseline,
-        "meanReward": mean_reward(trainer.model, tokenizer, reward_model, reward_tokenizer, eval_prompts, rl),
-        **last_logged(_log_history(ctx, trainer), {"kl": "kl", "reward": "trainReward"}),
-    }
-    if output.training_loss is not None and math.isfinite(output.training_loss):
-        metrics["trainLoss"] = float(output.training_loss)
+    if rl.algorithm == "ppo":  # our own loop: TRL 1.16 has no PPO
+        from .. import ppo
+
+        prompts = [row[spec.prompt_field] for row in train_rows.rows]
+        history = ppo.train(ctx, rl, policy, tokenizer, reward_model, reward_tokenizer, prompts)
+        model, metrics = policy, last_logged(history, PPO_METRICS)
+    else:
+        trainer = _trainer(ctx, rl, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows)
+        output = ctx.train(trainer)
+        model, metrics = trainer.model, last_logged(_log_history(ctx, trainer), {"kl": "kl", "reward": "trainReward"})
+        if output.training_loss is not None and math.isfinite(output.training_loss):
+            metrics["trainLoss"] = float(output.training_loss)
+    metrics.update(baselineMeanReward=baseline,
+                   meanReward=mean_reward(model, tokenizer, reward_model, reward_tokenizer, eval_prompts, rl))
     log.info("rlhf: mean held-out reward %.4f -> %.4f", baseline, metrics["meanReward"])
-    ctx.save_final(trainer.model, tokenizer)
+    ctx.save_final(model, tokenizer)
     return metrics
+
+
+# ppo log keys → metric names (the loop's last logging window).
+PPO_METRICS = {"kl": "kl", "reward": "trainReward", "loss": "trainLoss", "policy_loss": "policyLoss",
+               "value_loss": "valueLoss", "beta": "beta"}
 
 
 def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows):
