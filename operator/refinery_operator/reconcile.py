@@ -26,6 +26,7 @@ from . import builders
 from .api.load import explain
 from .api.run import PROGRESS_FILE, ProgressRecord
 from .api.v1alpha1 import PipelineStatus, TrainingPipeline
+from .cleanup import launch_cleanup_jobs
 from .core import naming
 from .core.plan import AttemptState, Observed, invalid_spec_status, plan
 from .k8s import CONFIGMAPS, JOBS, Cluster
@@ -163,6 +164,8 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], now: datetime | N
             if created:
                 launched.append(job["metadata"]["name"])
 
+    # Checkpoint retention of stages that just succeeded (before the patch: a crash repeats the edge).
+    await launch_cleanup_jobs(cluster, pipeline, old_status, result.status)
     new_status = result.status.dump()
     patched = await cluster.patch_status(namespace, name, old_status, new_status)
     return Outcome(status=new_status, launched=launched, status_patched=patched)

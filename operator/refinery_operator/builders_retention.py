@@ -1,0 +1,75 @@
+"""The cleanup Job: checkpoint retention (`spec.checkpoints`) applied on the volume, as a dict.
+
+One short Job per succeeded stage attempt, `<pipeline>-<stage>-<attempt>-prune`, running
+`refinery-train prune` from the pipeline's own image on the workspace volume — the operator pod
+never mounts the volume and never deletes files. The pod needs no API access: no token is
+mounted. It runs non-root like the stage pods, with small fixed requests; deletion is idempotent,
+so the Job may retry (`backoffLimit`) and an operator that creates it twice (same name) is harmless.
+Finished Jobs are removed after `TTL_S`; they are never re-created (core/retention.py: edge-triggered).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import builders
+from .api.v1alpha1 import PipelineStatus, TrainingPipeline
+from .core import naming, retention
+
+COMPONENT_CLEANUP = "cleanup"
+CLEANUP_CONTAINER = "prune"
+BACKOFF_LIMIT = 3
+DEADLINE_S = 1800
+TTL_S = 24 * 3600
+RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
+
+
+def build_cleanup_job(pipeline: TrainingPipeline, status: PipelineStatus, stage: str) -> dict[str, Any]:
+    """The prune Job of `stage` (its current, succeeded attempt), protecting what others still read."""
+    assert pipeline.spec.checkpoints is not None, "no retention policy"
+    stage_status = status.stage(stage)
+    attempt = stage_status.attempt if stage_status else 1
+    name, namespace = pipeline.metadata.name, pipeline.metadata.namespace
+    root = naming.pipeline_root(naming.VOLUME_ROOT, namespace, name)
+    protected = retention.protected_paths(pipeline, status, stage, root, naming.VOLUME_ROOT)
+    args = retention.prune_arguments(pipeline.spec.checkpoints, naming.stage_dir(root, stage), protected)
+    job_labels = builders.labels(pipeline, COMPONENT_CLEANUP, stage, attempt)
+    pod = {
+        "restartPolicy": "Never",
+        "serviceAccountName": builders.stage_service_account(pipeline),
+        "automountServiceAccountToken": False,  # it talks to no API
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": builders.RUN_AS_USER, "runAsGroup": builders.RUN_AS_USER,
+            "fsGroup": builders.RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [{
+            "name": CLEANUP_CONTAINER,
+            "image": pipeline.spec.image,
+            "imagePullPolicy": pipeline.spec.image_pull_policy,
+            "command": ["refinery-train", *args],
+            "resources": RESOURCES,
+            "volumeMounts": [{"name": "workspace", "mountPath": naming.VOLUME_ROOT}],
+            "securityContext": {
+                "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }],
+        "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": builders.claim_name(pipeline)}}],
+    }
+    stage_spec = pipeline.spec.stage(stage)
+    if stage_spec.resources.node_selector:  # where the stage ran, the volume can be mounted
+        pod["nodeSelector"] = dict(stage_spec.resources.node_selector)
+    if stage_spec.resources.tolerations:
+        pod["tolerations"] = [t.dump() for t in stage_spec.resources.tolerations]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": builders.metadata(pipeline, naming.cleanup_job_name(name, stage, attempt), job_labels),
+        "spec": {
+            "backoffLimit": BACKOFF_LIMIT,
+            "activeDeadlineSeconds": DEADLINE_S,
+            "ttlSecondsAfterFinished": TTL_S,
+            "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod},
+        },
+    }
