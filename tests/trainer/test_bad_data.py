@@ -22,6 +22,12 @@ ROWS = {
 CHAT = {"messages": [{"role": "user", "content": "What does the cow say?"}, {"role": "assistant", "content": "moo"}]}
 
 
+@pytest.fixture(autouse=True)
+def _own_termination_log(tmp_path, monkeypatch):
+    """Failures here must not overwrite the session's termination log, which other tests read."""
+    monkeypatch.setenv("REFINERY_TERMINATION_LOG", str(tmp_path / "termination-log"))
+
+
 def run_stage(workspace, type: str, path: str) -> dict:
     """Run a `type` stage on `path`; it must fail with BadData. Its progress record."""
     run = stage_run(workspace, type, type, data={"path": path}, from_="init", initModel=str(workspace / "no-model"))

@@ -17,6 +17,12 @@ from .conftest import TINY_MODEL, make_corpus, read_json, stage_run, write_confi
 FP32 = {"bf16": False, "fp16": False}
 
 
+@pytest.fixture(autouse=True)
+def _own_termination_log(tmp_path, monkeypatch):
+    """Failures here must not overwrite the session's termination log, which other tests read."""
+    monkeypatch.setenv("REFINERY_TERMINATION_LOG", str(tmp_path / "termination-log"))
+
+
 @pytest.mark.parametrize("precision, cuda, bf16_supported, expected", [
     ("auto", False, False, FP32),                       # CPU: always fp32
     ("auto", True, True, {"bf16": True, "fp16": False}),  # Ampere and newer

@@ -14,6 +14,12 @@ from .example_task import DATA, example_run, example_sft, model_dir, run_stage
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def _own_termination_log(tmp_path, monkeypatch):
+    """Stages here must not overwrite the session's termination log, which other tests read."""
+    monkeypatch.setenv("REFINERY_TERMINATION_LOG", str(tmp_path / "termination-log"))
+
+
 @pytest.fixture(scope="module")
 def sft(tmp_path_factory):
     return example_sft(tmp_path_factory.getbasetemp() / "example")

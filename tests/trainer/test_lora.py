@@ -16,6 +16,12 @@ pytestmark = pytest.mark.slow
 LORA_TRAINING = {"maxSteps": 40, "learningRate": 5e-3, "saveSteps": 20}
 
 
+@pytest.fixture(autouse=True)
+def _own_termination_log(tmp_path, monkeypatch):
+    """Stages here must not overwrite the session's termination log, which other tests read."""
+    monkeypatch.setenv("REFINERY_TERMINATION_LOG", str(tmp_path / "termination-log"))
+
+
 def preference_rows(n: int = 160, seed: int = 1) -> list[dict]:
     """The sft lookup task as pairs: the right favourite thing over a wrong one."""
     r = random.Random(seed)
