@@ -11,8 +11,9 @@ Everything about a pipeline is derived from its `.status` (plus the spec, for GP
 budgets): `record_pipeline` stores a snapshot and a custom collector turns the snapshots into
 samples at scrape time. So a deleted pipeline vanishes from /metrics with one `forget_pipeline`,
 an operator restart rebuilds the same gauges from the statuses it reads, and durations of running
-stages are as fresh as the scrape. Only the two latency histograms and the restart counters are
-state of this process.
+stages are as fresh as the scrape. The counters (restarts by class, GPU-seconds, lost GPU-seconds)
+are the operator's own running totals in `.status`, so they survive operator restarts; only the two
+latency histograms are state of this process.
 
 Names follow Prometheus conventions (`refinery_` prefix, base units, `_total` counters) and pass
 `promtool check metrics`; `METRICS` lists them all and `docs/metrics.md` is generated from it
@@ -75,13 +76,13 @@ METRICS: tuple[MetricDef, ...] = (
               "Retries the stage may spend on failures of this class (spec.stages[].retries)."),
     MetricDef("refinery_stage_restarts_total", "counter", (*STAGE_LABELS, "class"),
               "Stage attempts retried after a failure of this class (application: the trainer; infrastructure: the "
-              "platform). From status.restarts; restarts that happened while no operator ran count in the class "
-              "of the newest failure."),
+              "platform). From status.restartsByClass."),
     MetricDef("refinery_stage_gpu_seconds_total", "counter", STAGE_LABELS,
-              "GPU-seconds held by the stage: GPUs x wall-clock time since its first start (status.gpuSeconds when set)."),
+              "GPU-seconds held by the stage's pods over all attempts (status.gpuSeconds: GPUs x each attempt's time "
+              "from its start to its end or latest progress report)."),
     MetricDef("refinery_stage_lost_gpu_seconds_total", "counter", STAGE_LABELS,
-              "GPU-seconds of work lost to failures: GPUs x time from the newest checkpoint to each failure the "
-              "operator saw (status.lostGpuSeconds when set)."),
+              "GPU-seconds of work lost to failures: GPUs x time from the newest checkpoint to each failure "
+              "(status.lostGpuSeconds)."),
     MetricDef("refinery_checkpoint_status_latency_seconds", "histogram", (),
               "Time from a checkpoint's completion (its marker time) to the operator writing it into .status."),
     MetricDef("refinery_next_job_latency_seconds", "histogram", (),
@@ -101,16 +102,12 @@ def parse_time(stamp: str | None) -> float | None:
 
 @dataclass
 class StageSnapshot:
-    """What the collector needs of one stage: its status, spec facts and this process's tallies."""
+    """What the collector needs of one stage: its status and facts from the spec."""
 
     status: StageStatus
     type: str = ""
     gpus: int = 0
     budgets: dict[str, int] = field(default_factory=dict)
-    restarts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FAILURE_CLASSES, 0.0))
-    restarts_seen: int | None = None  # status.restarts at the last record, None before the first
-    lost_gpu_seconds: float = 0.0
-    last_failure_at: float | None = None
 
 
 @dataclass
@@ -146,13 +143,8 @@ class OperatorMetrics(Collector):
     def record_pipeline(self, namespace: str, name: str, status: PipelineStatus | None, spec: PipelineSpec | None = None) -> None:
         """Set every gauge of a pipeline from its status (and spec); call after each reconcile."""
         status = status or PipelineStatus()
-        now = self.clock()
+        stages = {s.name: self._stage_snapshot(s, spec) for s in status.stages}
         with self._lock:
-            previous = self._pipelines.get((namespace, name))
-            stages = {}
-            for stage_status in status.stages:
-                old = previous.stages.get(stage_status.name) if previous else None
-                stages[stage_status.name] = self._stage_snapshot(stage_status, old, spec, now)
             self._pipelines[namespace, name] = PipelineSnapshot(phase=str(status.phase), stages=stages)
 
     def forget_pipeline(self, namespace: str, name: str) -> None:
@@ -166,38 +158,15 @@ class OperatorMetrics(Collector):
     def observe_next_job_latency(self, seconds: float) -> None:
         self.next_job_latency.observe(max(0.0, seconds))
 
-    def _stage_snapshot(self, status: StageStatus, old: StageSnapshot | None, spec: PipelineSpec | None, now: float) -> StageSnapshot:
+    @staticmethod
+    def _stage_snapshot(status: StageStatus, spec: PipelineSpec | None) -> StageSnapshot:
         snap = StageSnapshot(status=status.model_copy(deep=True))
-        if old is not None:
-            snap.restarts, snap.restarts_seen = dict(old.restarts), old.restarts_seen
-            snap.lost_gpu_seconds, snap.last_failure_at = old.lost_gpu_seconds, old.last_failure_at
         stage = next((s for s in spec.stages if s.name == status.name), None) if spec else None
         if stage is not None:
             snap.type = str(stage.type)
             snap.gpus = stage.resources.gpus * stage.resources.nodes
             snap.budgets = {"application": stage.retries.application, "infrastructure": stage.retries.infrastructure}
-        first_sight = snap.restarts_seen is None
-        new_restarts = status.restarts - (0 if first_sight else snap.restarts_seen)
-        if new_restarts > 0:
-            # Only the newest failure's class is in the status: restarts seen in one step (the
-            # first sight after an operator restart, or two failures between records) are all
-            # attributed to it.
-            cls = (status.last_failure.class_ if status.last_failure else "Application").lower()
-            snap.restarts[cls] = snap.restarts.get(cls, 0.0) + new_restarts
-            if not first_sight:  # when the earlier failures happened is unknown: no estimate
-                snap.lost_gpu_seconds += new_restarts * snap.gpus * self._time_since_progress_saved(snap, now)
-            snap.last_failure_at = now
-        snap.restarts_seen = status.restarts
         return snap
-
-    @staticmethod
-    def _time_since_progress_saved(snap: StageSnapshot, now: float) -> float:
-        """Seconds of training a failure now throws away: since the newest checkpoint, the previous
-        failure or the start, whichever is latest."""
-        checkpoint = snap.status.last_checkpoint
-        marks = [parse_time(checkpoint.time) if checkpoint else None, snap.last_failure_at, parse_time(snap.status.start_time)]
-        known = [m for m in marks if m is not None]
-        return max(0.0, now - max(known)) if known else 0.0
 
     # ---- collecting --------------------------------------------------------------------------
 
@@ -246,7 +215,7 @@ def stage_samples(key: tuple[str, str, str], snap: StageSnapshot, now: float) ->
     for cls, budget in snap.budgets.items():
         yield "refinery_stage_retry_budget", [*labels, cls], float(budget)
     for cls in FAILURE_CLASSES:
-        yield "refinery_stage_restarts_total", [*labels, cls], snap.restarts.get(cls, 0.0)
+        yield "refinery_stage_restarts_total", [*labels, cls], float(getattr(s.restarts_by_class, cls))
     started = parse_time(s.start_time)
     duration = 0.0
     if started is not None:
@@ -254,10 +223,8 @@ def stage_samples(key: tuple[str, str, str], snap: StageSnapshot, now: float) ->
         ended = parse_time(s.completion_time) if str(s.phase) in (Phase.succeeded, Phase.failed) else None
         duration = max(0.0, (ended if ended is not None else now) - started)
         yield "refinery_stage_duration_seconds", labels, duration
-    gpu_seconds = getattr(s, "gpu_seconds", None)  # status.gpuSeconds, once the operator reports it
-    yield "refinery_stage_gpu_seconds_total", labels, float(gpu_seconds if gpu_seconds is not None else snap.gpus * duration)
-    lost = getattr(s, "lost_gpu_seconds", None)
-    yield "refinery_stage_lost_gpu_seconds_total", labels, float(lost if lost is not None else snap.lost_gpu_seconds)
+    yield "refinery_stage_gpu_seconds_total", labels, float(s.gpu_seconds)
+    yield "refinery_stage_lost_gpu_seconds_total", labels, float(s.lost_gpu_seconds)
 
 
 def _help(name: str) -> str:

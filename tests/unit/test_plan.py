@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from refinery_operator.api.run import ProgressRecord
-from refinery_operator.api.v1alpha1 import Checkpoint, PipelineStatus
+from refinery_operator.api.v1alpha1 import Checkpoint, PipelineStatus, TrainingPipeline
 from refinery_operator.core.conditions import get_condition
-from refinery_operator.core.plan import AttemptState, Observed, plan
+from refinery_operator.core.plan import AttemptState, Observed, plan, rfc3339
 from tests.builders import chat_pipeline, make_pipeline
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -62,7 +62,7 @@ def test_inputs_are_the_upstream_outputs():
 
 
 def test_application_failure_is_retried_once_then_fails_the_pipeline():
-    pipeline = make_pipeline().stage("pretrain", "pretrain").obj()
+    pipeline = make_pipeline().stage("pretrain", "pretrain", retries={"backoffSeconds": 0}).obj()
     first = run(pipeline, {"pretrain": [AttemptState(1, "Failed", "TrainerError", "exit code 1")]})
     assert [(l.stage, l.attempt) for l in first.launches] == [("pretrain", 2)]
     assert first.status.stage("pretrain").restarts == 1
@@ -78,7 +78,7 @@ def test_application_failure_is_retried_once_then_fails_the_pipeline():
 
 
 def test_infrastructure_failures_spend_their_own_budget():
-    pipeline = make_pipeline().stage("pretrain", "pretrain").obj()
+    pipeline = make_pipeline().stage("pretrain", "pretrain", retries={"backoffSeconds": 0}).obj()
     evicted = [AttemptState(i, "Failed", "Evicted", "node drained", infrastructure=True) for i in (1, 2, 3)]
     result = run(pipeline, {"pretrain": evicted})
     assert [(l.stage, l.attempt) for l in result.launches] == [("pretrain", 4)]
@@ -156,3 +156,265 @@ def test_a_stage_that_succeeded_on_retry_keeps_its_last_failure():
     attempts = {"pretrain": [AttemptState(1, "Failed", "Disrupted", "node lost", infrastructure=True), AttemptState(2, "Succeeded")]}
     stage = run(pipeline, attempts).status.stage("pretrain")
     assert (stage.phase, stage.restarts, stage.last_failure.reason) == ("Succeeded", 1, "Disrupted")
+
+
+# ----------------------------------------------------------------------------------------------
+# failure classes, back-off, pods gone
+
+
+def at(seconds: float) -> datetime:
+    return NOW + timedelta(seconds=seconds)
+
+
+def stamp(seconds: float) -> str:
+    return rfc3339(at(seconds))
+
+
+def failed(attempt, seconds=0.0, infrastructure=False, reason=None, **kw):
+    return AttemptState(attempt, "Failed", reason or ("Disrupted" if infrastructure else "TrainerError"), "it failed",
+                        infrastructure=infrastructure, start_time=stamp(seconds - 100), completion_time=stamp(seconds), **kw)
+
+
+def single(**stage):
+    return make_pipeline().stage("pretrain", "pretrain", **stage).obj()
+
+
+@pytest.mark.parametrize(("failures", "backoff", "wait"), [
+    ([failed(1)], 10, 10),
+    ([failed(1), failed(2)], 10, 20),
+    ([failed(1, infrastructure=True), failed(2, infrastructure=True), failed(3, infrastructure=True)], 10, 40),
+    ([failed(i, infrastructure=True) for i in range(1, 10)], 10, 320),  # capped at 32x
+    ([failed(1)], 0, 0),
+])
+def test_retries_back_off_exponentially(failures, backoff, wait):
+    pipeline = single(retries={"application": 9, "infrastructure": 9, "backoffSeconds": backoff})
+    early = plan(pipeline, Observed({"pretrain": failures}), ROOT, at(wait - 1)) if wait else None
+    if early is not None:
+        assert early.launches == ()
+        stage = early.status.stage("pretrain")
+        assert stage.next_attempt_time == stamp(wait) and stage.phase == "Running"
+        assert early.requeue_after == pytest.approx(1.0)
+        assert f"starts at {stamp(wait)}" in stage.message
+    later = plan(pipeline.model_copy(update={"status": early.status if early else None}),
+                 Observed({"pretrain": failures}), ROOT, at(wait))
+    assert [(l.stage, l.attempt) for l in later.launches] == [("pretrain", len(failures) + 1)]
+    assert later.status.stage("pretrain").next_attempt_time is None
+
+
+def test_no_attempt_starts_while_a_pod_of_the_previous_one_remains():
+    pipeline = single(retries={"backoffSeconds": 0})
+    terminating = failed(1, infrastructure=True, pods_gone=False)
+    result = run(pipeline, {"pretrain": [terminating]})
+    assert result.launches == ()
+    assert "waiting for the pods of attempt 1 to terminate" in result.status.stage("pretrain").message
+    assert [l.attempt for l in run(pipeline, {"pretrain": [failed(1, infrastructure=True)]}).launches] == [2]
+
+
+@pytest.mark.parametrize(("attempts", "retried", "by_class"), [
+    # an eviction spends the infrastructure budget only: the application budget (0) is untouched
+    ([failed(1, infrastructure=True)], True, (0, 1)),
+    ([failed(1, infrastructure=True), failed(2, infrastructure=True, reason="OOMKilled")], True, (0, 2)),
+    ([failed(1)], False, (0, 0)),
+    ([failed(1, infrastructure=True), failed(2)], False, (0, 1)),
+])
+def test_each_failure_class_spends_its_own_budget(attempts, retried, by_class):
+    pipeline = single(retries={"application": 0, "infrastructure": 3, "backoffSeconds": 0})
+    result = run(pipeline, {"pretrain": attempts})
+    stage = result.status.stage("pretrain")
+    assert bool(result.launches) == retried
+    assert (stage.restarts_by_class.application, stage.restarts_by_class.infrastructure) == by_class
+    assert stage.restarts == sum(by_class)
+    if not retried:
+        assert result.status.phase == "Failed"
+        assert "application retry budget (0) is spent" in stage.message
+
+
+def test_nan_loss_reported_by_the_trainer_is_an_application_failure():
+    pipeline = single(retries={"application": 0})
+    record = ProgressRecord(phase="Failed", message="loss became NaN at step 12: lower learningRate", failure_reason="NanLoss")
+    result = run(pipeline, {"pretrain": [failed(1, reason="TrainerError")]}, {"pretrain": record})
+    failure = result.status.stage("pretrain").last_failure
+    assert (failure.class_, failure.reason, failure.attempt) == ("Application", "NanLoss", 1)
+    assert "lower learningRate" in get_condition(result.status.conditions, "Failed").message
+
+
+def test_gpu_seconds_and_lost_gpu_seconds():
+    pipeline = single(resources={"gpus": 4}, retries={"backoffSeconds": 0})
+    record = ProgressRecord(attempt=2, step=30, update_time=stamp(150),
+                            last_checkpoint=Checkpoint(step=20, path="/c", time=stamp(-40)))
+    first = AttemptState(1, "Failed", "Disrupted", "evicted", infrastructure=True, start_time=stamp(-100), completion_time=stamp(0))
+    second = AttemptState(2, "Running", start_time=stamp(50), ready=True)
+    stage = run(pipeline, {"pretrain": [first, second]}, {"pretrain": record}).status.stage("pretrain")
+    assert stage.gpu_seconds == 4 * (100 + 100)  # attempt 1: 100 s; attempt 2: until its last report
+    assert stage.lost_gpu_seconds == 4 * 40  # from the checkpoint at -40 to the failure at 0
+
+
+def test_lost_gpu_seconds_are_counted_once_per_failure():
+    pipeline = single(resources={"gpus": 2}, retries={"backoffSeconds": 0})
+    attempts = {"pretrain": [failed(1, infrastructure=True)]}
+    first = run(pipeline, attempts)
+    again = plan(pipeline.model_copy(update={"status": first.status}), Observed(attempts), ROOT, at(60))
+    assert first.status.stage("pretrain").lost_gpu_seconds == again.status.stage("pretrain").lost_gpu_seconds == 200
+
+
+def test_a_second_reconcile_during_back_off_changes_nothing():
+    pipeline = single()
+    attempts = {"pretrain": [failed(1)]}
+    first = run(pipeline, attempts)
+    again = plan(pipeline.model_copy(update={"status": first.status}), Observed(attempts), ROOT, at(3))
+    assert again.status == first.status and again.launches == ()
+
+
+# ----------------------------------------------------------------------------------------------
+# start timeout (image pull back-off, unschedulable)
+
+
+@pytest.mark.parametrize(("state", "stopped", "requeue"), [
+    (AttemptState(1, "Running", start_time=stamp(-100)), False, 800.0),
+    (AttemptState(1, "Running", start_time=stamp(-900)), True, None),
+    (AttemptState(1, "Running", start_time=stamp(-900), ready=True), False, None),
+])
+def test_an_attempt_that_never_gets_ready_fails_as_start_timeout(state, stopped, requeue):
+    result = run(single(), {"pretrain": [state]})
+    stops = [(s.attempt, s.action, s.reason) for s in result.stops]
+    assert stops == ([(1, "fail", "StartTimeout")] if stopped else [])
+    assert result.requeue_after == requeue
+    if stopped:
+        assert "ImagePullBackOff" in result.stops[0].message
+
+
+# ----------------------------------------------------------------------------------------------
+# suspend and queues
+
+
+def suspended_pipeline(suspend=True, queue=None):
+    manifest = make_pipeline().stage("pretrain", "pretrain").stage("sft", "sft", from_="pretrain").manifest()
+    manifest["spec"].update(suspend=suspend, **({"queueName": queue} if queue else {}))
+    return TrainingPipeline.model_validate(manifest)
+
+
+@pytest.mark.parametrize(("suspend", "queue", "state", "stops", "stage_phase", "phase"), [
+    (True, None, AttemptState(1, "Running", ready=True, pods_gone=False), [("suspend", 1)], "Running", "Suspended"),
+    (True, None, AttemptState(1, "Pending", suspended=True, pods_gone=False), [], "Running", "Suspended"),
+    (True, None, AttemptState(1, "Pending", suspended=True), [], "Suspended", "Suspended"),
+    (False, None, AttemptState(1, "Pending", suspended=True), [("resume", 1)], "Running", "Running"),
+    # With a queue, a suspended Job is Kueue's (queued or preempted): never resumed by us, and a
+    # suspend deletes the Job instead (Kueue would undo our Job.suspend).
+    (False, "team-a", AttemptState(1, "Pending", suspended=True), [], "Running", "Running"),
+    (True, "team-a", AttemptState(1, "Pending", suspended=True), [("suspend", 1)], "Suspended", "Suspended"),
+    (True, "team-a", AttemptState(1, "Running", deleting=True, pods_gone=True), [], "Suspended", "Suspended"),
+])
+def test_suspend_and_queues(suspend, queue, state, stops, stage_phase, phase):
+    result = run(suspended_pipeline(suspend, queue), {"pretrain": [state]})
+    assert [(s.action, s.attempt) for s in result.stops] == stops
+    assert result.launches == ()
+    assert (result.status.stage("pretrain").phase, result.status.phase) == (stage_phase, phase)
+    suspended = get_condition(result.status.conditions, "Suspended")
+    assert (suspended.status if suspended else None) == ("True" if suspend else None)
+
+
+def test_a_suspended_pipeline_starts_nothing_and_resumes_where_it_was():
+    stopped = run(suspended_pipeline(), {"pretrain": ok()})
+    assert stopped.launches == () and stopped.status.phase == "Suspended"
+    assert get_condition(stopped.status.conditions, "Suspended").reason == "Suspended"
+    resumed = run(suspended_pipeline(False), {"pretrain": ok()}, status=stopped.status)
+    assert [(l.stage, l.attempt) for l in resumed.launches] == [("sft", 1)]
+    assert get_condition(resumed.status.conditions, "Suspended").status == "False"
+
+
+def test_a_suspended_retry_waits_without_spending_budget():
+    failures = {"pretrain": [failed(1, infrastructure=True)]}
+    result = run(suspended_pipeline(), failures)
+    assert result.launches == () and result.status.stage("pretrain").phase == "Suspended"
+
+
+# ----------------------------------------------------------------------------------------------
+# gates
+
+
+def gated(value, metrics):
+    pipeline = (make_pipeline().stage("pretrain", "pretrain").stage("sft", "sft", from_="pretrain")
+                .stage("reward", "reward", from_="sft", gate={"metric": "evalAccuracy", "operator": ">=", "value": value})
+                .stage("rlhf", "rlhf", from_="sft", reward_model="reward").obj())
+    record = ProgressRecord(phase="Succeeded", metrics=metrics)
+    return run(pipeline, {"pretrain": ok(), "sft": ok(), "reward": ok()}, {"reward": record})
+
+
+def test_a_gate_that_holds_lets_dependants_start():
+    result = gated(0.8, {"evalAccuracy": 0.85})
+    assert [l.stage for l in result.launches] == ["rlhf"]
+
+
+@pytest.mark.parametrize(("metrics", "words"), [
+    ({"evalAccuracy": 0.62}, "gate evalAccuracy >= 0.8 not met: evalAccuracy = 0.62"),
+    ({"evalLoss": 0.3}, "did not report evalAccuracy (reported: evalLoss)"),
+])
+def test_a_gate_that_fails_fails_the_pipeline(metrics, words):
+    result = gated(0.8, metrics)
+    assert result.launches == ()
+    assert result.status.phase == "Failed"
+    failed_condition = get_condition(result.status.conditions, "Failed")
+    assert (failed_condition.status, failed_condition.reason) == ("True", "GateNotMet")
+    assert words in failed_condition.message and words in result.status.stage("reward").message
+
+
+# ----------------------------------------------------------------------------------------------
+# re-runs
+
+
+def finished(attempt=1):
+    return [AttemptState(attempt, "Succeeded", start_time=stamp(-10), completion_time=stamp(-5))]
+
+
+def done_chat():
+    pipeline = chat_pipeline().obj()
+    attempts = {name: finished() for name in ("pretrain", "sft", "reward", "rlhf")}
+    return pipeline, attempts, run(pipeline, attempts).status
+
+
+def test_rerun_from_annotation_reruns_the_stage_and_downstream_only():
+    pipeline, attempts, status = done_chat()
+    result = plan(pipeline.model_copy(update={"status": status}), Observed(attempts, rerun_request="sft"), ROOT, NOW)
+    assert [(l.stage, l.attempt, l.run) for l in result.launches] == [("sft", 2, 1)]
+    assert result.launches[0].inputs.model == f"{ROOT}/pretrain/model"  # upstream output reused
+    by_name = {s.name: s for s in result.status.stages}
+    assert by_name["pretrain"].phase == "Succeeded" and by_name["pretrain"].run == 0
+    assert [(by_name[n].phase, by_name[n].run, by_name[n].first_attempt) for n in ("reward", "rlhf")] == [("Pending", 1, 2)] * 2
+    assert result.status.rerun_request == "sft" and result.status.phase == "Running"
+    # Handled: the same annotation value does nothing more; a new value re-runs again.
+    again = plan(pipeline.model_copy(update={"status": result.status}), Observed(attempts, rerun_request="sft"), ROOT, NOW)
+    assert [(l.stage, l.attempt) for l in again.launches] == [("sft", 2)]  # the same, idempotent launch
+    assert again.status.stage("sft").run == 1
+
+
+def test_a_rerun_stage_reads_its_new_run_and_hands_its_new_output_downstream():
+    pipeline, attempts, status = done_chat()
+    first = plan(pipeline.model_copy(update={"status": status}), Observed(attempts, rerun_request="reward@1"), ROOT, NOW)
+    attempts = {**attempts, "reward": attempts["reward"] + finished(2)}
+    old_record = ProgressRecord(attempt=1, phase="Succeeded", metrics={"evalAccuracy": 0.1}, output="/old")
+    second = plan(pipeline.model_copy(update={"status": first.status}), Observed(attempts, {"reward": old_record}, "reward@1"), ROOT, NOW)
+    (launch,) = second.launches
+    assert (launch.stage, launch.attempt, launch.run) == ("rlhf", 2, 1)
+    assert launch.inputs.reward_model == f"{ROOT}/reward/reruns/1/model"  # not the old run's, nor its old record's
+
+
+def test_a_rerun_stops_the_attempts_it_replaces():
+    pipeline = chat_pipeline().obj()
+    attempts = {"pretrain": finished(), "sft": [AttemptState(1, "Running", ready=True, pods_gone=False)]}
+    status = run(pipeline, attempts).status
+    result = plan(pipeline.model_copy(update={"status": status}), Observed(attempts, rerun_request="pretrain"), ROOT, NOW)
+    assert [(s.stage, s.attempt, s.action, s.reason) for s in result.stops] == [("sft", 1, "fail", "Superseded")]
+    assert [(l.stage, l.attempt, l.run) for l in result.launches] == [("pretrain", 2, 1)]  # sft waits for it
+    assert result.status.stage("sft").first_attempt == 2
+
+
+def test_a_changed_stage_spec_reruns_that_stage_and_its_dependants():
+    pipeline, attempts, status = done_chat()
+    manifest = chat_pipeline().manifest()
+    manifest["spec"]["stages"][2]["training"] = {"maxSteps": 99}  # reward
+    changed = TrainingPipeline.model_validate(manifest).model_copy(update={"status": status})
+    result = plan(changed, Observed(attempts), ROOT, NOW)
+    assert [(l.stage, l.attempt, l.run) for l in result.launches] == [("reward", 2, 1)]
+    assert [s.run for s in result.status.stages] == [0, 0, 1, 1]
+    unchanged = plan(pipeline.model_copy(update={"status": status}), Observed(attempts), ROOT, NOW)
+    assert unchanged.launches == () and [s.run for s in unchanged.status.stages] == [0, 0, 0, 0]

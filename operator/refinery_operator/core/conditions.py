@@ -8,12 +8,17 @@ from ..api.v1alpha1 import Condition
 READY = "Ready"
 PROGRESSING = "Progressing"
 FAILED = "Failed"
+SUSPENDED = "Suspended"  # present once a pipeline was ever suspended
 
 REASON_PENDING = "Pending"
 REASON_STAGES_RUNNING = "StagesRunning"
 REASON_SUCCEEDED = "PipelineSucceeded"
 REASON_STAGE_FAILED = "StageFailed"
 REASON_INVALID_SPEC = "InvalidSpec"
+REASON_GATE_NOT_MET = "GateNotMet"  # a stage's gate (metric threshold) does not hold: dependants never start
+REASON_SUSPENDING = "Suspending"  # spec.suspend: running stages are saving a checkpoint and stopping
+REASON_SUSPENDED = "Suspended"  # spec.suspend: nothing runs
+REASON_RESUMED = "Resumed"  # spec.suspend went back to false
 
 
 def set_condition(

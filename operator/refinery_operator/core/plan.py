@@ -1,44 +1,55 @@
 """The one decision function: given a pipeline and what is observed of its stages, what should
-the status say and which stage attempts should start now?
+the status say, which stage attempts should start now, and which running ones must stop?
 
 `plan()` is pure and level-based: it reads the spec, the previous status and the observed
 attempts (Jobs in a cluster, processes in local mode) and progress records, and returns the
-complete desired status plus the attempts to launch. The operator and the local runner both
-call it, so a pipeline behaves the same on a laptop and on a cluster.
+complete desired status plus the attempts to launch and to stop. The operator and the local
+runner both call it, so a pipeline behaves the same on a laptop and on a cluster.
 
 Decisions written down here:
-- A stage starts when every stage it depends on has succeeded (independent stages run in
-  parallel). Once any stage has failed for good, no new stage starts (fail fast, like Argo's
-  DAG default); stages already running finish.
+- A stage starts when every stage it depends on has succeeded and met its `gate` (independent
+  stages run in parallel). Once any stage has failed for good, or a gate is not met (reason
+  `GateNotMet`), no new stage starts (fail fast, like Argo's DAG default); running ones finish.
 - A failed attempt is retried while its failure class has budget left (`retries.application`
-  for the trainer's own failures, `retries.infrastructure` for the platform's). The retry is a
+  for the trainer's own failures — exit code, `NanLoss`, `BadData` —, `retries.infrastructure`
+  for the platform's — evicted, preempted, node lost, OOM-killed, `StartTimeout`). The retry is a
   new attempt number; the trainer resumes it from the newest complete checkpoint.
+- Retries back off exponentially: `retries.backoffSeconds` x 2^(failures - 1), capped at 32x
+  (and 1 h); `status.stages[].nextAttemptTime` says when, `Plan.requeue_after` when to look again.
+- Attempt N+1 starts only when no pod of any earlier attempt remains (`AttemptState.pods_gone`:
+  the Job's `active` and `terminating` are 0), so two attempts never write one stage at once.
+- An attempt whose pod is not ready `retries.startTimeoutSeconds` after its Job started (image
+  pull back-off, unschedulable) is stopped as an infrastructure failure `StartTimeout`.
+- `spec.suspend` stops running attempts (`Stop(action="suspend")`: their pods get SIGTERM, the
+  trainer saves a checkpoint) and starts nothing; unsuspended, the same attempt resumes from that
+  checkpoint (`Stop(action="resume")`). A Job suspended by Kueue (`spec.queueName`: created
+  suspended, unsuspended on admission) is queued, not ours to resume. Suspension spends no budget.
+- Re-runs (core/reruns.py): the `refinery.dev/rerun-from` annotation or a changed stage spec
+  starts a new run of that stage and of everything downstream; upstream outputs are reused.
 - The status is rebuilt from observations on every call; the previous status is only consulted
-  for first-seen timestamps and for what a pod reported but no longer shows (so a reconcile
-  that observes nothing new produces an identical status, and nothing is patched).
+  for first-seen timestamps, running totals and what a pod reported but no longer shows (so a
+  reconcile that observes nothing new produces an identical status, and nothing is patched).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from ..api.run import ProgressRecord
 from ..api.v1alpha1 import (
-    Failure,
-    Phase,
-    PipelineStatus,
-    Stage,
-    StageInputs,
-    StageStatus,
-    TrainingPipeline,
+    Failure, Phase, PipelineStatus, Stage, StageInputs, StageStatus, TrainingPipeline,
 )
 from . import conditions as cond
+from .accounting import gpu_seconds, lost_gpu_seconds, parse_time, restart_counts
 from .naming import job_name, model_dir
+from .reruns import downstream, requested_stage, spec_hash
 
 AttemptPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+MAX_BACKOFF_FACTOR = 32
+MAX_BACKOFF_S = 3600
 
 
 @dataclass(frozen=True)
@@ -47,20 +58,26 @@ class AttemptState:
 
     attempt: int
     phase: AttemptPhase
-    reason: str | None = None  # CamelCase, e.g. "TrainerError", "Evicted"
+    reason: str | None = None  # CamelCase, e.g. "TrainerError", "Disrupted"
     message: str | None = None
     infrastructure: bool = False  # the platform, not the trainer, ended it
     start_time: str | None = None
     completion_time: str | None = None
+    pods_gone: bool = True  # no pod of the attempt is running or terminating
+    ready: bool = False  # a pod of the attempt is ready: it has started
+    suspended: bool = False  # the Job is suspended (by us for spec.suspend, or by Kueue until admitted)
+    deleting: bool = False  # the Job is being deleted
+    superseded: bool = False  # stopped by the operator for a re-run: not a failure
 
 
 @dataclass(frozen=True)
 class Observed:
     attempts: Mapping[str, Sequence[AttemptState]] = field(default_factory=dict)  # every attempt, per stage
     records: Mapping[str, ProgressRecord] = field(default_factory=dict)  # latest record, per stage
+    rerun_request: str | None = None  # the `refinery.dev/rerun-from` annotation
 
-    def latest(self, stage: str) -> AttemptState | None:
-        attempts = self.attempts.get(stage) or ()
+    def latest(self, stage: str, first_attempt: int = 1) -> AttemptState | None:
+        attempts = [a for a in self.attempts.get(stage) or () if a.attempt >= first_attempt]
         return max(attempts, key=lambda a: a.attempt, default=None)
 
 
@@ -69,83 +86,228 @@ class Launch:
     stage: str
     attempt: int
     inputs: StageInputs | None  # None: the stage starts from its own `model`
+    run: int = 0  # re-runs of the stage: where its files go (core/naming.stage_dir)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Act on a running attempt: suspend it, resume it, or end it as failed (`reason`)."""
+
+    stage: str
+    attempt: int
+    action: Literal["suspend", "resume", "fail"]
+    reason: str = ""
+    message: str = ""
 
 
 @dataclass(frozen=True)
 class Plan:
     status: PipelineStatus
     launches: tuple[Launch, ...]
+    stops: tuple[Stop, ...] = ()
+    requeue_after: float | None = None  # seconds until a back-off or a start deadline ends
 
 
 def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now: datetime) -> Plan:
-    """Desired status and the attempts to start, from spec + observations."""
+    """Desired status, attempts to start and attempts to stop, from spec + observations."""
     stamp = rfc3339(now)
     spec = pipeline.spec
     previous = pipeline.status or PipelineStatus()
-    by_name: dict[str, StageStatus] = {}
+    stops: list[Stop] = []
+    prev_by_name, rerun_request = start_reruns(pipeline, previous, observed, stops)
+
+    by_name = {s.name: observe_stage(s, prev_by_name[s.name], observed, pipeline.metadata.name, stamp) for s in spec.stages}
+    gates = {s.name: msg for s in spec.stages if (msg := gate_problem(s, by_name[s.name]))}
+    failed_for_good = bool(gates) or any(s.phase == Phase.failed for s in by_name.values())
     launches: list[Launch] = []
-
-    for stage in spec.stages:  # spec order; dependencies are looked up in by_name or previous
-        prev = previous.stage(stage.name) or StageStatus(name=stage.name)
-        by_name[stage.name] = observe_stage(stage, prev, observed, pipeline.metadata.name, stamp)
-
-    failed_for_good = any(s.phase == Phase.failed for s in by_name.values())
+    waits: list[float] = []
     for stage in spec.stages:
-        status = by_name[stage.name]
-        if not all(by_name[d].phase == Phase.succeeded for d in stage.dependencies):
+        if not all(by_name[d].phase == Phase.succeeded and d not in gates for d in stage.dependencies):
             continue
         # Recomputed on every call, not remembered from the launch: the inputs are a function of
         # the upstream outputs, so a status that lost them (or never had them) gets them back.
-        inputs = resolve_inputs(stage, by_name, pipeline_root)
-        status = by_name[stage.name] = status.model_copy(update={"inputs": inputs})
-        attempt = next_attempt(stage, status, observed.latest(stage.name))
-        if attempt is not None and not failed_for_good:
-            launches.append(Launch(stage.name, attempt, inputs))
-            by_name[stage.name] = status.model_copy(update=dict(
-                phase=Phase.running, attempt=attempt, restarts=attempt - 1,
-                job_name=job_name(pipeline.metadata.name, stage.name, attempt),
-                start_time=status.start_time or stamp, completion_time=None,
-            ))
+        status = by_name[stage.name] = by_name[stage.name].model_copy(update={"inputs": resolve_inputs(stage, by_name, pipeline_root)})
+        attempt = next_attempt(status, observed.latest(stage.name, status.first_attempt))
+        if attempt is None or failed_for_good or spec.suspend:
+            continue
+        busy = [a.attempt for a in observed.attempts.get(stage.name) or () if not a.pods_gone]
+        if busy:
+            status.message = f"waiting for the pods of attempt {max(busy)} to terminate before attempt {attempt} starts"
+            continue
+        not_before = parse_time(status.next_attempt_time)
+        if not_before is not None and now < not_before:
+            waits.append((not_before - now).total_seconds())
+            continue
+        launches.append(Launch(stage.name, attempt, status.inputs, status.run))
+        by_name[stage.name] = status.model_copy(update=dict(
+            phase=Phase.running, attempt=attempt, job_name=job_name(pipeline.metadata.name, stage.name, attempt),
+            start_time=status.start_time or stamp, completion_time=None, next_attempt_time=None, message=None,
+            spec_hash=status.spec_hash or spec_hash(stage),
+        ))
+
+    for stage in spec.stages:
+        status = by_name[stage.name]
+        latest = observed.latest(stage.name, status.first_attempt)
+        waits += control_attempt(pipeline, stage, status, latest, now, stops)
+        final = latest.attempt if latest is not None and latest.phase == "Failed" and status.phase == Phase.failed else None
+        status.restarts_by_class = restart_counts(observed.attempts.get(stage.name) or (), final, status.restarts_by_class)
+        status.restarts = status.restarts_by_class.application + status.restarts_by_class.infrastructure
+        if gates.get(stage.name):
+            status.message = gates[stage.name]
 
     stages = [by_name[s.name] for s in spec.stages]
-    status = summarize(stages, previous, pipeline.metadata.generation, stamp)
-    return Plan(status=status, launches=tuple(launches))
+    status = summarize(stages, gates, spec.suspend, previous, pipeline.metadata.generation, stamp)
+    status.rerun_request = rerun_request
+    return Plan(status=status, launches=tuple(launches), stops=tuple(stops),
+                requeue_after=round(min(waits), 3) if waits else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# re-runs
+
+
+def start_reruns(pipeline: TrainingPipeline, previous: PipelineStatus, observed: Observed,
+                 stops: list[Stop]) -> tuple[dict[str, StageStatus], str | None]:
+    """Previous stage statuses, with a new run started for every stage to re-run; stops the
+    attempts those runs replace. Returns them and the rerun request now handled."""
+    stages = pipeline.spec.stages
+    prev = {s.name: previous.stage(s.name) or StageStatus(name=s.name) for s in stages}
+    roots = {s.name for s in stages if prev[s.name].spec_hash and prev[s.name].spec_hash != spec_hash(s)}
+    request = previous.rerun_request
+    if observed.rerun_request and observed.rerun_request != previous.rerun_request:
+        request = observed.rerun_request
+        if (name := requested_stage(request)) in prev:
+            roots.add(name)
+    for name in sorted(downstream(stages, roots)) if roots else ():
+        status = prev[name]
+        attempts = observed.attempts.get(name) or ()
+        if status.attempt < status.first_attempt and not any(a.attempt >= status.first_attempt for a in attempts):
+            continue  # not started in this run: nothing to re-run
+        highest = max([a.attempt for a in attempts] + [status.attempt])
+        prev[name] = StageStatus(
+            name=name, attempt=status.attempt, run=status.run + 1, first_attempt=highest + 1,
+            restarts=status.restarts, restarts_by_class=status.restarts_by_class, last_failure=status.last_failure,
+            gpu_seconds=status.gpu_seconds, lost_gpu_seconds=status.lost_gpu_seconds,
+            message=f"re-run {status.run + 1}: " + ("requested by annotation" if name == requested_stage(request) and name in roots
+                                                    else "its spec or an upstream stage changed"),
+        )
+        for a in attempts:
+            if a.phase in ("Pending", "Running") and not a.deleting:
+                stops.append(Stop(name, a.attempt, "fail", "Superseded", f"stage {name!r} is re-run"))
+    return prev, request
+
+
+# ----------------------------------------------------------------------------------------------
+# one stage
 
 
 def observe_stage(stage: Stage, prev: StageStatus, observed: Observed, pipeline: str, stamp: str) -> StageStatus:
-    """Fold the latest attempt and progress record of one stage into its status."""
-    latest = observed.latest(stage.name)
-    record = observed.records.get(stage.name)
+    """Fold the current run's latest attempt and progress record of one stage into its status."""
     status = prev.model_copy(deep=True)
+    attempts = [a for a in observed.attempts.get(stage.name) or () if a.attempt >= status.first_attempt]
+    latest = max(attempts, key=lambda a: a.attempt, default=None)
+    record = observed.records.get(stage.name)
+    if record is not None and record.attempt < status.first_attempt:
+        record = None  # a report of the run this one replaced
     if latest is not None:
         status.attempt = max(status.attempt, latest.attempt)
-        status.restarts = status.attempt - 1  # every attempt after the first is a retry
     if record is not None:
         fold_record(status, record)
+    every = observed.attempts.get(stage.name) or ()
+    status.gpu_seconds = max(status.gpu_seconds, gpu_seconds(stage, every, record))
     if latest is None:
         return status
-    failures = [a for a in observed.attempts.get(stage.name) or () if a.phase == "Failed"]
+    if latest.phase != "Pending" or latest.start_time:
+        status.spec_hash = status.spec_hash or spec_hash(stage)  # a run started before hashes existed
+    failures = [a for a in attempts if a.phase == "Failed" and not a.superseded]
     if failures:
-        status.last_failure = failure_of(max(failures, key=lambda a: a.attempt), record)
+        newest = max(failures, key=lambda a: a.attempt)
+        if prev.last_failure is None or prev.last_failure.attempt != newest.attempt:
+            status.lost_gpu_seconds = round(status.lost_gpu_seconds + lost_gpu_seconds(stage, newest, status), 3)
+        status.last_failure = failure_of(newest, record)
     status.job_name = job_name(pipeline, stage.name, latest.attempt)
     status.start_time = status.start_time or latest.start_time or stamp
     if latest.phase in ("Pending", "Running"):
-        status.phase = Phase.running
-        status.completion_time = None
+        status.phase, status.completion_time, status.next_attempt_time, status.message = Phase.running, None, None, None
     elif latest.phase == "Succeeded":
-        status.phase = Phase.succeeded
-        status.progress = 1.0
+        status.phase, status.progress, status.next_attempt_time, status.message = Phase.succeeded, 1.0, None, None
         status.completion_time = status.completion_time or latest.completion_time or stamp
         status.output = status.output or (record.output if record else None)
         # lastFailure stays: a stage that succeeded on its second attempt still says why it needed one.
+    elif retry_budget_left(stage, failures):
+        status.phase = Phase.running  # a retry is launched when the back-off ends
+        same = prev.last_failure is not None and prev.last_failure.attempt == latest.attempt
+        status.next_attempt_time = prev.next_attempt_time if same and prev.next_attempt_time else \
+            retry_time(stage, len(failures), latest.completion_time or stamp)
+        status.message = (f"attempt {latest.attempt} failed ({status.last_failure.reason}); "
+                          f"attempt {latest.attempt + 1} starts at {status.next_attempt_time}")
     else:
-        if retry_budget_left(stage, observed.attempts.get(stage.name) or ()):
-            status.phase = Phase.running  # a retry is launched below
-        else:
-            status.phase = Phase.failed
-            status.completion_time = status.completion_time or latest.completion_time or stamp
-            status.message = f"attempt {latest.attempt} failed: {status.last_failure.message}"
+        status.phase, status.next_attempt_time = Phase.failed, None
+        status.completion_time = status.completion_time or latest.completion_time or stamp
+        budget = stage.retries.infrastructure if latest.infrastructure else stage.retries.application
+        kind = "infrastructure" if latest.infrastructure else "application"
+        status.message = (f"attempt {latest.attempt} failed and the {kind} retry budget ({budget}) is spent: "
+                          f"{status.last_failure.message}")
     return status
+
+
+def control_attempt(pipeline: TrainingPipeline, stage: Stage, status: StageStatus, latest: AttemptState | None,
+                    now: datetime, stops: list[Stop]) -> list[float]:
+    """Suspend, resume or time out the stage's running attempt; returns seconds to look again."""
+    spec = pipeline.spec
+    if latest is None or latest.phase not in ("Pending", "Running"):
+        if spec.suspend and status.phase == Phase.running:
+            status.phase, status.message = Phase.suspended, "suspended; the next attempt starts when spec.suspend is false"
+        return []
+    if spec.suspend:
+        if not latest.deleting and (not latest.suspended or spec.queue_name):
+            stops.append(Stop(stage.name, latest.attempt, "suspend", "Suspended", "spec.suspend is true"))
+        if latest.pods_gone and (latest.suspended or latest.deleting):
+            status.phase = Phase.suspended
+            status.message = "suspended; resumes from its newest checkpoint when spec.suspend is false"
+        else:
+            status.message = f"suspending: attempt {latest.attempt} is saving a checkpoint and stopping"
+        return []
+    if latest.suspended:
+        if spec.queue_name:
+            status.message = f"queued: waiting for Kueue to admit it (LocalQueue {spec.queue_name!r})"
+        else:
+            stops.append(Stop(stage.name, latest.attempt, "resume", "Resumed", "spec.suspend is false"))
+        return []
+    started = parse_time(latest.start_time)
+    if latest.ready or started is None or latest.deleting:
+        return []
+    timeout = stage.retries.start_timeout_seconds
+    left = (started + timedelta(seconds=timeout) - now).total_seconds()
+    if left > 0:
+        return [left]
+    stops.append(Stop(stage.name, latest.attempt, "fail", "StartTimeout",
+                      f"no pod of attempt {latest.attempt} was ready {timeout}s after it started: look for "
+                      "ImagePullBackOff (spec.image), an unschedulable pod (GPUs, nodeSelector, tolerations) or a "
+                      "volume that cannot attach in `kubectl describe pod`"))
+    return []
+
+
+def retry_time(stage: Stage, failures: int, failed_at: str) -> str:
+    """When the retry after the `failures`-th failure of this run may start."""
+    base = stage.retries.backoff_seconds
+    delay = min(base * 2 ** max(0, failures - 1), base * MAX_BACKOFF_FACTOR, MAX_BACKOFF_S)
+    start = parse_time(failed_at)
+    return rfc3339(start + timedelta(seconds=delay)) if start else failed_at
+
+
+def gate_problem(stage: Stage, status: StageStatus) -> str | None:
+    """Why a succeeded stage's gate does not hold (None when it holds, or nothing to check yet)."""
+    gate = stage.gate
+    if gate is None or status.phase != Phase.succeeded:
+        return None
+    held = gate.holds(status.metrics)
+    if held:
+        return None
+    if held is None:
+        reported = ", ".join(sorted(status.metrics)) or "none"
+        return f"gate {gate.metric} {gate.operator} {gate.value:g} not met: the stage did not report {gate.metric} (reported: {reported})"
+    return f"gate {gate.metric} {gate.operator} {gate.value:g} not met: {gate.metric} = {status.metrics[gate.metric]:g}"
 
 
 def fold_record(status: StageStatus, record: ProgressRecord) -> None:
@@ -170,31 +332,32 @@ def failure_of(attempt: AttemptState, record: ProgressRecord | None) -> Failure:
     """The trainer's own words win over the Job's generic reason when it reported a failure."""
     reported = record is not None and record.attempt == attempt.attempt and record.phase == "Failed"
     if not attempt.infrastructure and reported and record.message:
-        return Failure(class_="Application", reason=record.failure_reason or "TrainerError", message=record.message)
+        return Failure(class_="Application", reason=record.failure_reason or "TrainerError", message=record.message,
+                       attempt=attempt.attempt)
     return Failure(
         class_="Infrastructure" if attempt.infrastructure else "Application",
         reason=attempt.reason or ("PodFailed" if attempt.infrastructure else "TrainerError"),
         message=attempt.message or "the stage's pod failed without a message",
+        attempt=attempt.attempt,
     )
 
 
-def retry_budget_left(stage: Stage, attempts: Sequence[AttemptState]) -> bool:
-    failed = [a for a in attempts if a.phase == "Failed"]
-    infra = sum(1 for a in failed if a.infrastructure)
-    app = len(failed) - infra
-    latest = max(attempts, key=lambda a: a.attempt)
+def retry_budget_left(stage: Stage, failures: Sequence[AttemptState]) -> bool:
+    """Whether the newest failure of the run may be retried: each class spends its own budget."""
+    infra = sum(1 for a in failures if a.infrastructure)
+    latest = max(failures, key=lambda a: a.attempt)
     if latest.infrastructure:
         return infra <= stage.retries.infrastructure
-    return app <= stage.retries.application
+    return len(failures) - infra <= stage.retries.application
 
 
-def next_attempt(stage: Stage, status: StageStatus, latest: AttemptState | None) -> int | None:
+def next_attempt(status: StageStatus, latest: AttemptState | None) -> int | None:
     """The attempt to launch now, or None when the stage needs no new attempt."""
     if latest is None:
-        # Never observed: start attempt 1 (or re-create the attempt the status names, which is
-        # idempotent because the Job name is deterministic).
-        return None if status.phase in (Phase.succeeded, Phase.failed) else max(status.attempt, 1)
-    if latest.phase == "Failed" and status.phase == Phase.running:
+        # Never observed in this run: start its first attempt (or re-create the attempt the status
+        # names, which is idempotent because the Job name is deterministic).
+        return None if status.phase in (Phase.succeeded, Phase.failed) else max(status.attempt, status.first_attempt)
+    if latest.phase == "Failed" and status.phase in (Phase.running, Phase.suspended):
         return latest.attempt + 1
     return None
 
@@ -204,23 +367,30 @@ def resolve_inputs(stage: Stage, stages: Mapping[str, StageStatus], pipeline_roo
     def output_of(name: str | None) -> str | None:
         if name is None:
             return None
-        return stages[name].output or model_dir(pipeline_root, name)
+        return stages[name].output or model_dir(pipeline_root, name, stages[name].run)
 
     inputs = StageInputs(model=output_of(stage.from_), reward_model=output_of(stage.reward_model))
     return inputs if inputs.model or inputs.reward_model else None
 
 
-def summarize(stages: list[StageStatus], previous: PipelineStatus, generation: int | None, stamp: str) -> PipelineStatus:
+# ----------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def summarize(stages: list[StageStatus], gates: Mapping[str, str], suspend: bool, previous: PipelineStatus,
+              generation: int | None, stamp: str) -> PipelineStatus:
     phases = [s.phase for s in stages]
-    if Phase.failed in phases:
+    if Phase.failed in phases or gates:
         phase = Phase.failed
     elif all(p == Phase.succeeded for p in phases):
         phase = Phase.succeeded
+    elif suspend:
+        phase = Phase.suspended
     elif Phase.running in phases:
         phase = Phase.running
     else:
         phase = Phase.pending
-    current = next((s for s in stages if s.phase == Phase.running), None)
+    current = next((s for s in stages if s.phase in (Phase.running, Phase.suspended)), None)
     status = PipelineStatus(
         phase=phase,
         observed_generation=generation,
@@ -231,26 +401,39 @@ def summarize(stages: list[StageStatus], previous: PipelineStatus, generation: i
         conditions=[c.model_copy() for c in previous.conditions],
         stages=stages,
     )
-    set_pipeline_conditions(status, stages, generation, stamp)
+    set_pipeline_conditions(status, stages, gates, generation, stamp)
     return status
 
 
-def set_pipeline_conditions(status: PipelineStatus, stages: list[StageStatus], generation: int | None, stamp: str) -> None:
+def set_pipeline_conditions(status: PipelineStatus, stages: list[StageStatus], gates: Mapping[str, str],
+                            generation: int | None, stamp: str) -> None:
     failed = next((s for s in stages if s.phase == Phase.failed), None)
     done = status.phase == Phase.succeeded
+    suspended = status.phase == Phase.suspended
     running = [s.name for s in stages if s.phase == Phase.running]
     if failed is not None:
         reason, message = cond.REASON_STAGE_FAILED, f"stage {failed.name!r} failed: {failed.last_failure.message if failed.last_failure else ''}"
+    elif gates:
+        name = next(iter(gates))
+        reason, message = cond.REASON_GATE_NOT_MET, f"stage {name!r}: {gates[name]}"
     elif done:
         reason, message = cond.REASON_SUCCEEDED, f"all {len(stages)} stages succeeded"
+    elif suspended:
+        reason = cond.REASON_SUSPENDING if running else cond.REASON_SUSPENDED
+        message = f"suspending: {', '.join(running)} saving a checkpoint" if running else "suspended by spec.suspend"
     elif running:
         reason, message = cond.REASON_STAGES_RUNNING, "running: " + ", ".join(running)
     else:
         reason, message = cond.REASON_PENDING, "waiting for stages to start"
     conds = status.conditions
     cond.set_condition(conds, cond.READY, done, reason, message, stamp, generation)
-    cond.set_condition(conds, cond.PROGRESSING, bool(running) and failed is None, reason, message, stamp, generation)
-    cond.set_condition(conds, cond.FAILED, failed is not None, reason, message, stamp, generation)
+    cond.set_condition(conds, cond.PROGRESSING, bool(running) and failed is None and not gates and not suspended,
+                       reason, message, stamp, generation)
+    cond.set_condition(conds, cond.FAILED, failed is not None or bool(gates), reason, message, stamp, generation)
+    if suspended:
+        cond.set_condition(conds, cond.SUSPENDED, True, reason, message, stamp, generation)
+    elif cond.get_condition(conds, cond.SUSPENDED) is not None:  # only once a pipeline was ever suspended
+        cond.set_condition(conds, cond.SUSPENDED, False, cond.REASON_RESUMED, "spec.suspend is false", stamp, generation)
 
 
 def invalid_spec_status(previous: PipelineStatus | None, message: str, generation: int | None, now: datetime) -> PipelineStatus:

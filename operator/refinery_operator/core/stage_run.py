@@ -20,7 +20,7 @@ def build_stage_run(
         namespace=pipeline.metadata.namespace,
         stage=pipeline.spec.stage(launch.stage),
         attempt=launch.attempt,
-        stage_dir=stage_dir(pipeline_root, launch.stage),
+        stage_dir=stage_dir(pipeline_root, launch.stage, launch.run),
         data_root=data_root,
         init_model=launch.inputs.model if launch.inputs else None,
         reward_model=launch.inputs.reward_model if launch.inputs else None,

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..api.run import PROGRESS_FILE, RESULT_FILE, FileReporter, ProgressRecord
-from ..api.v1alpha1 import Phase, PipelineStatus, TrainingPipeline
+from ..api.v1alpha1 import Phase, PipelineStatus, StageStatus, TrainingPipeline
 from ..core.naming import pipeline_root, stage_dir
 from ..core.plan import AttemptState, Observed, plan, rfc3339
 from ..core.stage_run import build_stage_run
@@ -47,7 +47,7 @@ class Attempt:
     def state(self) -> AttemptState:
         code = self.process.poll()
         if code is None:
-            return AttemptState(self.number, "Running", start_time=self.started)
+            return AttemptState(self.number, "Running", start_time=self.started, ready=True, pods_gone=False)
         if code == 0:
             return AttemptState(self.number, "Succeeded", start_time=self.started, completion_time=self.ended)
         killed = code < 0  # ended by a signal: the machine, not the trainer, stopped it
@@ -65,18 +65,19 @@ class LocalPipeline:
     attempts: dict[str, list[Attempt]] = field(default_factory=dict)
     finished_before: dict[str, AttemptState] = field(default_factory=dict)
 
-    def observe(self) -> Observed:
+    def observe(self, status: PipelineStatus) -> Observed:
         attempts: dict[str, list[AttemptState]] = {}
         for name, done in self.finished_before.items():
             attempts[name] = [done]
         for name, started in self.attempts.items():
             attempts.setdefault(name, []).extend(a.state() for a in started)
-        return Observed(attempts=attempts, records=self.read_records())
+        return Observed(attempts=attempts, records=self.read_records(status))
 
-    def read_records(self) -> dict[str, ProgressRecord]:
+    def read_records(self, status: PipelineStatus) -> dict[str, ProgressRecord]:
         records = {}
         for stage in self.pipeline.spec.stages:
-            path = Path(stage_dir(str(self.root), stage.name)) / PROGRESS_FILE
+            run = (status.stage(stage.name) or StageStatus(name=stage.name)).run
+            path = Path(stage_dir(str(self.root), stage.name, run)) / PROGRESS_FILE
             try:
                 records[stage.name] = ProgressRecord.model_validate_json(path.read_text())
             except (FileNotFoundError, ValueError):
@@ -86,7 +87,7 @@ class LocalPipeline:
     def start(self, launch) -> None:
         run = build_stage_run(
             self.pipeline, launch, str(self.root), str(self.data_root),
-            FileReporter(path=str(Path(stage_dir(str(self.root), launch.stage)) / PROGRESS_FILE)),
+            FileReporter(path=str(Path(stage_dir(str(self.root), launch.stage, launch.run)) / PROGRESS_FILE)),
         )
         runs_dir = self.root / ".runs"
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +125,15 @@ class LocalPipeline:
 
 
 def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_progress: bool = True) -> bool:
-    """Run one pipeline to the end; return whether it succeeded."""
+    """Run one pipeline to the end; return whether it succeeded.
+
+    `spec.suspend: true` is refused: local mode has no Job to suspend. Stop a run with Ctrl-C
+    instead (the trainer saves a checkpoint on SIGTERM) and run the same command to resume.
+    """
+    if pipeline.spec.suspend:
+        print(f"pipeline {pipeline.metadata.name!r} has spec.suspend: true, so nothing runs; set it to false to run it "
+              "(in local mode, Ctrl-C stops a run after a checkpoint and the same command resumes it)", file=sys.stderr)
+        return False
     root = Path(pipeline_root(str(workdir.resolve()), None, pipeline.metadata.name))
     root.mkdir(parents=True, exist_ok=True)
     local = LocalPipeline(pipeline, root, data_root.resolve())
@@ -133,7 +142,7 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
     try:
         while True:
             current = pipeline.model_copy(update={"status": status})
-            decided = plan(current, local.observe(), str(root), datetime.now(timezone.utc))
+            decided = plan(current, local.observe(status), str(root), datetime.now(timezone.utc))
             for launch in decided.launches:
                 local.start(launch)
             if decided.status != status:
@@ -170,7 +179,7 @@ def continue_from(root: Path, pipeline: TrainingPipeline, local: LocalPipeline) 
     for stage in previous.stages:
         if stage.name not in known:
             continue
-        finished = (Path(stage_dir(str(root), stage.name)) / RESULT_FILE).exists()
+        finished = (Path(stage_dir(str(root), stage.name, stage.run)) / RESULT_FILE).exists()
         if stage.phase == Phase.succeeded and finished:
             local.finished_before[stage.name] = AttemptState(
                 stage.attempt, "Succeeded", start_time=stage.start_time, completion_time=stage.completion_time
