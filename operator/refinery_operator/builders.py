@@ -31,6 +31,7 @@ LABEL_PIPELINE = "refinery.dev/pipeline"
 LABEL_STAGE = "refinery.dev/stage"
 LABEL_ATTEMPT = "refinery.dev/attempt"
 LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 COMPONENT_STAGE = "stage"
 COMPONENT_STAGE_CONFIG = "stage-config"
 COMPONENT_PROGRESS = "progress"
@@ -227,6 +228,10 @@ def build_stage_job(pipeline: TrainingPipeline, launch: Launch) -> dict[str, Any
     }
     if distributed.is_multi_node(stage):
         spec.update(distributed.multi_node_job_spec(stage, naming.stage_service_name(name)))
+    if pipeline.spec.queue_name:
+        # Kueue admits the Job by unsuspending it; until then no pod exists (and no GPU is held).
+        job_labels = {**job_labels, LABEL_KUEUE_QUEUE: pipeline.spec.queue_name}
+        spec["suspend"] = True
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(pipeline, name, job_labels), "spec": spec}
 
 
@@ -253,6 +258,9 @@ def build_pod_failure_policy() -> dict[str, Any]:
 def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # SIGTERM (suspend, eviction, preemption) -> the trainer saves a checkpoint, then exits 143;
+        # this bounds how long that may take before the kubelet kills it.
+        "terminationGracePeriodSeconds": pipeline.spec.termination_grace_period_seconds,
         "serviceAccountName": stage_service_account(pipeline),
         # The trainer reports progress with this token; our ServiceAccount does not mount it by default.
         "automountServiceAccountToken": True,
