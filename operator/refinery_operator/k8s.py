@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
 import kubernetes.client
 import kubernetes.config
+import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from .api.v1alpha1 import GROUP, PLURAL, VERSION
@@ -57,6 +61,9 @@ class Resource:
 PIPELINES = Resource(GROUP, VERSION, PLURAL)
 JOBS = Resource("batch", "v1", "jobs")
 CONFIGMAPS = Resource("", "v1", "configmaps")
+EVENTS = Resource("", "v1", "events")
+EVENT_SOURCE = "refinery-operator"
+EVENT_MESSAGE_LIMIT = 1024  # the API server refuses longer Event messages
 BY_KIND = {
     "Job": JOBS,
     "ConfigMap": CONFIGMAPS,
@@ -172,6 +179,49 @@ class Cluster:
         """
         answer = await self.request("GET", resource.path(namespace), query=[("labelSelector", selector(labels))])
         return [item for item in answer.get("items") or [] if has_labels(item, labels)]
+
+    async def patch(self, resource: Resource, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        """JSON merge patch of one object; None when it is gone."""
+        try:
+            return await self.request("PATCH", resource.path(namespace, name), body=dict(patch), content_type=MERGE_PATCH)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def delete(self, resource: Resource, namespace: str, name: str, propagation: str = "Foreground") -> bool:
+        """Delete one object; False when it was already gone. Foreground: the object stays (with a
+        deletionTimestamp) until its dependants — a Job's pods — are gone."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        try:
+            await self.request("DELETE", resource.path(namespace, name), body=body)
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+
+    async def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str,
+                         now: datetime | None = None) -> None:
+        """A core/v1 Event about `involved` (an object's apiVersion/kind/metadata), as `kubectl
+        describe` shows it. Events are best effort: a failure is logged, never raised."""
+        meta = involved.get("metadata") or {}
+        stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": type_, "reason": reason, "message": message[:EVENT_MESSAGE_LIMIT],
+            "source": {"component": EVENT_SOURCE}, "reportingComponent": EVENT_SOURCE,
+            "reportingInstance": socket.gethostname()[:128],
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        try:
+            await self.request("POST", EVENTS.path(meta["namespace"]), body=event)
+        except (ApiException, urllib3.exceptions.HTTPError) as e:
+            log.warning("could not post event %s on %s: %s", reason, meta["name"], e)
 
     async def patch_status(self, namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
         """Merge-patch the pipeline's status subresource from `old` to `new`; False if equal.
