@@ -48,6 +48,7 @@ RESOURCES = {
     "batch/v1/jobs": kmock.ResourceInfo(kind="Job", singular="job", namespaced=True, subresources={"status"}, verbs=VERBS),
     "v1/configmaps": kmock.ResourceInfo(kind="ConfigMap", singular="configmap", namespaced=True, verbs=VERBS),
     "v1/persistentvolumeclaims": kmock.ResourceInfo(kind="PersistentVolumeClaim", namespaced=True, verbs=VERBS),
+    "v1/services": kmock.ResourceInfo(kind="Service", namespaced=True, verbs=VERBS),  # headless, multi-node stages
     "v1/serviceaccounts": kmock.ResourceInfo(kind="ServiceAccount", namespaced=True, verbs=VERBS),
     "v1/events": kmock.ResourceInfo(kind="Event", namespaced=True, verbs=VERBS),
     "rbac.authorization.k8s.io/v1/roles": kmock.ResourceInfo(kind="Role", namespaced=True, verbs=VERBS),

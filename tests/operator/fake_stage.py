@@ -25,6 +25,10 @@ STEP_S = 0.05
 
 
 def main() -> int:
+    if sys.argv[1:2] != ["run"]:  # `prune`, `launch` …: the real refinery-train (torch-free too)
+        from refinery_trainer.cli import main as refinery_train
+
+        return refinery_train(sys.argv[1:])
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--config", required=True)

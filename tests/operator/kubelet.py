@@ -10,6 +10,13 @@ It watches Jobs in the emulator and, for each new one, runs its pod as a local p
   lies under a mount path (e.g. `/workspace/...`, `/etc/refinery/stage.yaml`) is rewritten to
   the mapped folder. The trainer itself runs unmodified — no path-mapping env var.
 
+Indexed Jobs (multi-node stages): one process per index, with `JOB_COMPLETION_INDEX` from the
+pod's index annotation (declared env, as the builders do), `$(VAR)` references in the command
+expanded from the container's env as the real kubelet does, and every pod DNS name
+`<job>-<index>.<subdomain>` rewritten to 127.0.0.1 in the command and env — the part cluster DNS
+plays (a headless Service resolving a pod's hostname to its IP), since all "pods" share this host.
+The first pod to fail fails the Job and the others are killed (backoffLimit 0).
+
 It then writes the Job's status back the way the Job controller does (`active`/`ready`/
 `startTime` while running; `succeeded` + `SuccessCriteriaMet`/`Complete`, or `failed` +
 `FailureTarget`/`Failed` with the controller's reasons when the process exits). `evict()`
@@ -25,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -50,6 +58,8 @@ class Pod:
     name: str
     folder: Path
     command: list[str]
+    index: int | None = None  # completion index (Indexed Jobs)
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     exit_code: int | None = None
     evicted: bool = False
@@ -69,7 +79,8 @@ class Kubelet:
         self.root = root
         self.namespace = namespace
         self.command_map = command_map or {}  # e.g. {"refinery-train": [python, fake_stage.py]}
-        self.pods: dict[str, Pod] = {}
+        self.pods: dict[str, Pod] = {}  # Job name -> its (first) pod
+        self.job_pods: dict[str, list[Pod]] = {}  # Job name -> every pod (one per index)
         self._tasks: set[asyncio.Task] = set()
         self._session: aiohttp.ClientSession | None = None
 
@@ -100,18 +111,23 @@ class Kubelet:
         name = (job.get("metadata") or {}).get("name")
         finished = any(c.get("type") in ("Complete", "Failed") for c in (job.get("status") or {}).get("conditions") or [])
         if event.get("type") in ("ADDED", "MODIFIED") and name and name not in self.pods and not finished:
-            pod = Pod(job=name, name=f"{name}-x7k2p", folder=self.root / "pods" / name, command=[])
-            self.pods[name] = pod
-            task = asyncio.create_task(self._run_pod(job, pod))
+            spec = job.get("spec") or {}
+            if spec.get("completionMode") == "Indexed":
+                pods = [Pod(job=name, name=f"{name}-{i}-x7k2p", folder=self.root / "pods" / f"{name}-{i}", command=[], index=i)
+                        for i in range(int(spec.get("completions") or 1))]
+            else:
+                pods = [Pod(job=name, name=f"{name}-x7k2p", folder=self.root / "pods" / name, command=[])]
+            self.pods[name], self.job_pods[name] = pods[0], pods
+            task = asyncio.create_task(self._run_job(job, pods))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        """Kill the pods still running (only the processes this kubelet started)."""
-        for pod in self.pods.values():
-            if pod.process is not None and pod.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pod.process.pid, signal.SIGKILL)
+        """Kill the pods still running (only the processes this kubelet started, and their children:
+        torchrun starts its workers in sessions of their own)."""
+        for pods in self.job_pods.values():
+            for pod in pods:
+                kill_pod(pod)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -127,28 +143,51 @@ class Kubelet:
     # ------------------------------------------------------------------------------------------
     # one pod
 
-    async def _run_pod(self, job: dict[str, Any], pod: Pod) -> None:
+    async def _run_job(self, job: dict[str, Any], pods: list[Pod]) -> None:
+        """Start every pod, then wait for all to succeed or for the first failure (which ends the rest)."""
         try:
-            spec = job["spec"]["template"]["spec"]
-            container = spec["containers"][0]
-            pod.folder.mkdir(parents=True, exist_ok=True)
-            mounts = await self._mount(spec, container, pod)
-            env = self._env(container, pod, mounts)
-            command = [map_path(arg, mounts) for arg in container.get("command", []) + container.get("args", [])]
-            command = self.command_map.get(command[0], [command[0]]) + command[1:]
-            pod.command = command
-            with open(pod.folder / "log.txt", "wb") as log:
-                pod.process = subprocess.Popen(command, env=env, cwd=pod.folder, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True)
-            await self._patch_status(pod.job, {"active": 1, "ready": 1, "startTime": now()})
-            while pod.process.poll() is None:  # polled: no asyncio child watcher involved
+            for pod in pods:
+                await self._start_pod(job, pod)
+            await self._patch_status(pods[0].job, {"active": len(pods), "ready": len(pods), "startTime": now()})
+            while True:  # polled: no asyncio child watcher involved
+                codes = [pod.process.poll() for pod in pods]
+                if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes) or any(p.evicted for p in pods):
+                    break
                 await asyncio.sleep(0.1)
-            pod.exit_code = pod.process.returncode
-            self._log(f"{pod.job}: exited with {pod.exit_code}")
-            await self._patch_status(pod.job, self._final_status(pod))
-            self._log(f"{pod.job}: status written")
+            for pod in pods:  # what the Job controller does once the Job failed: delete the other pods
+                kill_pod(pod)
+                pod.exit_code = pod.process.wait()
+                self._log(f"{pod.name}: exited with {pod.exit_code}")
+            failed = next((p for p in pods if p.evicted or p.exit_code != 0), pods[0])
+            await self._patch_status(pods[0].job, self._final_status(failed))
+            self._log(f"{pods[0].job}: status written")
         finally:
-            pod.done.set()
+            for pod in pods:
+                pod.done.set()
+
+    async def _start_pod(self, job: dict[str, Any], pod: Pod) -> None:
+        spec = job["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        pod.folder.mkdir(parents=True, exist_ok=True)
+        mounts = await self._mount(spec, container, pod)
+        hosts = self._pod_hosts(job, spec)
+        env = self._env(container, pod, mounts, hosts)
+        command = [map_hosts(map_path(expand(arg, env), mounts), hosts)
+                   for arg in container.get("command", []) + container.get("args", [])]
+        command = self.command_map.get(command[0], [command[0]]) + command[1:]
+        pod.command, pod.env = command, env
+        with open(pod.folder / "log.txt", "wb") as log:
+            pod.process = subprocess.Popen(command, env=env, cwd=pod.folder, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
+
+    @staticmethod
+    def _pod_hosts(job: dict[str, Any], spec: dict[str, Any]) -> dict[str, str]:
+        """DNS names of an Indexed Job's pods under their headless Service -> this host."""
+        subdomain = spec.get("subdomain")
+        if not subdomain or (job.get("spec") or {}).get("completionMode") != "Indexed":
+            return {}
+        name = job["metadata"]["name"]
+        return {f"{name}-{i}.{subdomain}": "127.0.0.1" for i in range(int(job["spec"].get("completions") or 1))}
 
     async def _mount(self, spec: dict[str, Any], container: dict[str, Any], pod: Pod) -> dict[str, Path]:
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
@@ -171,14 +210,15 @@ class Kubelet:
                     (mounts[mount["mountPath"]] / key).write_text(map_yaml_paths(text, mounts) if key.endswith((".yaml", ".yml")) else text)
         return mounts
 
-    def _env(self, container: dict[str, Any], pod: Pod, mounts: dict[str, Path]) -> dict[str, str]:
+    def _env(self, container: dict[str, Any], pod: Pod, mounts: dict[str, Path], hosts: dict[str, str]) -> dict[str, str]:
         env = {k: os.environ[k] for k in ("PATH", "VIRTUAL_ENV", "LANG", "PYTHONPATH") if k in os.environ}
         env.update(KUBECONFIG=str(self.kubeconfig), REFINERY_TERMINATION_LOG=str(pod.folder / "termination-log"))
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")  # shared CPUs
-        fields = {"metadata.name": pod.name, "metadata.namespace": self.namespace}
+        fields = {"metadata.name": pod.name, "metadata.namespace": self.namespace,
+                  "metadata.annotations['batch.kubernetes.io/job-completion-index']": str(pod.index)}
         for var in container.get("env", []):
             if "value" in var:
-                env[var["name"]] = map_path(var["value"], mounts)
+                env[var["name"]] = map_hosts(map_path(var["value"], mounts), hosts)
             elif "fieldRef" in (var.get("valueFrom") or {}):
                 env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
         return env
@@ -222,6 +262,35 @@ class Kubelet:
         headers = {"Content-Type": "application/merge-patch+json"}
         async with self._session.patch(url, data=json.dumps({"status": status}), headers=headers) as resp:
             resp.raise_for_status()
+
+
+def kill_pod(pod: Pod) -> None:
+    """SIGKILL a pod's process group and every descendant (only processes this kubelet started)."""
+    import psutil
+
+    if pod.process is None or pod.process.poll() is not None:
+        return
+    try:
+        children = psutil.Process(pod.process.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pod.process.pid, signal.SIGKILL)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """`$(VAR)` -> the container's env value, as the kubelet expands command and args."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+
+
+def map_hosts(value: str, hosts: dict[str, str]) -> str:
+    """Pod DNS names -> 127.0.0.1 (every pod of the test runs on this host)."""
+    for name, address in hosts.items():
+        value = re.sub(rf"(?<![-.\w]){re.escape(name)}(?![-\w])", address, value)
+    return value
 
 
 def condition(type_: str, reason: str, message: str, stamp: str) -> dict[str, str]:
