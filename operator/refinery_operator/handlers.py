@@ -8,6 +8,10 @@ How a pipeline is driven:
 - Jobs and progress ConfigMaps are watched; any event on one that carries our labels wakes
   its pipeline's daemon. A checkpoint a pod reports therefore reaches `.status` after one
   watch event plus one reconcile (two list calls and a status patch): well under a second.
+- A retry back-off or a start deadline shortens that sleep (`Outcome.requeue_after`); a new
+  `refinery.dev/rerun-from` annotation wakes the daemon too.
+- After each reconcile the pipeline's metrics are recorded; they are forgotten when its daemon
+  stops. `/metrics` is served on `$REFINERY_METRICS_PORT` (default 8000; `0` turns it off).
 - Creation, resumption and spec changes run `reconcile` directly, so an invalid spec becomes
   `kopf.PermanentError` (logged once, never retried) plus the status Failed/InvalidSpec.
 - Reconciles of the same pipeline are serialised by a per-pipeline lock, and each starts from
@@ -29,8 +33,9 @@ import kopf
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from . import builders
+from . import builders, metrics
 from .api.v1alpha1 import GROUP, PLURAL, VERSION
+from .core.reruns import RERUN_ANNOTATION
 from .k8s import Cluster
 from .reconcile import Outcome, reconcile
 
@@ -39,6 +44,9 @@ RETRY_S = 2.0  # after an API error
 ANNOTATION_PREFIX = "refinery.dev"
 API_ERRORS = (ApiException, urllib3.exceptions.HTTPError)
 OWNED = {builders.LABEL_PIPELINE: kopf.PRESENT}
+METRICS_PORT = 8000  # the chart's Service and ServiceMonitor scrape this port
+log = logging.getLogger(__name__)
+_metrics_served: list[int] = []  # once per process: an operator restarted in-process keeps the server
 
 
 @kopf.on.startup()
@@ -51,6 +59,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.wakeups = collections.defaultdict(asyncio.Event)  # (namespace, name) -> Event
     memo.locks = collections.defaultdict(asyncio.Lock)
     memo.statuses = {}  # (namespace, name, uid) -> the status this operator last wrote
+    serve_metrics()
+
+
+def serve_metrics() -> None:
+    if _metrics_served:
+        return
+    try:
+        port = metrics.serve_from_environment(default=METRICS_PORT)
+    except OSError as e:  # the port is taken: run without /metrics rather than not at all
+        log.warning("cannot serve metrics: %s", e)
+        port = None
+    _metrics_served.append(port or 0)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
@@ -71,19 +91,32 @@ async def keep_reconciling(body: kopf.Body, memo: kopf.Memo, namespace: str, nam
         while True:
             wakeup.clear()  # a wake-up during the reconcile below triggers one more pass
             try:
-                await locked_reconcile(memo, body, logger)
+                outcome = await locked_reconcile(memo, body, logger)
             except API_ERRORS as e:
                 logger.warning("reconcile failed, retrying in %.0fs: %s", RETRY_S, e)
                 await asyncio.sleep(RETRY_S)
                 continue
             try:
-                await asyncio.wait_for(wakeup.wait(), RESYNC_S)
+                await asyncio.wait_for(wakeup.wait(), min(RESYNC_S, outcome.requeue_after or RESYNC_S))
             except TimeoutError:
                 pass
     finally:
+        metrics.forget_pipeline(namespace, name)
         memo.wakeups.pop((namespace, name), None)
         memo.statuses.pop((namespace, name, body.metadata.uid), None)
         memo.locks.pop((namespace, name, body.metadata.uid), None)
+
+
+def rerun_requested(body: kopf.Body, **_: Any) -> bool:
+    value = (body.metadata.annotations.get(RERUN_ANNOTATION) or "").strip()
+    return bool(value) and value != (body.get("status") or {}).get("rerunRequest")
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, annotations={RERUN_ANNOTATION: kopf.PRESENT}, when=rerun_requested)
+def rerun_annotated(memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
+    wakeup = memo.wakeups.get((namespace, name))
+    if wakeup is not None:
+        wakeup.set()
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
@@ -99,6 +132,8 @@ async def locked_reconcile(memo: kopf.Memo, body: kopf.Body, logger: logging.Log
     async with memo.locks[key]:
         outcome = await reconcile(memo.cluster, body, last_status=memo.statuses.get(key))
         memo.statuses[key] = outcome.status
+    if outcome.pipeline is not None:
+        metrics.record_pipeline(key[0], key[1], outcome.typed_status, outcome.pipeline.spec)
     if logger is not None and outcome.launched:
         logger.info("started %s", ", ".join(outcome.launched))
     return outcome

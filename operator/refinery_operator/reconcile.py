@@ -22,13 +22,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import builders
+from . import builders, metrics
 from .api.load import explain
 from .api.run import PROGRESS_FILE, ProgressRecord
 from .api.v1alpha1 import PipelineStatus, TrainingPipeline
 from .cleanup import launch_cleanup_jobs
 from .core import naming
-from .core.plan import AttemptState, Observed, invalid_spec_status, plan
+from .core.accounting import parse_time
+from .core.events import pipeline_events
+from .core.plan import AttemptState, Launch, Observed, Stop, invalid_spec_status, plan
+from .core.reruns import RERUN_ANNOTATION
 from .k8s import CONFIGMAPS, JOBS, Cluster
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,10 @@ log = logging.getLogger(__name__)
 # Index of the Job's podFailurePolicy rule that matched -> the platform, not the trainer, failed.
 # Kubernetes reports it only in the condition's message ("... matching FailJob rule at index 0").
 _RULE_INDEX = re.compile(r"rule at index (\d+)")
+# Set on a Job the operator ended (plan's Stop "fail"): why, in the words lastFailure shows.
+ANNOTATION_STOP_REASON = "refinery.dev/stop-reason"
+ANNOTATION_STOP_MESSAGE = "refinery.dev/stop-message"
+REASON_SUPERSEDED = "Superseded"  # a re-run replaced the attempt: not a failure
 
 
 @dataclass
@@ -44,6 +51,9 @@ class Outcome:
     launched: list[str] = field(default_factory=list)  # Job names created by this call
     status_patched: bool = False
     invalid: str | None = None  # why the spec cannot run
+    pipeline: TrainingPipeline | None = None  # the parsed pipeline (None when invalid)
+    typed_status: PipelineStatus | None = None  # `status`, typed (for metrics)
+    requeue_after: float | None = None  # reconcile again after this many seconds (a back-off ends)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,23 +78,44 @@ def describe_validation_error(error: ValidationError) -> str:
 
 
 def attempt_state(job: Mapping[str, Any]) -> AttemptState:
-    """What a stage Job says about its attempt, read the way `kubectl describe job` shows it."""
-    labels = (job.get("metadata") or {}).get("labels") or {}
+    """What a stage Job says about its attempt, read the way `kubectl describe job` shows it.
+
+    Whether every pod of the attempt is gone comes from the Job, not from watching pods: the Job
+    controller counts them (`active`, and `terminating` since Kubernetes 1.29 — absent before,
+    read as 0), which keeps the operator's RBAC and watches to Jobs and ConfigMaps. Since 1.31 the
+    `Failed` condition itself is only set once the pods are gone; the counts cover older clusters.
+    """
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
     status = job.get("status") or {}
     attempt = int(labels.get(builders.LABEL_ATTEMPT, "1"))
     conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
     start = status.get("startTime")
+    common = dict(
+        start_time=start,
+        pods_gone=not status.get("active") and not status.get("terminating"),
+        ready=bool(status.get("ready")),
+        suspended=bool((job.get("spec") or {}).get("suspend")),
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
     if "Complete" in conditions:
-        return AttemptState(attempt, "Succeeded", start_time=start,
-                            completion_time=status.get("completionTime") or conditions["Complete"].get("lastTransitionTime"))
+        return AttemptState(attempt, "Succeeded", completion_time=status.get("completionTime")
+                            or conditions["Complete"].get("lastTransitionTime"), **common)
     if "Failed" in conditions:
         failed = conditions["Failed"]
-        infrastructure, reason = failure_class(failed.get("reason"), failed.get("message") or "")
-        return AttemptState(attempt, "Failed", reason=reason, message=failed.get("message"), infrastructure=infrastructure,
-                            start_time=start, completion_time=failed.get("lastTransitionTime"))
+        stopped = annotations.get(ANNOTATION_STOP_REASON)
+        if stopped:  # ended by the operator (StartTimeout, Superseded): its words, not the Job's
+            infrastructure, reason, message = stopped != REASON_SUPERSEDED, stopped, annotations.get(ANNOTATION_STOP_MESSAGE, "")
+        else:
+            infrastructure, reason = failure_class(failed.get("reason"), failed.get("message") or "")
+            message = failure_message(reason, meta.get("name", ""), failed.get("message") or "")
+        return AttemptState(attempt, "Failed", reason=reason, message=message, infrastructure=infrastructure,
+                            completion_time=failed.get("lastTransitionTime"), superseded=stopped == REASON_SUPERSEDED,
+                            **common)
     if status.get("active") or status.get("ready"):
-        return AttemptState(attempt, "Running", start_time=start)
-    return AttemptState(attempt, "Pending", start_time=start)
+        return AttemptState(attempt, "Running", **common)
+    return AttemptState(attempt, "Pending", **common)
 
 
 def failure_class(reason: str | None, message: str) -> tuple[bool, str]:
@@ -95,6 +126,20 @@ def failure_class(reason: str | None, message: str) -> tuple[bool, str]:
     if reason == "DeadlineExceeded":
         return True, "DeadlineExceeded"
     return False, "TrainerError"
+
+
+FAILURE_WORDS = {
+    "Disrupted": "the pod was evicted, preempted or lost its node (DisruptionTarget); the retry resumes from the "
+                 "newest complete checkpoint",
+    "OOMKilled": "the trainer was killed for memory (exit code 137): raise resources.memory, or lower "
+                 "training.batchSize or seqLen",
+    "DeadlineExceeded": "the Job ran longer than its activeDeadlineSeconds",
+}
+
+
+def failure_message(reason: str, job: str, kubernetes_message: str) -> str:
+    words = FAILURE_WORDS.get(reason) or f"the trainer exited with an error: `kubectl logs job/{job}` shows why"
+    return f"{words} ({kubernetes_message})" if kubernetes_message else words
 
 
 def progress_record(configmap: Mapping[str, Any]) -> ProgressRecord | None:
@@ -109,7 +154,8 @@ def progress_record(configmap: Mapping[str, Any]) -> ProgressRecord | None:
         return None
 
 
-def observe(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, Any]], configmaps: Sequence[Mapping[str, Any]]) -> Observed:
+def observe(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, Any]], configmaps: Sequence[Mapping[str, Any]],
+            rerun_request: str | None = None) -> Observed:
     stages = {s.name for s in pipeline.spec.stages}
     attempts: dict[str, list[AttemptState]] = {}
     for job in jobs:
@@ -121,7 +167,7 @@ def observe(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, Any]], confi
         stage = ((configmap.get("metadata") or {}).get("labels") or {}).get(builders.LABEL_STAGE)
         if stage in stages and (record := progress_record(configmap)) is not None:
             records[stage] = record
-    return Observed(attempts=attempts, records=records)
+    return Observed(attempts=attempts, records=records, rerun_request=rerun_request)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,7 +196,11 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], now: datetime | N
     jobs = await cluster.list_labelled(JOBS, namespace, {**owned, builders.LABEL_COMPONENT: builders.COMPONENT_STAGE})
     configmaps = await cluster.list_labelled(CONFIGMAPS, namespace, {**owned, builders.LABEL_COMPONENT: builders.COMPONENT_PROGRESS})
     root = naming.pipeline_root(naming.VOLUME_ROOT, namespace, name)
-    result = plan(pipeline, observe(pipeline, jobs, configmaps), root, now)
+    rerun = ((meta.get("annotations") or {}).get(RERUN_ANNOTATION) or "").strip() or None
+    observed = observe(pipeline, jobs, configmaps, rerun)
+    result = plan(pipeline, observed, root, now)
+    for stop in result.stops:
+        await stop_attempt(cluster, pipeline, stop)
 
     launched = []
     if result.launches:
@@ -163,12 +213,80 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], now: datetime | N
             job, created = await cluster.create_if_absent(builders.build_stage_job(pipeline, launch))
             if created:
                 launched.append(job["metadata"]["name"])
+                observe_next_job_latency(pipeline, launch, result.status, observed)
 
     # Checkpoint retention of stages that just succeeded (before the patch: a crash repeats the edge).
     await launch_cleanup_jobs(cluster, pipeline, old_status, result.status)
     new_status = result.status.dump()
     patched = await cluster.patch_status(namespace, name, old_status, new_status)
-    return Outcome(status=new_status, launched=launched, status_patched=patched)
+    if patched:
+        observe_checkpoint_latency(previous_status(old_status), result.status)
+        for event in pipeline_events(previous_status(old_status), result.status):
+            await cluster.post_event(body, event.type, event.reason, event.message)
+    return Outcome(status=new_status, launched=launched, status_patched=patched, pipeline=pipeline,
+                   typed_status=result.status, requeue_after=result.requeue_after)
+
+
+async def stop_attempt(cluster: Cluster, pipeline: TrainingPipeline, stop: Stop) -> None:
+    """Suspend, resume or end one attempt's Job, as plan() decided.
+
+    - suspend: `Job.spec.suspend` — the Job controller deletes the pods with their grace period,
+      the trainer saves a checkpoint on SIGTERM, and the same Job resumes later. With Kueue
+      (`queueName`), Kueue owns `spec.suspend` (it would unsuspend an admitted Job), so the Job is
+      deleted instead (foreground: it stays until its pods are gone) and re-created, same name and
+      attempt, on resume — suspended again until Kueue admits it.
+    - fail: the Job's `activeDeadlineSeconds` is set to 1, so the Job controller stops its pods and
+      marks it Failed (DeadlineExceeded); the annotations say why, for `attempt_state`. The Job is
+      kept as the record of the attempt.
+    """
+    namespace = pipeline.metadata.namespace
+    job = naming.job_name(pipeline.metadata.name, stop.stage, stop.attempt)
+    if stop.action == "suspend" and pipeline.spec.queue_name:
+        await cluster.delete(JOBS, namespace, job)
+    elif stop.action in ("suspend", "resume"):
+        await cluster.patch(JOBS, namespace, job, {"spec": {"suspend": stop.action == "suspend"}})
+    else:
+        await cluster.patch(JOBS, namespace, job, {
+            "metadata": {"annotations": {ANNOTATION_STOP_REASON: stop.reason, ANNOTATION_STOP_MESSAGE: stop.message}},
+            "spec": {"activeDeadlineSeconds": 1},
+        })
+
+
+def previous_status(raw: Mapping[str, Any]) -> PipelineStatus | None:
+    try:
+        return PipelineStatus.model_validate(raw) if raw else None
+    except ValidationError:
+        return None
+
+
+def observe_checkpoint_latency(old: PipelineStatus | None, new: PipelineStatus) -> None:
+    """Checkpoint completed (the trainer's time, µs) -> in .status (now, right after the patch)."""
+    now = datetime.now(timezone.utc)
+    for stage in new.stages:
+        before = old.stage(stage.name) if old else None
+        checkpoint = stage.last_checkpoint
+        if checkpoint is None or (before is not None and before.last_checkpoint == checkpoint):
+            continue
+        if (written := parse_time(checkpoint.time)) is not None:
+            metrics.observe_checkpoint_latency((now - written).total_seconds())
+
+
+def observe_next_job_latency(pipeline: TrainingPipeline, launch: Launch, status: PipelineStatus, observed: Observed) -> None:
+    """Upstream stage done -> this stage's first Job created. "Done" is the later of the upstream
+    Job's completion (second precision) and its trainer's success report (µs precision)."""
+    stage = pipeline.spec.stage(launch.stage)
+    current = status.stage(launch.stage)
+    if not stage.dependencies or current is None or launch.attempt != current.first_attempt:
+        return
+    done_times = []
+    for dependency in stage.dependencies:
+        upstream = status.stage(dependency)
+        record = observed.records.get(dependency)
+        marks = [parse_time(upstream.completion_time if upstream else None),
+                 parse_time(record.update_time if record and record.phase == "Succeeded" else None)]
+        done_times.append(max((m for m in marks if m is not None), default=None))
+    if done_times and None not in done_times:
+        metrics.observe_next_job_latency((datetime.now(timezone.utc) - max(done_times)).total_seconds())
 
 
 async def report_invalid(cluster: Cluster, body: Mapping[str, Any], message: str, now: datetime) -> Outcome:

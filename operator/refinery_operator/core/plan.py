@@ -183,7 +183,9 @@ def start_reruns(pipeline: TrainingPipeline, previous: PipelineStatus, observed:
         attempts = observed.attempts.get(name) or ()
         if status.attempt < status.first_attempt and not any(a.attempt >= status.first_attempt for a in attempts):
             continue  # not started in this run: nothing to re-run
-        highest = max([a.attempt for a in attempts] + [status.attempt])
+        # Not every observed attempt: one created by a reconcile that crashed before recording this
+        # re-run in the status is already the new run's first attempt (its Job is adopted, not stopped).
+        highest = max([a.attempt for a in attempts if a.phase in ("Succeeded", "Failed")] + [status.attempt])
         prev[name] = StageStatus(
             name=name, attempt=status.attempt, run=status.run + 1, first_attempt=highest + 1,
             restarts=status.restarts, restarts_by_class=status.restarts_by_class, last_failure=status.last_failure,
@@ -192,7 +194,7 @@ def start_reruns(pipeline: TrainingPipeline, previous: PipelineStatus, observed:
                                                     else "its spec or an upstream stage changed"),
         )
         for a in attempts:
-            if a.phase in ("Pending", "Running") and not a.deleting:
+            if a.phase in ("Pending", "Running") and not a.deleting and a.attempt <= highest:
                 stops.append(Stop(name, a.attempt, "fail", "Superseded", f"stage {name!r} is re-run"))
     return prev, request
 
