@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -182,6 +183,7 @@ def rollout(policy, reference, critic, reward_model, tokenizer, reward_tokenizer
     from .scoring import score
 
     policy.eval()
+    critic.eval()
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     prompt_len = batch["input_ids"].shape[1]
     sequences = policy.generate(
@@ -271,9 +273,9 @@ def train(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, pr
     from .stages.rlhf import load_reward_model
 
     t = ctx.training
-    if ctx.stage.deepspeed is not None or t.lora is not None:
+    if ctx.stage.deepspeed is not None or t.lora is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise StageError(f"stage {ctx.stage.name!r}: rl.algorithm ppo runs in one process on full weights; "
-                         "remove stage.deepspeed and training.lora, or use rloo/grpo")
+                         "remove stage.deepspeed and training.lora and run it without torchrun, or use rloo/grpo")
     completions, minibatches = t.batch_size * t.gradient_accumulation_steps, t.gradient_accumulation_steps
     per_step = completions // rl.num_generations  # prompts per step
     max_steps = t.max_steps or max(1, math.ceil(t.epochs * len(prompts) / per_step))
@@ -281,7 +283,8 @@ def train(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, pr
     seed_everything(t.seed)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     critic = ValueModel(load_reward_model(ctx)[0].requires_grad_(True))
-    optimizer = torch.optim.AdamW([*policy.parameters(), *critic.parameters()], lr=t.learning_rate)
+    # The Trainer's AdamW (no weight decay), so rloo and ppo differ by algorithm only.
+    optimizer = torch.optim.AdamW([*policy.parameters(), *critic.parameters()], lr=t.learning_rate, weight_decay=0.0)
     updates = max_steps * rl.ppo_epochs * minibatches
     scheduler = linear_schedule(optimizer, int(t.warmup_ratio * updates), updates)
     kl_ctl = KLController(rl.beta, rl.target_kl)
