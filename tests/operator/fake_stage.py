@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,11 @@ from refinery_trainer import checkpoints as ckpt
 from refinery_trainer.report import Reporter
 
 STEP_S = 0.05
+# `data.path: data/nan-loss.jsonl` makes the stage fail at step 3 as the trainer would (exit 1).
+FAILURES = {
+    "nan-loss": ("loss became NaN at step 3: lower training.learningRate or check the data", "NanLoss"),
+    "bad-data": ("data/bad-data.jsonl line 3: missing field 'completion' (rename it with data.completionField)", "BadData"),
+}
 
 
 def main() -> int:
@@ -43,16 +49,24 @@ def main() -> int:
         reporter.record = reporter.record.model_copy(update={"resumed_from": Checkpoint(step=start, path=str(done[0]))})
     reporter.update(force=True, step=start, max_steps=max_steps)
     count = len(done)
+    stop = []  # SIGTERM (suspend, eviction notice): checkpoint after this step, then exit 143 like the trainer
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    fail = FAILURES.get(Path(run.stage.data.path).stem)
     for step in range(start + 1, max_steps + 1):
         time.sleep(STEP_S)
         loss = 1.0 / step
-        if step % save == 0 or step == max_steps:
+        if fail and step == 3:  # the data names a failure to play: report it as the trainer does, exit 1
+            reporter.failed(*fail)
+            return 1
+        if step % save == 0 or step == max_steps or stop:
             path = ckpt.attempt_dir(stage_dir, run.attempt) / "checkpoints" / f"checkpoint-{step}"
             path.mkdir(parents=True, exist_ok=True)
             (path / "weights.json").write_text(json.dumps({"step": step}))
             ckpt.write_marker(path, step, {"loss": loss})
             count += 1
             reporter.checkpoint(Checkpoint(step=step, path=str(path), time=ckpt.now_rfc3339()), count, {"loss": loss})
+            if stop:
+                return 143
         else:
             reporter.update(step=step, metrics={"loss": loss})
     model = stage_dir / "model"

@@ -81,6 +81,7 @@ class Kubelet:
         self.command_map = command_map or {}  # e.g. {"refinery-train": [python, fake_stage.py]}
         self.pods: dict[str, Pod] = {}  # Job name -> its (first) pod
         self.job_pods: dict[str, list[Pod]] = {}  # Job name -> every pod (one per index)
+        self.job_specs: dict[str, dict[str, Any]] = {}  # Job name -> its latest spec
         self._tasks: set[asyncio.Task] = set()
         self._session: aiohttp.ClientSession | None = None
 
@@ -110,6 +111,10 @@ class Kubelet:
         job = event.get("object") or {}
         name = (job.get("metadata") or {}).get("name")
         finished = any(c.get("type") in ("Complete", "Failed") for c in (job.get("status") or {}).get("conditions") or [])
+        if name and event.get("type") in ("ADDED", "MODIFIED"):
+            self.job_specs[name] = job.get("spec") or {}  # suspend / activeDeadlineSeconds, read by _run_job
+        if (job.get("spec") or {}).get("suspend"):
+            return  # the Job controller creates no pod for a suspended Job (Kueue: until admitted)
         if event.get("type") in ("ADDED", "MODIFIED") and name and name not in self.pods and not finished:
             spec = job.get("spec") or {}
             if spec.get("completionMode") == "Indexed":
@@ -153,6 +158,13 @@ class Kubelet:
                 codes = [pod.process.poll() for pod in pods]
                 if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes) or any(p.evicted for p in pods):
                     break
+                spec = self.job_specs.get(pods[0].job) or {}
+                if spec.get("suspend"):
+                    await self._suspend(pods, spec)
+                    return
+                if spec.get("activeDeadlineSeconds") is not None:
+                    await self._deadline_exceeded(pods)
+                    return
                 await asyncio.sleep(0.1)
             for pod in pods:  # what the Job controller does once the Job failed: delete the other pods
                 kill_pod(pod)
@@ -164,6 +176,40 @@ class Kubelet:
         finally:
             for pod in pods:
                 pod.done.set()
+
+    async def _terminate(self, pods: list[Pod], grace_s: float) -> None:
+        """SIGTERM, then SIGKILL after the grace period, as the kubelet deletes a pod."""
+        for pod in pods:
+            if pod.process is not None and pod.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pod.process.pid, signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while any(p.process.poll() is None for p in pods) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for pod in pods:
+            kill_pod(pod)
+            pod.exit_code = pod.process.wait()
+            self._log(f"{pod.name}: terminated, exit code {pod.exit_code}")
+
+    async def _suspend(self, pods: list[Pod], spec: dict[str, Any]) -> None:
+        """`spec.suspend: true` on a running Job: its pods are deleted with their grace period and
+        not counted as failed; the Job shows Suspended, and a new pod starts when it is resumed."""
+        job = pods[0].job
+        grace = float(spec["template"]["spec"].get("terminationGracePeriodSeconds", 30))
+        await self._terminate(pods, grace)
+        self.pods.pop(job, None)
+        self.job_pods.pop(job, None)
+        stamp = now()
+        await self._patch_status(job, {"active": None, "ready": 0, "startTime": None, "conditions": [
+            condition("Suspended", "JobSuspended", "Job suspended", stamp)]})
+
+    async def _deadline_exceeded(self, pods: list[Pod]) -> None:
+        """`activeDeadlineSeconds` passed: the Job controller deletes the pods and fails the Job."""
+        await self._terminate(pods, 1.0)
+        stamp = now()
+        message = "Job was active longer than specified deadline"
+        await self._patch_status(pods[0].job, {"active": None, "ready": 0, "failed": len(pods), "conditions": [
+            condition("FailureTarget", "DeadlineExceeded", message, stamp), condition("Failed", "DeadlineExceeded", message, stamp)]})
 
     async def _start_pod(self, job: dict[str, Any], pod: Pod) -> None:
         spec = job["spec"]["template"]["spec"]

@@ -1,0 +1,113 @@
+"""Failure classes, back-off, suspend and Events through the real kopf operator (kmock + test
+kubelet + the torch-free fake stage)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from refinery_operator.k8s import PIPELINES
+from tests.builders import make_pipeline
+
+from .conftest import NAMESPACE, create_pipeline, stored, stored_all, wait_for
+from .test_operator_fake_stage import PIPELINES_KEY, phase, stage_status
+
+pytestmark = pytest.mark.timeout(150)
+
+
+@pytest.fixture(autouse=True)
+def fake_trainer(kubelet):
+    from .test_operator_fake_stage import FAKE_STAGE
+
+    kubelet.command_map["refinery-train"] = FAKE_STAGE
+
+
+def one_stage(name, max_steps=40, save_steps=4, **stage):
+    manifest = make_pipeline(name).stage("pretrain", "pretrain", **stage).manifest()
+    manifest["spec"]["stages"][0]["training"] = {"maxSteps": max_steps, "saveSteps": save_steps}
+    return manifest
+
+
+def status_of(emulator, name):
+    return (stored(emulator, PIPELINES_KEY, name) or {}).get("status") or {}
+
+
+def events_of(emulator, name):
+    return [(e["type"], e["reason"], e["message"]) for e in stored_all(emulator, "v1/events").values()
+            if e["involvedObject"]["name"] == name and e.get("source", {}).get("component") == "refinery-operator"]
+
+
+async def test_evicted_pod_resumes_without_spending_the_application_budget(emulator, cluster, start_operator, kubelet):
+    retries = {"application": 0, "infrastructure": 2, "backoffSeconds": 1}
+    async with start_operator():
+        await create_pipeline(cluster, one_stage("evict", retries=retries))
+        await create_pipeline(cluster, one_stage("steady", retries=retries))  # the same stage, never interrupted
+        await wait_for(lambda: (status_of(emulator, "evict").get("checkpointStep") or 0) >= 8, 30, what="a checkpoint")
+        await kubelet.evict("evict-pretrain-1")
+        await wait_for(lambda: all(phase(emulator, n) == "Succeeded" for n in ("evict", "steady")), 60, what="both to finish")
+        await wait_for(lambda: "PipelineSucceeded" in [r for _, r, _ in events_of(emulator, "evict")], 5, what="the last Event")
+
+    (evicted,) = status_of(emulator, "evict")["stages"]
+    (steady,) = status_of(emulator, "steady")["stages"]
+    assert evicted["attempt"] == 2 and evicted["restartsByClass"] == {"application": 0, "infrastructure": 1}
+    assert evicted["lastFailure"]["class"] == "Infrastructure" and evicted["lastFailure"]["reason"] == "Disrupted"
+    assert "evicted, preempted or lost its node" in evicted["lastFailure"]["message"]
+    assert evicted["resumedFrom"]["step"] >= 8  # attempt 2 started from attempt 1's checkpoint
+    # The resumed stage ends on the same step as an uninterrupted run, and lost only the work since its checkpoint.
+    assert evicted["step"] == steady["step"] == 40 and evicted["lastCheckpoint"]["step"] == steady["lastCheckpoint"]["step"] == 40
+    assert evicted["gpuSeconds"] > 0 and evicted["lostGpuSeconds"] <= evicted["gpuSeconds"]
+    assert steady["restarts"] == 0 and steady["lostGpuSeconds"] == 0
+    # Back-off: attempt 2 was created no earlier than 1 s after attempt 1 failed.
+    jobs = stored_all(emulator, "batch/v1/jobs")
+    failed_at = next(c["lastTransitionTime"] for c in jobs["evict-pretrain-1"]["status"]["conditions"] if c["type"] == "Failed")
+    assert jobs["evict-pretrain-2"]["status"]["startTime"] > failed_at
+    reasons = [r for _, r, _ in events_of(emulator, "evict")]
+    for reason in ("StageStarted", "CheckpointSaved", "AttemptFailed", "StageRetried", "StageSucceeded", "PipelineSucceeded"):
+        assert reason in reasons, reasons
+    assert any(t == "Warning" and "(Infrastructure, Disrupted)" in m for t, r, m in events_of(emulator, "evict") if r == "AttemptFailed")
+
+
+async def test_application_failures_spend_their_budget_then_fail_the_pipeline(emulator, cluster, start_operator, kubelet):
+    manifest = one_stage("nan", data={"path": "data/nan-loss.jsonl"}, retries={"application": 1, "backoffSeconds": 1})
+    async with start_operator():
+        await create_pipeline(cluster, manifest)
+        await wait_for(lambda: phase(emulator, "nan") == "Failed", 40, what="the pipeline to fail")
+        await wait_for(lambda: [r for _, r, _ in events_of(emulator, "nan")].count("AttemptFailed") == 2, 5, what="Events")
+
+    status = status_of(emulator, "nan")
+    (stage,) = status["stages"]
+    assert stage["attempt"] == 2 and stage["restartsByClass"] == {"application": 1, "infrastructure": 0}
+    assert stage["lastFailure"] == {"class": "Application", "reason": "NanLoss", "attempt": 2,
+                                    "message": "loss became NaN at step 3: lower training.learningRate or check the data"}
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and "lower training.learningRate" in failed["message"]
+    assert "application retry budget (1) is spent" in stage["message"]
+    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["nan-pretrain-1", "nan-pretrain-2"]
+    assert [r for _, r, _ in events_of(emulator, "nan")].count("AttemptFailed") == 2
+
+
+async def test_suspend_saves_a_checkpoint_and_resumes_from_it(emulator, cluster, start_operator, kubelet):
+    async with start_operator():
+        await create_pipeline(cluster, one_stage("pause", max_steps=60, save_steps=50))
+        await wait_for(lambda: (status_of(emulator, "pause").get("stages") or [{}])[0].get("step", 0) >= 5, 30, what="training")
+        await cluster.request("PATCH", PIPELINES.path(NAMESPACE, "pause"), body={"spec": {"suspend": True}},
+                              content_type="application/merge-patch+json")
+        await wait_for(lambda: stage_status(emulator, "pause", "pretrain", phase="Suspended"), 30, what="Suspended")
+        suspended = copy.deepcopy(status_of(emulator, "pause"))
+        saved = suspended["stages"][0]["lastCheckpoint"]["step"]
+        await cluster.request("PATCH", PIPELINES.path(NAMESPACE, "pause"), body={"spec": {"suspend": False}},
+                              content_type="application/merge-patch+json")
+        await wait_for(lambda: phase(emulator, "pause") == "Succeeded", 40, what="the pipeline to finish")
+        await wait_for(lambda: "Resumed" in [r for _, r, _ in events_of(emulator, "pause")], 5, what="the Resumed Event")
+
+    assert suspended["phase"] == "Suspended"
+    assert next(c for c in suspended["conditions"] if c["type"] == "Suspended")["status"] == "True"
+    assert 5 <= saved < 50  # saved on SIGTERM, not at a saveSteps boundary
+    (stage,) = status_of(emulator, "pause")["stages"]
+    assert stage["attempt"] == 1 and stage["restarts"] == 0 and stage.get("lastFailure") is None  # no budget spent
+    assert stage["resumedFrom"]["step"] == saved and stage["step"] == 60
+    assert list(stored_all(emulator, "batch/v1/jobs")) == ["pause-pretrain-1"]  # the same Job, resumed
+    assert next(c for c in status_of(emulator, "pause")["conditions"] if c["type"] == "Suspended")["status"] == "False"
+    reasons = [r for _, r, _ in events_of(emulator, "pause")]
+    assert "Suspended" in reasons and "Resumed" in reasons
