@@ -19,7 +19,6 @@ from .core import naming, retention
 COMPONENT_CLEANUP = "cleanup"
 CLEANUP_CONTAINER = "prune"
 BACKOFF_LIMIT = 3
-DEADLINE_S = 1800
 TTL_S = 24 * 3600
 RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
 
@@ -68,7 +67,6 @@ def build_cleanup_job(pipeline: TrainingPipeline, status: PipelineStatus, stage:
         "metadata": builders.metadata(pipeline, naming.cleanup_job_name(name, stage, attempt), job_labels),
         "spec": {
             "backoffLimit": BACKOFF_LIMIT,
-            "activeDeadlineSeconds": DEADLINE_S,
             "ttlSecondsAfterFinished": TTL_S,
             "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod},
         },
