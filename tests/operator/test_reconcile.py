@@ -77,3 +77,37 @@ def test_invalid_spec_message_names_the_field(edit, expected):
 ])
 def test_merge_patch(old, new, patch):
     assert merge_patch(old, new) == patch
+
+
+@pytest.mark.parametrize(("obj", "expected"), [
+    # pods still terminating after the Failed condition (clusters before 1.31): not gone yet
+    (job(failed=1, terminating=1, conditions=[cond("Failed", "BackoffLimitExceeded", "x")]), dict(pods_gone=False)),
+    (job(failed=1, conditions=[cond("Failed", "BackoffLimitExceeded", "x")]), dict(pods_gone=True)),
+    (job(active=1, ready=1, startTime="t"), dict(ready=True, pods_gone=False)),
+    (job(active=1, startTime="t"), dict(ready=False)),  # pulling its image, or unschedulable
+    ({**job(), "spec": {"suspend": True}}, dict(suspended=True, phase="Pending")),
+    ({"metadata": {"labels": {"refinery.dev/attempt": "1"}, "deletionTimestamp": "t"}, "status": {"active": 1}},
+     dict(deleting=True, pods_gone=False)),
+])
+def test_attempt_state_reads_pods_suspension_and_deletion(obj, expected):
+    state = attempt_state(obj)
+    assert {k: getattr(state, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(("reason", "infrastructure", "superseded"), [("StartTimeout", True, False), ("Superseded", False, True)])
+def test_a_job_the_operator_ended_says_why(reason, infrastructure, superseded):
+    obj = job(failed=1, conditions=[cond("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")])
+    obj["metadata"]["annotations"] = {"refinery.dev/stop-reason": reason, "refinery.dev/stop-message": "no pod was ready"}
+    state = attempt_state(obj)
+    assert (state.reason, state.message, state.infrastructure, state.superseded) == (reason, "no pod was ready", infrastructure, superseded)
+
+
+@pytest.mark.parametrize(("reason", "words"), [
+    ("Disrupted", "evicted, preempted or lost its node"),
+    ("OOMKilled", "raise resources.memory"),
+    ("TrainerError", "`kubectl logs job/p-s-1` shows why"),
+])
+def test_failure_messages_say_what_to_do(reason, words):
+    from refinery_operator.reconcile import failure_message
+
+    assert words in failure_message(reason, "p-s-1", "Job has reached the specified backoff limit")
