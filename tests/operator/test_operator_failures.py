@@ -111,3 +111,50 @@ async def test_suspend_saves_a_checkpoint_and_resumes_from_it(emulator, cluster,
     assert next(c for c in status_of(emulator, "pause")["conditions"] if c["type"] == "Suspended")["status"] == "False"
     reasons = [r for _, r, _ in events_of(emulator, "pause")]
     assert "Suspended" in reasons and "Resumed" in reasons
+
+
+async def test_rerun_annotation_and_gate_through_the_operator(emulator, cluster, start_operator, kubelet):
+    from refinery_operator import metrics
+
+    before = {h: sum(s.value for s in next(iter(h.collect())).samples if s.name.endswith("_count"))
+              for h in (metrics.OPERATOR.checkpoint_latency, metrics.OPERATOR.next_job_latency)}
+    manifest = make_pipeline("again").stage("pretrain", "pretrain").stage(
+        "sft", "sft", from_="pretrain", gate={"metric": "evalLoss", "operator": "<=", "value": 1.0}).stage(
+        "dpo", "sft", from_="sft").manifest()
+    for stage in manifest["spec"]["stages"]:
+        stage["training"] = {"maxSteps": 6, "saveSteps": 2}
+    async with start_operator():
+        await create_pipeline(cluster, manifest)
+        await wait_for(lambda: phase(emulator, "again") == "Succeeded", 40, what="the first run")
+        await cluster.request("PATCH", PIPELINES.path(NAMESPACE, "again"), content_type="application/merge-patch+json",
+                              body={"metadata": {"annotations": {"refinery.dev/rerun-from": "sft"}}})
+        await wait_for(lambda: "again-dpo-2" in stored_all(emulator, "batch/v1/jobs"), 30, what="the re-run")
+        await wait_for(lambda: phase(emulator, "again") == "Succeeded" and status_of(emulator, "again")["stages"][2]["run"] == 1,
+                       30, what="the re-run to finish")
+
+    status = status_of(emulator, "again")
+    assert status["rerunRequest"] == "sft"
+    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["again-dpo-1", "again-dpo-2", "again-pretrain-1",
+                                                              "again-sft-1", "again-sft-2"]
+    pretrain, sft, dpo = status["stages"]
+    assert (pretrain["run"], sft["run"], dpo["run"]) == (0, 1, 1)
+    assert sft["output"].endswith("/again/sft/reruns/1/model") and sft["inputs"]["model"] == pretrain["output"]
+    assert dpo["inputs"]["model"] == sft["output"] and sft["restarts"] == 0  # a re-run is not a restart
+    assert "resumedFrom" not in sft  # a fresh run in its own folder: nothing of the replaced run resumed
+    after = {h: sum(s.value for s in next(iter(h.collect())).samples if s.name.endswith("_count"))
+             for h in (metrics.OPERATOR.checkpoint_latency, metrics.OPERATOR.next_job_latency)}
+    assert all(after[h] > before[h] for h in after)  # both latency histograms are fed by the operator
+
+
+async def test_a_gate_that_fails_stops_the_pipeline_with_gate_not_met(emulator, cluster, start_operator, kubelet):
+    manifest = make_pipeline("gated").stage("pretrain", "pretrain", gate={"metric": "evalLoss", "operator": "<", "value": 0.01}) \
+        .stage("sft", "sft", from_="pretrain").manifest()
+    manifest["spec"]["stages"][0]["training"] = {"maxSteps": 6, "saveSteps": 2}
+    async with start_operator():
+        await create_pipeline(cluster, manifest)
+        await wait_for(lambda: phase(emulator, "gated") == "Failed", 30, what="the gate to fail the pipeline")
+        await wait_for(lambda: "GateNotMet" in [r for _, r, _ in events_of(emulator, "gated")], 5, what="the Event")
+
+    failed = next(c for c in status_of(emulator, "gated")["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "GateNotMet" and "gate evalLoss < 0.01 not met: evalLoss = 0.25" in failed["message"]
+    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["gated-pretrain-1"]  # sft never started
