@@ -43,6 +43,10 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     "Stage": [
         {"rule": "has(self.from) != has(self.model)", "message": "set exactly one of `from` (a stage) or `model`"},
         {
+            "rule": "self.type != 'pretrain' || !has(self.training) || !has(self.training.lora)",
+            "message": "`training.lora` is not valid on pretrain stages: pretraining trains every weight",
+        },
+        {
             "rule": "self.type != 'rlhf' || (has(self.from) && has(self.rewardModel))",
             "message": "an rlhf stage needs `from` (the policy's stage) and `rewardModel` (a reward stage)",
         },

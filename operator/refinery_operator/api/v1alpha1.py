@@ -222,6 +222,8 @@ class Stage(ApiModel):
             raise ValueError("`rl` is only valid on rlhf stages")
         if self.dpo is not None and self.type != StageType.dpo:
             raise ValueError("`dpo` is only valid on dpo stages")
+        if self.training.lora is not None and self.type == StageType.pretrain:
+            raise ValueError("`training.lora` is not valid on pretrain stages: pretraining trains every weight")
         return self
 
     @property
