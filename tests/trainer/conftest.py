@@ -113,8 +113,10 @@ def workspace(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pretrained(tmp_path_factory) -> Path:
-    """A pretrain stage run once per session (in-process); its stage folder. Other tests start from it."""
+def pretrained(tmp_path_factory, _termination_log) -> Path:
+    """A pretrain stage run once per session (in-process); its stage folder. Other tests start from it.
+    Its termination message is kept as `termination-message.json` there: the session's shared
+    termination log holds whatever stage ran last by the time a test reads it."""
     from refinery_trainer import cli
 
     ws = tmp_path_factory.mktemp("pretrained") / "ws"
@@ -122,4 +124,5 @@ def pretrained(tmp_path_factory) -> Path:
     run = stage_run(ws, "pretrain", "pretrain", data={"path": "data/corpus.txt"}, model=TINY_MODEL,
                     training={"maxSteps": 60})
     assert cli.main(["run", "--config", str(write_config(ws / "pretrain.yaml", run))]) == 0
+    (ws / "p" / "pretrain" / "termination-message.json").write_text(_termination_log.read_text())
     return ws / "p" / "pretrain"

@@ -3,7 +3,7 @@ rank 0 writes a final model that loads with `from_pretrained` and starts the nex
 killed ZeRO-3 run resumes from its newest complete checkpoint, whose marker was written only
 after every rank had written its shards.
 
-DeepSpeed JIT-builds one C++ op here (its shared-memory communication op, ~30 s with g++) into
+DeepSpeed JIT-builds one C++ op here (its shared-memory communication op, ~40 s with g++ on 2 cores) into
 `$TORCH_EXTENSIONS_DIR` (default `~/.cache/torch_extensions`): cache that folder in CI.
 """
 
