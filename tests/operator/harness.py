@@ -11,7 +11,8 @@
 not (used by the benchmarks, not by the tests): label selectors filter lists (kmock returns every
 object of the kind), and fetch/create/list find objects through an index instead of scanning
 every stored object (kmock scans them all on each request, which makes 1,000 pipelines a
-benchmark of the emulator).
+benchmark of the emulator). It also routes requests without walking the request history
+(`route_without_history`) and keeps only the last `HISTORY` requests.
 """
 
 from __future__ import annotations
@@ -67,6 +68,35 @@ def write_kubeconfig(path: Path, server: str, token: str = "test-token") -> Path
 class IndexedEmulator(kmock.KubernetesEmulator):
     """kmock's emulator plus label-selector filtering and indexed look-ups (see the module docstring)."""
 
+    HISTORY = 512  # requests kept for assertions (kmock keeps them all)
+
+    async def _handle(self, request):  # noqa: ANN001 - kmock's types
+        try:
+            return await super()._handle(request)
+        finally:
+            if len(self._requests) > 2 * self.HISTORY:
+                del self._requests[: -self.HISTORY]
+
+    @staticmethod
+    def route_without_history() -> None:
+        """kmock routes a request by `request in reaction_source`, which walks every request served
+        so far (quadratic in a long run). For the plain filters and priorities that the emulator's
+        own reactions use, whether a new request belongs is just its criteria: answer that
+        directly. Anything else keeps kmock's exact answer. Process-wide: benchmarks only."""
+        from kmock._internal import dsl
+
+        def sees(view, request) -> bool:  # noqa: ANN001
+            if isinstance(view, dsl.Root):
+                return True
+            if type(view) is dsl.Filter:
+                return bool(view.criteria(request)) and sees(view._source, request)
+            if type(view) is dsl.Priority:
+                return sees(view._source, request)
+            return any(r is request for r in view)
+
+        dsl.Filter.__contains__ = sees
+        dsl.Priority.__contains__ = sees
+
     async def _serve_list(self, request):  # noqa: ANN001 - kmock's types
         if request.resource is None or request.namespace is None:
             return await super()._serve_list(request)
@@ -105,6 +135,8 @@ class IndexedEmulator(kmock.KubernetesEmulator):
 @contextlib.asynccontextmanager
 async def serve_emulator(emulator_class: type[kmock.KubernetesEmulator] = kmock.KubernetesEmulator
                          ) -> AsyncIterator[kmock.KubernetesEmulator]:
+    if issubclass(emulator_class, IndexedEmulator):
+        IndexedEmulator.route_without_history()
     async with emulator_class() as api, kmock.Server(api):
         for key, info in RESOURCES.items():
             api.resources[key] = info

@@ -1,0 +1,155 @@
+"""Operator memory and full-resync time with 1,000 pipelines.
+
+    python benchmarks/operator_scale.py                  # 1,000 pipelines
+    python benchmarks/operator_scale.py --pipelines 200
+
+What runs: kmock 0.8's Kubernetes emulator on loopback in this process — `IndexedEmulator`
+(tests/operator/harness.py: kmock plus server-side label selectors, indexed look-ups and routing
+that does not walk the request history, as a real API server has) — and the real operator in a
+separate process (`python -m tests.operator.harness operator KUBECONFIG`), so its RSS is its own.
+No stage runs: Jobs stay as created (no kubelet), which is what a resync sees of a busy cluster.
+
+Measured:
+- cold resync: operator start -> every pipeline reconciled (its first Job created and its
+  status written: each of the N pipelines needs its ServiceAccount, Role, RoleBinding, progress
+  ConfigMaps, stage ConfigMap, Job and a status patch);
+- warm resync: the operator restarted over the same N pipelines -> every pipeline reconciled
+  again (observed as its Job list request reaching the emulator);
+- operator RSS after each resync, and its peak (VmHWM).
+Targets (issue 3): RSS <= 300 MB, resync <= 60 s. The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.operator_latency import manifest  # noqa: E402
+from tests.operator.harness import (  # noqa: E402
+    NAMESPACE, IndexedEmulator, serve_emulator, server_url, stored, with_server_fields, write_kubeconfig,
+)
+
+PIPELINES = "refinery.dev/v1alpha1/trainingpipelines"
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_operator(kubeconfig: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(REPO)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "tests.operator.harness", "operator", str(kubeconfig)],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_operator(process: subprocess.Popen) -> None:
+    process.terminate()  # kopf stops on SIGTERM
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+async def until(predicate, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not done after {timeout:.0f} s")
+        await asyncio.sleep(0.2)
+    return time.monotonic() - started
+
+
+def listed_pipelines(emulator, since: int) -> set[str]:
+    """Pipelines whose Jobs were listed (once per reconcile) in the requests after `since`."""
+    seen = set()
+    for request in list(emulator._requests)[since:]:
+        selector = request.params.get("labelSelector") or ""
+        if str(request.url.path).endswith("/jobs") and "refinery.dev/pipeline=" in selector:
+            seen.add(selector.split("refinery.dev/pipeline=")[1].split(",")[0])
+    return seen
+
+
+async def run(pipelines: int, workdir: Path, timeout: float) -> dict:
+    IndexedEmulator.HISTORY = 100_000  # keep every request: warm resync is read from them
+    async with serve_emulator(IndexedEmulator) as emulator, aiohttp.ClientSession() as session:
+        kubeconfig = write_kubeconfig(workdir / "kubeconfig", server_url(emulator))
+        url = f"{server_url(emulator)}/apis/refinery.dev/v1alpha1/namespaces/{NAMESPACE}/trainingpipelines"
+        for i in range(pipelines):
+            async with session.post(url, json=with_server_fields(manifest(f"scale-{i:04d}", 30))) as r:
+                r.raise_for_status()
+        names = [f"scale-{i:04d}" for i in range(pipelines)]
+
+        def all_started() -> bool:
+            return all(((stored(emulator, PIPELINES, n) or {}).get("status") or {}).get("phase") == "Running"
+                       and stored(emulator, "batch/v1/jobs", f"{n}-pretrain-1") is not None for n in names)
+
+        log = workdir / "operator.log"
+        started = time.monotonic()
+        operator = start_operator(kubeconfig, log)
+        try:
+            cold = await until(all_started, timeout, "cold resync")
+            await asyncio.sleep(2)
+            cold_rss = psutil.Process(operator.pid).memory_info().rss / 2**20
+            cold_peak = peak_rss_mb(operator.pid)
+        finally:
+            stop_operator(operator)
+        since = len(emulator._requests)
+        operator = start_operator(kubeconfig, log)
+        try:
+            warm = await until(lambda: len(listed_pipelines(emulator, since)) == pipelines, timeout, "warm resync")
+            await asyncio.sleep(2)
+            warm_rss = psutil.Process(operator.pid).memory_info().rss / 2**20
+            warm_peak = peak_rss_mb(operator.pid)
+        finally:
+            stop_operator(operator)
+        jobs = sum(1 for n in names if stored(emulator, "batch/v1/jobs", f"{n}-pretrain-1") is not None)
+    return {
+        "pipelines": pipelines, "jobs": jobs, "totalS": round(time.monotonic() - started, 1),
+        "coldResyncS": round(cold, 1), "warmResyncS": round(warm, 1),
+        "rssMB": round(max(cold_rss, warm_rss), 1), "coldRssMB": round(cold_rss, 1), "warmRssMB": round(warm_rss, 1),
+        "peakRssMB": round(max(cold_peak, warm_peak), 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipelines", type=int, default=1000)
+    parser.add_argument("--timeout", type=float, default=200.0, help="give up a resync after this many seconds")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        r = asyncio.run(run(args.pipelines, Path(tmp), args.timeout))
+    ok = lambda good: "ok" if good else "MISSED"  # noqa: E731
+    print(f"pipelines {r['pipelines']} (Jobs created: {r['jobs']}), emulator: kmock 0.8 IndexedEmulator on loopback")
+    print(f"  cold resync (operator start -> every pipeline reconciled, objects created): {r['coldResyncS']:7.1f} s"
+          f"  target <= 60 s  {ok(r['coldResyncS'] <= 60)}")
+    print(f"  warm resync (operator restart -> every pipeline reconciled again):          {r['warmResyncS']:7.1f} s"
+          f"  target <= 60 s  {ok(r['warmResyncS'] <= 60)}")
+    print(f"  operator RSS after resync: cold {r['coldRssMB']:.0f} MB, warm {r['warmRssMB']:.0f} MB, peak {r['peakRssMB']:.0f} MB"
+          f"  target <= 300 MB  {ok(r['peakRssMB'] <= 300)}")
+    print(json.dumps({"benchmark": "operator_scale", "emulator": "kmock 0.8 KubernetesEmulator (+label selectors, "
+                      "indexed look-ups, history-free routing) on loopback", "operator": "separate process", **r},
+                     sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
