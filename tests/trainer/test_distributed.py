@@ -77,3 +77,32 @@ def test_gathering_a_model_that_is_not_partitioned_does_nothing():
         assert model.weight.shape == (2, 2)
     with gathered_parameters(object()):  # anything with save_pretrained, e.g. a test double
         pass
+
+
+def test_marker_waits_for_every_rank_and_only_rank_0_writes_it(workspace, monkeypatch):
+    """Under torchrun each rank writes its own files (ZeRO shards, rng_state_<rank>.pth) after the
+    Trainer's last barrier: the marker may only come after a barrier that every rank reaches."""
+    from refinery_operator.api.run import CHECKPOINT_MARKER, StageRun
+    from refinery_trainer import distributed
+    from refinery_trainer.context import StageContext
+    from refinery_trainer.report import Reporter
+
+    from .conftest import stage_run
+
+    events = []
+    monkeypatch.setattr(distributed, "barrier", lambda: events.append("barrier"))
+    run = StageRun.model_validate(stage_run(workspace, "sft", "sft", data={"path": "d.jsonl"}, from_="pre"))
+    path = workspace / "p" / "sft" / "attempt-1" / "checkpoints" / "checkpoint-10"
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text("{}")
+
+    monkeypatch.setenv("RANK", "1")
+    StageContext(run, reporter=Reporter(None)).mark_checkpoint(path, 10, {})
+    assert events == ["barrier"] and not (path / CHECKPOINT_MARKER).exists()  # rank 1: waits, never marks
+
+    monkeypatch.setenv("RANK", "0")
+    ctx = StageContext(run, reporter=Reporter(None))
+    monkeypatch.setattr(distributed, "barrier", lambda: events.append("barrier" if not (path / CHECKPOINT_MARKER).exists() else "late"))
+    ctx.mark_checkpoint(path, 10, {"trainLoss": 1.0})
+    assert events == ["barrier", "barrier"]  # rank 0 also waited, before its marker existed
+    assert json.loads((path / CHECKPOINT_MARKER).read_text())["step"] == 10

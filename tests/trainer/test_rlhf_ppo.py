@@ -101,3 +101,37 @@ def test_ppo_refuses_deepspeed_and_lora(example, workspace):
     assert cli.main(["run", "--config", str(write_config(workspace / "bad.yaml", run))]) == 1
     progress = read_json(workspace / "p" / "ppo" / "progress.json")
     assert progress["phase"] == "Failed" and "ppo runs in one process" in progress["message"]
+
+
+def test_sigterm_saves_a_ppo_checkpoint_then_exits_143(example, workspace):
+    """Eviction or preemption: the loop finishes its step, checkpoints it (marker included), stops."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    from refinery_trainer.checkpoints import checkpoint_step, complete_checkpoints
+
+    from .conftest import write_config
+    from .test_resume import refinery_train
+
+    run = ppo_run(workspace, example, rl={"evalPrompts": 8},
+                  training={"maxSteps": 500, "saveSteps": 1000, "loggingSteps": 1, "learningRate": 3e-4})
+    stage_dir, progress = workspace / "p" / "ppo", workspace / "p" / "ppo" / "progress.json"
+    proc = subprocess.Popen(refinery_train(write_config(workspace / "ppo.yaml", run)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if progress.is_file() and (json.loads(progress.read_text() or "{}").get("step") or 0) >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr[-2000:]
+    [checkpoint] = complete_checkpoints(stage_dir)  # the one SIGTERM asked for (saveSteps is 1000)
+    assert 3 <= checkpoint_step(checkpoint) < 500
+    assert (checkpoint / "value" / "model.safetensors").is_file()
+    assert read_json(progress)["phase"] == "Failed" and read_json(progress)["failureReason"] == "Terminated"
