@@ -108,7 +108,7 @@ def test_watching_one_namespace_narrows_rbac_to_a_role(chart):
 def test_rbac_is_least_privilege(chart):
     role = find(chart.template(), "ClusterRole", "refinery")
     verbs = {(g, res): set(r["verbs"]) for r in role["rules"] for g in r["apiGroups"] for res in r["resources"]}
-    assert verbs[("refinery.dev", "trainingpipelines/status")] == {"get", "patch"}
+    assert verbs[("refinery.dev", "trainingpipelines/status")] == {"patch"}
     assert verbs[("batch", "jobs")] == {"create", "get", "list", "watch", "patch", "delete"}
     everything = set().union(*verbs.values())
     assert not everything & {"*", "deletecollection", "update", "escalate", "bind", "impersonate"}
