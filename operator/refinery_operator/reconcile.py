@@ -30,7 +30,8 @@ from .cleanup import launch_cleanup_jobs
 from .core import naming
 from .core.accounting import parse_time
 from .core.events import pipeline_events
-from .core.plan import AttemptState, Launch, Observed, Stop, invalid_spec_status, plan
+from .core.plan import AttemptState, Launch, Observed, Stop, plan
+from .core.summary import invalid_spec_status
 from .core.reruns import RERUN_ANNOTATION
 from .k8s import CONFIGMAPS, JOBS, Cluster
 

@@ -3,6 +3,8 @@ that keeps `lastTransitionTime` unless the status actually flips."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from ..api.v1alpha1 import Condition
 
 READY = "Ready"
@@ -56,3 +58,8 @@ def set_condition(
 
 def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
+
+
+def rfc3339(moment: datetime) -> str:
+    """Kubernetes' timestamp format (seconds, UTC, `Z`)."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
