@@ -59,6 +59,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.wakeups = collections.defaultdict(asyncio.Event)  # (namespace, name) -> Event
     memo.locks = collections.defaultdict(asyncio.Lock)
     memo.statuses = {}  # (namespace, name, uid) -> the status this operator last wrote
+    memo.ensured = {}  # uid -> generation whose shared objects exist (see reconcile)
     serve_metrics()
 
 
@@ -105,6 +106,7 @@ async def keep_reconciling(body: kopf.Body, memo: kopf.Memo, namespace: str, nam
         memo.wakeups.pop((namespace, name), None)
         memo.statuses.pop((namespace, name, body.metadata.uid), None)
         memo.locks.pop((namespace, name, body.metadata.uid), None)
+        memo.ensured.pop(body.metadata.uid, None)
 
 
 def rerun_requested(body: kopf.Body, **_: Any) -> bool:
@@ -130,7 +132,7 @@ def child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any
 async def locked_reconcile(memo: kopf.Memo, body: kopf.Body, logger: logging.Logger | None = None) -> Outcome:
     key = (body.metadata.namespace, body.metadata.name, body.metadata.uid)
     async with memo.locks[key]:
-        outcome = await reconcile(memo.cluster, body, last_status=memo.statuses.get(key))
+        outcome = await reconcile(memo.cluster, body, last_status=memo.statuses.get(key), ensured=memo.ensured)
         memo.statuses[key] = outcome.status
     if outcome.pipeline is not None:
         metrics.record_pipeline(key[0], key[1], outcome.typed_status, outcome.pipeline.spec)

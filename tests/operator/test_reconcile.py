@@ -111,3 +111,56 @@ def test_failure_messages_say_what_to_do(reason, words):
     from refinery_operator.reconcile import failure_message
 
     assert words in failure_message(reason, "p-s-1", "Job has reached the specified backoff limit")
+
+
+class InMemoryCluster:
+    """Just enough of k8s.Cluster for reconcile(): objects by (kind, name), creates counted."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict] = {}
+        self.creates: list[tuple[str, str]] = []
+
+    async def create_if_absent(self, obj):
+        key = (obj["kind"], obj["metadata"]["name"])
+        self.creates.append(key)
+        created = key not in self.objects
+        self.objects.setdefault(key, dict(obj))
+        return self.objects[key], created
+
+    async def list_labelled(self, resource, namespace, labels):
+        return [o for o in self.objects.values()
+                if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    async def patch_status(self, namespace, name, old, new):
+        return old != new
+
+    async def post_event(self, *args, **kwargs):
+        return None
+
+    async def patch(self, *args, **kwargs):
+        return None
+
+    async def delete(self, *args, **kwargs):
+        return False
+
+    async def get(self, *args, **kwargs):
+        return None
+
+
+async def test_shared_objects_are_created_once_per_generation():
+    from refinery_operator.reconcile import reconcile
+
+    body = chat_pipeline("p").manifest()
+    body["metadata"].update(uid="u1", generation=1)
+    cluster, ensured = InMemoryCluster(), {}
+    first = await reconcile(cluster, body, ensured=ensured)
+    assert first.launched == ["p-pretrain-1"]
+    shared = {k for k in cluster.creates if k[0] in ("ServiceAccount", "Role", "RoleBinding")}
+    assert len(shared) == 3
+
+    job = cluster.objects[("Job", "p-pretrain-1")]
+    job["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    cluster.creates.clear()
+    second = await reconcile(cluster, body, last_status=first.status, ensured=ensured)
+    assert second.launched == ["p-sft-1"]
+    assert {k[0] for k in cluster.creates} == {"ConfigMap", "Job"}  # only the attempt's own objects
