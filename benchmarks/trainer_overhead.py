@@ -13,9 +13,16 @@ For each stage type, the same model, data and settings are trained two ways in t
   the same arguments (steps, batch, learning rate, seed, checkpoint interval, fp32 on CPU).
 
 Measured: non-padding input tokens trained (`include_num_input_tokens_seen="non_padding"`, on
-both sides) over the wall time from `on_train_begin` to `on_train_end`: the training loop with
-every step's overhead and the checkpoint saves, not model loading or evaluation (work the
-direct run does not do). Runs are interleaved A B B A …, so drift of a shared machine hits both
+both sides) over the wall time from `on_train_begin` to `on_train_end` of `trainer.train()`, the
+same window on both sides: the optimiser steps with every step's callback work (ours: progress
+reports, Prometheus updates, NaN checks) and the checkpoint save (ours: plus fsync, marker,
+rotation). On the refinery side the clock starts before the first of our callbacks' hooks and
+stops after the last, so all their work inside `train()` is on it. Outside the window on both
+sides, as one-off work that is not training throughput: model loading, dataset tokenization,
+the Trainer's own set-up inside `train()` before `on_train_begin` (dataloader, optimizer), and on
+the refinery side the evaluation before and after training (`initialEval*`, `eval*`) and dpo's
+held-out log-probs of the initial and the trained policy (`pair_logps`), which run outside
+`trainer.train()`. Runs are interleaved A B B A …, so drift of a shared machine hits both
 alike; each side gets one short warm-up run per stage first. `ratio` is the median over the
 repeats of refinery / direct tokens/s of neighbouring runs (target >= 0.97); `cpu_ratio` is the
 same with CPU seconds of the process instead of wall seconds — insensitive to other processes
@@ -52,9 +59,23 @@ SEQ_LEN = {"pretrain": 128, "sft": 64, "reward": 64, "dpo": 64}
 
 
 class Timer(TrainerCallback):
-    """Wall time, CPU time (every thread of the process) and non-padding tokens of one `trainer.train()`."""
+    """Wall time, CPU time (every thread of the process) and non-padding tokens of one `trainer.train()`,
+    from `on_train_begin` to `on_train_end`. Put last in the callback list, with `Timer.Start` first
+    when other callbacks are added: the clock then covers every callback's begin and end hooks."""
+
+    class Start(TrainerCallback):
+        def __init__(self, timer: Timer):
+            self.timer = timer
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.timer.on_train_begin(args, state, control, **kwargs)
+
+    started = False
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self.started:  # already started by `Timer.Start`, before the other callbacks
+            return
+        self.started = True
         self.start, self.cpu_start, self.tokens0 = time.perf_counter(), time.process_time(), state.num_input_tokens_seen
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -133,7 +154,7 @@ def run_refinery(stage: str, base: Path, work: Path, steps: int, batch: int) -> 
     })
     timer = Timer()
     callbacks = StageContext.callbacks
-    StageContext.callbacks = lambda self: [*callbacks(self), timer]  # measure, change nothing else
+    StageContext.callbacks = lambda self: [Timer.Start(timer), *callbacks(self), timer]  # measure, change nothing else
     try:
         assert cli.run_stage(run) == 0, f"refinery {stage} failed"
     finally:
