@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.operator_latency import manifest  # noqa: E402
 from tests.operator.harness import (  # noqa: E402
-    NAMESPACE, IndexedEmulator, serve_emulator, server_url, stored, with_server_fields, write_kubeconfig,
+    NAMESPACE, IndexedEmulator, operator_in_process, serve_emulator, server_url, stored, with_server_fields,
+    write_kubeconfig,
 )
 
 PIPELINES = "refinery.dev/v1alpha1/trainingpipelines"
@@ -50,23 +49,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def start_operator(kubeconfig: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(REPO)}
-    env.pop("KUBERNETES_SERVICE_HOST", None)
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "tests.operator.harness", "operator", str(kubeconfig)],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop_operator(process: subprocess.Popen) -> None:
-    process.terminate()  # kopf stops on SIGTERM
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
 
 
 async def until(predicate, timeout: float, what: str) -> float:
@@ -104,23 +86,17 @@ async def run(pipelines: int, workdir: Path, timeout: float) -> dict:
 
         log = workdir / "operator.log"
         started = time.monotonic()
-        operator = start_operator(kubeconfig, log)
-        try:
+        async with operator_in_process(kubeconfig, log) as operator:
             cold = await until(all_started, timeout, "cold resync")
             await asyncio.sleep(2)
             cold_rss = psutil.Process(operator.pid).memory_info().rss / 2**20
             cold_peak = peak_rss_mb(operator.pid)
-        finally:
-            stop_operator(operator)
         since = len(emulator._requests)
-        operator = start_operator(kubeconfig, log)
-        try:
+        async with operator_in_process(kubeconfig, log) as operator:
             warm = await until(lambda: len(listed_pipelines(emulator, since)) == pipelines, timeout, "warm resync")
             await asyncio.sleep(2)
             warm_rss = psutil.Process(operator.pid).memory_info().rss / 2**20
             warm_peak = peak_rss_mb(operator.pid)
-        finally:
-            stop_operator(operator)
         jobs = sum(1 for n in names if stored(emulator, "batch/v1/jobs", f"{n}-pretrain-1") is not None)
     return {
         "pipelines": pipelines, "jobs": jobs, "totalS": round(time.monotonic() - started, 1),

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
+import subprocess
 import sys
 import threading
 import uuid
@@ -30,6 +32,7 @@ from typing import Any
 import kmock
 import kopf
 
+REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "default"
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 RESOURCES = {
@@ -194,6 +197,26 @@ async def operator_in_thread(kubeconfig: Path) -> AsyncIterator[threading.Thread
         assert not thread.is_alive(), "the operator did not stop"
     if errors:
         raise errors[0]
+
+
+@contextlib.asynccontextmanager
+async def operator_in_process(kubeconfig: Path, log: Path) -> AsyncIterator[subprocess.Popen]:
+    """The real kopf operator as its own OS process (as in a cluster: its own interpreter and
+    GIL, not sharing a CPU-bound loop with the emulator), stopped with SIGTERM like a pod."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(REPO)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    with open(log, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "tests.operator.harness", "operator", str(kubeconfig)],
+                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.terminate()  # kopf stops on SIGTERM
+        try:
+            await asyncio.to_thread(process.wait, 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait, 10)
 
 
 # ----------------------------------------------------------------------------------------------
