@@ -92,6 +92,19 @@ class Table:
         return Table(self.path, [self.rows[i] for i in idx], [self.lines[i] for i in idx], self.unit)
 
 
+def preference_columns(spec, train: Table, held_out: Table) -> dict[str, str]:
+    """TRL column name → the file's column for preference pairs (reward and dpo stages), checked in
+    both tables: `chosen`/`rejected` always, `prompt` when the file has that column (otherwise
+    chosen/rejected are whole texts). `spec` is the stage's DataSpec."""
+    columns = {"chosen": spec.chosen_field, "rejected": spec.rejected_field}
+    if train.has_column(spec.prompt_field):
+        columns = {"prompt": spec.prompt_field, **columns}
+    hint = "data.chosenField/data.rejectedField" + ("/data.promptField" if "prompt" in columns else "")
+    for table in (train, held_out):
+        table.require(*columns.values(), hint=hint).require_text(*columns.values())
+    return columns
+
+
 ROLES = ("system", "user", "assistant", "tool")
 
 

@@ -28,7 +28,7 @@ import logging
 from refinery_operator.api.training import DpoSpec
 
 from ..context import StageContext
-from ..data import Table
+from ..data import preference_columns
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,7 @@ _KEPT = ("initialEvalLoss", "evalLoss", "trainLoss")  # of TRL's many logged fig
 
 def run(ctx: StageContext) -> dict[str, float]:
     train_rows, eval_rows = ctx.load_data()  # data first: a bad file fails in a second, not after loading
-    columns = _columns(ctx, train_rows)
-    hint = "data.chosenField/data.rejectedField" + ("/data.promptField" if "prompt" in columns else "")
-    for table in (train_rows, eval_rows):
-        table.require(*columns.values(), hint=hint).require_text(*columns.values())
+    columns = preference_columns(ctx.data, train_rows, eval_rows)
     policy, tokenizer = ctx.load_causal_lm()
     peft_config = ctx.lora_config("causal")
 
@@ -126,12 +123,3 @@ def response_logps(model, prompts: list[list[int]], responses: list[list[int]], 
         out += (token_logps * in_response).sum(dim=1).tolist()
     model.train(was_training)
     return out
-
-
-def _columns(ctx: StageContext, table: Table) -> dict[str, str]:
-    """TRL column name → the file's column; the prompt is optional (TRL's implicit-prompt format)."""
-    spec = ctx.data
-    columns = {"chosen": spec.chosen_field, "rejected": spec.rejected_field}
-    if table.has_column(spec.prompt_field):
-        columns = {"prompt": spec.prompt_field, **columns}
-    return columns

@@ -19,17 +19,14 @@ from __future__ import annotations
 import logging
 
 from ..context import StageContext
-from ..data import Table
+from ..data import preference_columns
 
 log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict[str, float]:
     train_rows, eval_rows = ctx.load_data()  # data first: a bad file fails in a second, not after loading
-    columns = _columns(ctx, train_rows)
-    hint = "data.chosenField/data.rejectedField" + ("/data.promptField" if "prompt" in columns else "")
-    for table in (train_rows, eval_rows):
-        table.require(*columns.values(), hint=hint).require_text(*columns.values())
+    columns = preference_columns(ctx.data, train_rows, eval_rows)
     train, held_out = train_rows.select(columns), eval_rows.select(columns)
     tokenizer = ctx.load_tokenizer()
     model = load_reward_model(ctx, tokenizer)
@@ -92,12 +89,3 @@ def _ids(tokenizer, prompt: str, response: str) -> list[int]:
     from ..scoring import reward_input_ids
 
     return reward_input_ids(tokenizer, prompt, response)
-
-
-def _columns(ctx: StageContext, table: Table) -> dict[str, str]:
-    """TRL column name → the file's column; the prompt is optional (then chosen/rejected are whole texts)."""
-    spec = ctx.data
-    columns = {"chosen": spec.chosen_field, "rejected": spec.rejected_field}
-    if table.has_column(spec.prompt_field):
-        columns = {"prompt": spec.prompt_field, **columns}
-    return columns
