@@ -274,7 +274,7 @@ class StageContext:
                     output = self._load_final_checkpoint(trainer, path, marker)
                 else:
                     output = trainer.train(resume_from_checkpoint=str(path))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a bad checkpoint raises: try the one before
                 # A DeepSpeed engine, once started, cannot be set up again in this process.
                 if self.train_started or getattr(trainer, "deepspeed", None) is not None:
                     raise

@@ -76,16 +76,12 @@ def load_reward_model(ctx: StageContext, tokenizer):
 
 def tokenize_pairs(tokenizer, rows: list[dict]) -> list[dict]:
     """RewardTrainer's pre-tokenized format: `chosen_ids`/`rejected_ids` of prompt + response."""
+    from ..scoring import reward_input_ids
+
     return [
         {
-            "chosen_ids": _ids(tokenizer, row.get("prompt", ""), row["chosen"]),
-            "rejected_ids": _ids(tokenizer, row.get("prompt", ""), row["rejected"]),
+            "chosen_ids": reward_input_ids(tokenizer, row.get("prompt", ""), row["chosen"]),
+            "rejected_ids": reward_input_ids(tokenizer, row.get("prompt", ""), row["rejected"]),
         }
         for row in rows
     ]
-
-
-def _ids(tokenizer, prompt: str, response: str) -> list[int]:
-    from ..scoring import reward_input_ids
-
-    return reward_input_ids(tokenizer, prompt, response)
