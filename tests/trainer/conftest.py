@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,21 @@ def write_config(path: Path, run: dict) -> Path:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def wait_for_marker(stage_dir: Path, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Wait until attempt 1 has a complete checkpoint (its marker written); fail if `proc` exits first."""
+    from refinery_operator.api.run import CHECKPOINT_MARKER
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(stage_dir.glob(f"attempt-1/checkpoints/checkpoint-*/{CHECKPOINT_MARKER}")):
+            return
+        if proc.poll() is not None:
+            stderr = f": {proc.stderr.read()}" if proc.stderr else ""
+            pytest.fail(f"the stage exited ({proc.returncode}) before its first checkpoint{stderr}")
+        time.sleep(0.01)
+    pytest.fail("no complete checkpoint appeared")
 
 
 @pytest.fixture(autouse=True, scope="session")

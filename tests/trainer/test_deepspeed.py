@@ -14,16 +14,14 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from refinery_operator.api.run import CHECKPOINT_MARKER
 from refinery_trainer import cli
 from refinery_trainer.checkpoints import checkpoint_step, complete_checkpoints
 
-from .conftest import FAVOURITE, read_json, sft_rows, stage_run, write_config, write_jsonl
+from .conftest import FAVOURITE, read_json, sft_rows, stage_run, wait_for_marker, write_config, write_jsonl
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("deepspeed")
@@ -82,17 +80,6 @@ def test_zero2_sft_learns_and_saves_a_loadable_model(pretrained, workspace):
     assert completion_loss(stage_dir / "model", held_out) < completion_loss(pretrained / "model", held_out) - 1.0
 
 
-def wait_for_marker(stage_dir: Path, proc: subprocess.Popen, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if any(stage_dir.glob(f"attempt-1/checkpoints/checkpoint-*/{CHECKPOINT_MARKER}")):
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"torchrun exited ({proc.returncode}) before the first checkpoint")
-        time.sleep(0.01)
-    pytest.fail("no complete checkpoint appeared")
-
-
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL torchrun and its workers (each in its own session: torchrun starts them with setsid)."""
     import psutil
@@ -109,7 +96,7 @@ def test_killed_zero3_run_resumes_and_its_model_starts_the_next_stage(pretrained
     first = subprocess.Popen(torchrun(sft_config(workspace, pretrained, zero=3, max_steps=max_steps)), env=env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_marker(stage_dir, first)
+        wait_for_marker(stage_dir, first, timeout_s=240)
     finally:
         kill_tree(first)  # torchrun and both ranks at once, as when a pod is deleted
     assert not (stage_dir / "result.json").exists()

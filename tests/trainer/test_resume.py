@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from refinery_operator.api.run import CHECKPOINT_MARKER
 from refinery_trainer.checkpoints import complete_checkpoints, checkpoint_step
 
-from .conftest import TINY_MODEL, make_corpus, read_json, stage_run, write_config
+from .conftest import TINY_MODEL, make_corpus, read_json, stage_run, wait_for_marker, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -26,17 +25,6 @@ def refinery_train(config: Path) -> list[str]:
     exe = shutil.which("refinery-train")
     prefix = [exe] if exe else [sys.executable, "-m", "refinery_trainer.cli"]
     return [*prefix, "run", "--config", str(config)]
-
-
-def wait_for_marker(stage_dir: Path, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if any(stage_dir.glob(f"attempt-1/checkpoints/checkpoint-*/{CHECKPOINT_MARKER}")):
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the stage exited ({proc.returncode}) before its first checkpoint: {proc.stderr.read()}")
-        time.sleep(0.01)
-    pytest.fail("no complete checkpoint appeared")
 
 
 def test_killed_stage_resumes_from_last_complete_checkpoint(workspace):
@@ -50,7 +38,7 @@ def test_killed_stage_resumes_from_last_complete_checkpoint(workspace):
 
     first = subprocess.Popen(refinery_train(config(1)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_marker(stage_dir, first)
+        wait_for_marker(stage_dir, first, timeout_s=120)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     finally:
@@ -94,7 +82,7 @@ def test_sigterm_saves_a_checkpoint_then_exits_143(workspace):
     proc = subprocess.Popen(refinery_train(write_config(workspace / "run.yaml", run)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_marker(stage_dir, proc)
+        wait_for_marker(stage_dir, proc, timeout_s=120)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
