@@ -116,7 +116,7 @@ def test_lora_adapter_output_loads_through_load_model_and_feeds_the_next_stage(p
     from safetensors import safe_open
 
     rm = load_model(workspace / "p" / "rm" / "model", AutoModelForSequenceClassification, num_labels=1)
-    assert 0 <= reward["metrics"]["evalAccuracy"] <= 1 and rm.config.num_labels == 1
+    assert reward["steps"] == 4 and rm.config.num_labels == 1
     with safe_open(str(workspace / "p" / "rm" / "model" / "adapter_model.safetensors"), "pt") as f:
         trained_head = f.get_tensor("base_model.model.score.weight")  # the head trained in full (modules_to_save)
     assert torch.equal(rm.score.weight, trained_head)
