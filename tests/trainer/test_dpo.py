@@ -42,15 +42,28 @@ def test_dpo_raises_the_held_out_margin(sft, workspace):
     assert progress.phase == "Succeeded" and progress.metrics["evalMargin"] == metrics["evalMargin"]
     assert (workspace / "p" / "dpo" / "attempt-1" / "checkpoints" / "checkpoint-40" / CHECKPOINT_MARKER).is_file()
 
-    # The saved policy is a plain causal LM whose margins are the reported ones.
+    # The saved model/ is the trained policy, as a plain causal LM: its held-out margin is the SFT model's and more.
+    held_out = [json.loads(line) for line in (DATA / "preferences_eval.jsonl").read_text().splitlines()]
+    assert mean_margin(model_dir(workspace, "dpo"), held_out) > mean_margin(model_dir(sft, "sft"), held_out) + 1.0
+
+
+def mean_margin(path, rows: list[dict]) -> float:
+    """Mean log pi(chosen|prompt) - log pi(rejected|prompt) of the causal LM saved at `path`."""
     from transformers import AutoModelForCausalLM
 
-    from refinery_trainer.scoring import generate
+    from refinery_trainer.stages.dpo import response_logps
     from refinery_trainer.tokenizer import load_tokenizer
 
-    policy = AutoModelForCausalLM.from_pretrained(model_dir(workspace, "dpo"))
-    tokenizer = load_tokenizer(model_dir(workspace, "dpo"))
-    assert generate(policy, tokenizer, ["What does the cow say?"], 2)[0].strip()
+    policy = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
+
+    def ids(texts: list[str], eos: bool = False) -> list[list[int]]:
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else []) for t in texts]
+
+    prompts = ids([r["prompt"] for r in rows])
+    chosen = response_logps(policy, prompts, ids([r["chosen"] for r in rows], eos=True), tokenizer.pad_token_id)
+    rejected = response_logps(policy, prompts, ids([r["rejected"] for r in rows], eos=True), tokenizer.pad_token_id)
+    return sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(rows)
 
 
 def test_dpo_resumes_from_its_checkpoint(sft, workspace):
