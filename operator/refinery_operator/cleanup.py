@@ -7,26 +7,21 @@ name makes the repeat a no-op). See core/retention.py for what is kept and why.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from pydantic import ValidationError
-
 from .api.v1alpha1 import PipelineStatus, TrainingPipeline
 from .builders_retention import build_cleanup_job
 from .core.retention import stages_to_prune
 from .k8s import Cluster
 
 
-async def launch_cleanup_jobs(cluster: Cluster, pipeline: TrainingPipeline, old_status: Mapping[str, Any],
+async def launch_cleanup_jobs(cluster: Cluster, pipeline: TrainingPipeline, previous: PipelineStatus | None,
                               new_status: PipelineStatus) -> list[str]:
-    """Create the prune Job of every stage whose attempt succeeded since `old_status`; their names."""
+    """Create the prune Job of every stage whose attempt succeeded since `previous`; their names.
+
+    `previous` is None when the old status was empty or unreadable (`reconcile.previous_status`):
+    every succeeded stage then counts as new, which is harmless since creation is idempotent.
+    """
     if pipeline.spec.checkpoints is None:
         return []
-    try:
-        previous = PipelineStatus.model_validate(old_status) if old_status else None
-    except ValidationError:
-        previous = None  # unreadable: treat every succeeded stage as new (creation is idempotent)
     created = []
     for stage in stages_to_prune(pipeline, previous, new_status):
         job, is_new = await cluster.create_if_absent(build_cleanup_job(pipeline, new_status, stage))

@@ -228,12 +228,13 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], now: datetime | N
                 observe_next_job_latency(pipeline, launch, result.status, observed)
 
     # Checkpoint retention of stages that just succeeded (before the patch: a crash repeats the edge).
-    await launch_cleanup_jobs(cluster, pipeline, old_status, result.status)
+    previous = previous_status(old_status)
+    await launch_cleanup_jobs(cluster, pipeline, previous, result.status)
     new_status = result.status.dump()
     patched = await cluster.patch_status(namespace, name, old_status, new_status)
     if patched:
-        observe_checkpoint_latency(previous_status(old_status), result.status)
-        for event in pipeline_events(previous_status(old_status), result.status):
+        observe_checkpoint_latency(previous, result.status)
+        for event in pipeline_events(previous, result.status):
             await cluster.post_event(body, event.type, event.reason, event.message)
     return Outcome(status=new_status, launched=launched, status_patched=patched, pipeline=pipeline,
                    typed_status=result.status, requeue_after=result.requeue_after)
@@ -265,6 +266,7 @@ async def stop_attempt(cluster: Cluster, pipeline: TrainingPipeline, stop: Stop)
 
 
 def previous_status(raw: Mapping[str, Any]) -> PipelineStatus | None:
+    """The status as last written, typed; None when empty or unreadable (it is then replaced, not merged)."""
     try:
         return PipelineStatus.model_validate(raw) if raw else None
     except ValidationError:
@@ -305,10 +307,6 @@ async def report_invalid(cluster: Cluster, body: Mapping[str, Any], message: str
     """Failed / InvalidSpec with the message naming the field; nothing is created."""
     meta = body.get("metadata") or {}
     old_status = dict(body.get("status") or {})
-    try:
-        previous = PipelineStatus.model_validate(old_status) if old_status else None
-    except ValidationError:
-        previous = None  # a status we cannot read is replaced, not merged
-    status = invalid_spec_status(previous, message, meta.get("generation"), now).dump()
+    status = invalid_spec_status(previous_status(old_status), message, meta.get("generation"), now).dump()
     patched = await cluster.patch_status(meta["namespace"], meta["name"], old_status, status)
     return Outcome(status=status, status_patched=patched, invalid=message)
