@@ -33,6 +33,7 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from .api.v1alpha1 import GROUP, PLURAL, VERSION
+from .core.conditions import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class Cluster:
         """A core/v1 Event about `involved` (an object's apiVersion/kind/metadata), as `kubectl
         describe` shows it. Events are best effort: a failure is logged, never raised."""
         meta = involved.get("metadata") or {}
-        stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = rfc3339(now or datetime.now(timezone.utc))
         event = {
             "apiVersion": "v1",
             "kind": "Event",

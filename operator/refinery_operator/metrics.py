@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector, start_http_server
@@ -35,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .api.v1alpha1 import Phase, PipelineSpec, PipelineStatus, StageStatus
+from .core import accounting
 
 PORT_ENV = "REFINERY_METRICS_PORT"
 PHASES = [p.value for p in Phase]
@@ -92,12 +92,8 @@ METRICS: tuple[MetricDef, ...] = (
 
 def parse_time(stamp: str | None) -> float | None:
     """RFC 3339 (`2025-01-02T03:04:05Z`) to Unix seconds; None for None or garbage."""
-    if not stamp:
-        return None
-    try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    parsed = accounting.parse_time(stamp)
+    return parsed.timestamp() if parsed is not None else None
 
 
 @dataclass
@@ -164,7 +160,7 @@ class OperatorMetrics(Collector):
         stage = next((s for s in spec.stages if s.name == status.name), None) if spec else None
         if stage is not None:
             snap.type = str(stage.type)
-            snap.gpus = stage.resources.gpus * stage.resources.nodes
+            snap.gpus = accounting.gpus_of(stage)
             snap.budgets = {"application": stage.retries.application, "infrastructure": stage.retries.infrastructure}
         return snap
 
