@@ -264,13 +264,7 @@ def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> 
         "serviceAccountName": stage_service_account(pipeline),
         # The trainer reports progress with this token; our ServiceAccount does not mount it by default.
         "automountServiceAccountToken": True,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": build_pod_security_context(),
         "containers": [build_trainer_container(pipeline, stage, launch)],
         "volumes": [
             {"name": "workspace", "persistentVolumeClaim": {"claimName": claim_name(pipeline)}},
@@ -285,11 +279,29 @@ def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> 
     if distributed.is_multi_node(stage):
         job = naming.job_name(pipeline.metadata.name, stage.name, launch.attempt)
         spec.update(distributed.multi_node_pod_spec(naming.stage_service_name(job)))
-    if stage.resources.node_selector:
-        spec["nodeSelector"] = dict(stage.resources.node_selector)
-    if stage.resources.tolerations:
-        spec["tolerations"] = [t.dump() for t in stage.resources.tolerations]
+    spec.update(build_placement(stage))
     return spec
+
+
+def build_pod_security_context() -> dict[str, Any]:
+    """Non-root as RUN_AS_USER; fsGroup makes the workspace volume writable for it."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def build_placement(stage: Stage) -> dict[str, Any]:
+    """The stage's nodeSelector and tolerations, as pod spec fields (only those it sets)."""
+    placement: dict[str, Any] = {}
+    if stage.resources.node_selector:
+        placement["nodeSelector"] = dict(stage.resources.node_selector)
+    if stage.resources.tolerations:
+        placement["tolerations"] = [t.dump() for t in stage.resources.tolerations]
+    return placement
 
 
 def build_trainer_container(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> dict[str, Any]:

@@ -37,10 +37,7 @@ def build_cleanup_job(pipeline: TrainingPipeline, status: PipelineStatus, stage:
         "restartPolicy": "Never",
         "serviceAccountName": builders.stage_service_account(pipeline),
         "automountServiceAccountToken": False,  # it talks to no API
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": builders.RUN_AS_USER, "runAsGroup": builders.RUN_AS_USER,
-            "fsGroup": builders.RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": builders.build_pod_security_context(),
         "containers": [{
             "name": CLEANUP_CONTAINER,
             "image": pipeline.spec.image,
@@ -56,11 +53,7 @@ def build_cleanup_job(pipeline: TrainingPipeline, status: PipelineStatus, stage:
         }],
         "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": builders.claim_name(pipeline)}}],
     }
-    stage_spec = pipeline.spec.stage(stage)
-    if stage_spec.resources.node_selector:  # where the stage ran, the volume can be mounted
-        pod["nodeSelector"] = dict(stage_spec.resources.node_selector)
-    if stage_spec.resources.tolerations:
-        pod["tolerations"] = [t.dump() for t in stage_spec.resources.tolerations]
+    pod.update(builders.build_placement(pipeline.spec.stage(stage)))  # where the stage ran, the volume mounts
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
