@@ -51,6 +51,20 @@ def test_cleanup_job_fields():
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["volumeMounts"] == [{"name": "workspace", "mountPath": "/workspace"}]
     assert pod["volumes"] == [{"name": "workspace", "persistentVolumeClaim": {"claimName": "training-data"}}]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+
+
+def test_cleanup_job_runs_where_its_stage_ran():
+    placement = {"nodeSelector": {"pool": "a100"}, "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+    manifest = make_pipeline("p").stage("pt", "pretrain", resources=placement).manifest()
+    manifest["spec"]["checkpoints"] = {"keepLast": 1}
+    manifest["metadata"]["uid"] = UID
+    from refinery_operator.api.v1alpha1 import TrainingPipeline
+
+    p = TrainingPipeline.model_validate(manifest)
+    pod = build_cleanup_job(p, PipelineStatus(stages=[StageStatus(name="pt", phase=Phase.succeeded, attempt=1)]), "pt")
+    assert pod["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "a100"}
+    assert pod["spec"]["template"]["spec"]["tolerations"] == placement["tolerations"]
 
 
 @pytest.mark.timeout(120)
