@@ -137,10 +137,9 @@ class StageContext:
         train = read_table(self.data_file(spec.path), text_field=spec.text_field)
         if spec.eval_path:
             held_out = read_table(self.data_file(spec.eval_path), text_field=spec.text_field)
-        else:
-            train.require(*columns, hint=hint)
-            train, held_out = train.split(spec.eval_fraction, seed=self.training.seed)
-        return train.require(*columns, hint=hint), held_out.require(*columns, hint=hint)
+            return train.require(*columns, hint=hint), held_out.require(*columns, hint=hint)
+        # Checked once, whole: both parts of the split are non-empty subsets of checked rows.
+        return train.require(*columns, hint=hint).split(spec.eval_fraction, seed=self.training.seed)
 
     # ---- models ------------------------------------------------------------------------------
 
