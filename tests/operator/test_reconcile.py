@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from refinery_operator.k8s import merge_patch
+from refinery_operator.k8s import has_labels, merge_patch
 from refinery_operator.reconcile import attempt_state, describe_validation_error, parse_pipeline, progress_record
 from tests.builders import chat_pipeline
 
@@ -128,8 +128,7 @@ class InMemoryCluster:
         return self.objects[key], created
 
     async def list_labelled(self, resource, namespace, labels):
-        return [o for o in self.objects.values()
-                if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
+        return [o for o in self.objects.values() if has_labels(o, labels)]
 
     async def patch_status(self, namespace, name, old, new):
         return old != new
