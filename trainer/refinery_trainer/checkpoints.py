@@ -108,12 +108,16 @@ def rotate_checkpoints(stage_dir: str | os.PathLike, keep: int) -> list[Path]:
     checkpoint with files missing. Incomplete folders are left alone: one may belong to a
     process that is still writing it.
     """
-    removed = []
-    for path in complete_checkpoints(stage_dir)[keep:]:
-        (path / CHECKPOINT_MARKER).unlink(missing_ok=True)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
+    removed = complete_checkpoints(stage_dir)[keep:]
+    for path in removed:
+        delete_checkpoint(path)
     return removed
+
+
+def delete_checkpoint(path: str | os.PathLike) -> None:
+    """Marker first: from then on the folder is partial, whatever happens to the rest."""
+    (Path(path) / CHECKPOINT_MARKER).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
-from refinery_operator.api.run import CHECKPOINT_MARKER
 from refinery_operator.api.v1alpha1 import CheckpointRetention, KeepBest
 from refinery_operator.core.retention import CheckpointInfo, checkpoints_to_delete
 
 from . import checkpoints as ckpt
+from .checkpoints import delete_checkpoint  # also this module's name for it (prune deletes checkpoints)
 
 EXIT_USAGE = 2
 
@@ -56,18 +55,12 @@ def scan(stage_dir: Path) -> list[CheckpointInfo]:
     return found
 
 
-def delete_checkpoint(path: Path) -> None:
-    """Marker first: from then on the folder is partial, whatever happens to the rest."""
-    (path / CHECKPOINT_MARKER).unlink(missing_ok=True)
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def prune(stage_dir: Path, policy: CheckpointRetention, protected: list[str], dry_run: bool = False) -> dict:
     found = scan(stage_dir) if stage_dir.is_dir() else []
     doomed = checkpoints_to_delete(found, policy, protected)
     if not dry_run:
         for checkpoint in doomed:
-            delete_checkpoint(Path(checkpoint.path))
+            delete_checkpoint(checkpoint.path)
     gone = {c.path for c in doomed}
     return {
         "stageDir": str(stage_dir),
