@@ -67,13 +67,13 @@ def test_failure_carries_message_and_reason(reporter):
 def test_a_failing_sink_is_logged_not_raised(caplog):
     class Broken:
         def write(self, text):
-            err = RuntimeError("boom")
+            err = RuntimeError("HTTP response headers: {'Authorization': 'Bearer s3cr3t'}")  # as ApiException's str
             err.status, err.reason = 403, "Forbidden"
             raise err
 
     rep = Reporter(Broken())
     assert rep.update(step=1, force=True) is False
-    assert "HTTP 403 Forbidden" in caplog.text
+    assert "HTTP 403 Forbidden" in caplog.text and "s3cr3t" not in caplog.text  # status and reason, never headers
 
 
 def test_file_sink_rewrites_atomically(tmp_path):
