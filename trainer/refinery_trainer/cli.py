@@ -128,6 +128,7 @@ def run_stage(run) -> int:
     """Run the stage; write result.json, the final progress record and the termination message."""
     from .context import StageContext
     from .errors import StageError, TerminatedError
+    from .report import short_error
 
     # Progress goes through the Reporter and the log; download/save/map bars would only flood pod logs.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -146,7 +147,9 @@ def run_stage(run) -> int:
     except StageError as exc:
         return _fail(ctx, exc.message, exc.reason, traceback=False)
     except Exception as exc:  # a bug: report it, then let the traceback reach the log
-        _fail(ctx, f"{type(exc).__name__}: {exc}", REASON_TRAINER_ERROR, traceback=True)
+        # The status and the termination message get a short, header-free description; the full
+        # traceback goes to the pod log only.
+        _fail(ctx, f"{type(exc).__name__}: {short_error(exc)}", REASON_TRAINER_ERROR, traceback=True)
         raise
     finally:
         if previous is not None:

@@ -131,7 +131,7 @@ class Reporter:
             self.sink.write(json.dumps(self.record.dump(), sort_keys=True))
         except Exception as exc:  # noqa: BLE001 - a report must never kill training
             # Only the type and text: an API exception's headers could carry tokens.
-            log.warning("progress report to %r failed: %s: %s", self.sink, type(exc).__name__, _short(exc))
+            log.warning("progress report to %r failed: %s: %s", self.sink, type(exc).__name__, short_error(exc))
             return False
         return True
 
@@ -143,7 +143,9 @@ class Reporter:
         self.record = ProgressRecord.model_validate(data)
 
 
-def _short(exc: Exception, limit: int = 300) -> str:
+def short_error(exc: Exception, limit: int = 300) -> str:
+    """An exception in a few words fit for logs, status and the termination message: HTTP errors
+    as status and reason only (their bodies and headers can carry tokens), other text cut short."""
     status = getattr(exc, "status", None)  # kubernetes.client.ApiException: report status + reason only
     if status is not None:
         return f"HTTP {status} {getattr(exc, 'reason', '')}".strip()
