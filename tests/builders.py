@@ -65,3 +65,11 @@ def chat_pipeline(name: str = "p") -> PipelineBuilder:
         .stage("reward", "reward", from_="sft")
         .stage("rlhf", "rlhf", from_="sft", reward_model="reward")
     )
+
+
+def catalog_expectation(path) -> tuple[str, str]:
+    """(field path, message text) a manifest of tests/manifests/invalid/ must be rejected with,
+    from its `# expect: <field> | <text>` header line."""
+    line = next(l for l in path.read_text().splitlines() if l.startswith("# expect:"))
+    field, _, text = line.removeprefix("# expect:").partition("|")
+    return field.strip(), text.strip()

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from refinery_operator.reconcile import reconcile
+from tests.builders import catalog_expectation
 
 CATALOG = sorted((Path(__file__).resolve().parents[1] / "manifests" / "invalid").glob("*.yaml"))
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -30,19 +31,13 @@ class RecordingCluster:
         raise AssertionError(f"the operator called Cluster.{name} for an invalid pipeline")
 
 
-def expectation(path: Path) -> tuple[str, str]:
-    line = next(l for l in path.read_text().splitlines() if l.startswith("# expect:"))
-    field, _, text = line.removeprefix("# expect:").partition("|")
-    return field.strip(), text.strip()
-
-
 @pytest.mark.parametrize("path", CATALOG, ids=lambda p: p.stem)
 async def test_invalid_spec_is_failed_with_the_field_named(path):
     body = yaml.safe_load(path.read_text())
     body["metadata"] = {**body["metadata"], "namespace": "default", "uid": "u1", "generation": 3}
     cluster = RecordingCluster()
     outcome = await reconcile(cluster, body, now=NOW)
-    field, text = expectation(path)
+    field, text = catalog_expectation(path)
     assert outcome.invalid and field in outcome.invalid and text in outcome.invalid, outcome.invalid
     (status,) = cluster.patches
     assert status["phase"] == "Failed"

@@ -11,6 +11,7 @@ import yaml
 
 from refinery_operator.api.admission import admission_problems
 from refinery_operator.cli import main
+from tests.builders import catalog_expectation
 
 CATALOG = sorted((Path(__file__).resolve().parents[1] / "manifests" / "invalid").glob("*.yaml"))
 
@@ -25,19 +26,13 @@ OPERATOR_ONLY = {
 }
 
 
-def expectation(path: Path) -> tuple[str, str]:
-    line = next(l for l in path.read_text().splitlines() if l.startswith("# expect:"))
-    field, _, text = line.removeprefix("# expect:").partition("|")
-    return field.strip(), text.strip()
-
-
 def test_the_catalog_is_large_enough():
     assert len(CATALOG) >= 30
 
 
 @pytest.mark.parametrize("path", CATALOG, ids=lambda p: p.stem)
 def test_validate_names_the_field(path, capsys):
-    field, text = expectation(path)
+    field, text = catalog_expectation(path)
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
     problems = [l.strip().removeprefix("- ") for l in err.splitlines() if l.strip().startswith("- ")]
@@ -51,5 +46,5 @@ def test_the_crd_refuses_it_at_admission(path):
     if path.stem in OPERATOR_ONLY:
         assert not problems, f"{path.stem} is now caught at admission: take it out of OPERATOR_ONLY"
     else:
-        field, _ = expectation(path)
+        field, _ = catalog_expectation(path)
         assert any(p.startswith(field.split("[")[0]) for p in problems), problems

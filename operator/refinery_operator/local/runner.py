@@ -73,11 +73,15 @@ class LocalPipeline:
             attempts.setdefault(name, []).extend(a.state() for a in started)
         return Observed(attempts=attempts, records=self.read_records(status))
 
+    def progress_file(self, stage: str, run: int) -> Path:
+        """Where a stage's processes report (the file the trainer's FileReporter rewrites)."""
+        return Path(stage_dir(str(self.root), stage, run)) / PROGRESS_FILE
+
     def read_records(self, status: PipelineStatus) -> dict[str, ProgressRecord]:
         records = {}
         for stage in self.pipeline.spec.stages:
             run = (status.stage(stage.name) or StageStatus(name=stage.name)).run
-            path = Path(stage_dir(str(self.root), stage.name, run)) / PROGRESS_FILE
+            path = self.progress_file(stage.name, run)
             try:
                 records[stage.name] = ProgressRecord.model_validate_json(path.read_text())
             except (FileNotFoundError, ValueError):
@@ -87,7 +91,7 @@ class LocalPipeline:
     def start(self, launch) -> None:
         run = build_stage_run(
             self.pipeline, launch, str(self.root), str(self.data_root),
-            FileReporter(path=str(Path(stage_dir(str(self.root), launch.stage, launch.run)) / PROGRESS_FILE)),
+            FileReporter(path=str(self.progress_file(launch.stage, launch.run))),
         )
         runs_dir = self.root / ".runs"
         runs_dir.mkdir(parents=True, exist_ok=True)
