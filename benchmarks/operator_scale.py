@@ -14,7 +14,8 @@ Measured:
   status written: each of the N pipelines needs its ServiceAccount, Role, RoleBinding, progress
   ConfigMaps, stage ConfigMap, Job and a status patch);
 - warm resync: the operator restarted over the same N pipelines -> every pipeline reconciled
-  again (observed as its Job list request reaching the emulator);
+  again (observed on the new process's /metrics: `refinery_pipelines` counts a pipeline once a
+  reconcile of it has finished; scraped every second, so the figure is good to ~1 s);
 - operator RSS after each resync, and its peak (VmHWM).
 Targets (issue 3): RSS <= 300 MB, resync <= 60 s. The last stdout line is one JSON object.
 """
@@ -24,6 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import socket
 import sys
 import tempfile
 import time
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,18 +64,36 @@ async def until(predicate, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
-def listed_pipelines(emulator, since: int) -> set[str]:
-    """Pipelines whose Jobs were listed (once per reconcile) in the requests after `since`."""
-    seen = set()
-    for request in list(emulator._requests)[since:]:
-        selector = request.params.get("labelSelector") or ""
-        if str(request.url.path).endswith("/jobs") and "refinery.dev/pipeline=" in selector:
-            seen.add(selector.split("refinery.dev/pipeline=")[1].split(",")[0])
-    return seen
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def pipelines_reconciled(session: aiohttp.ClientSession, metrics_url: str) -> int:
+    """Pipelines the operator process has reconciled since it started, from its own /metrics."""
+    try:
+        async with session.get(metrics_url) as r:
+            text = await r.text()
+    except aiohttp.ClientError:  # not serving yet
+        return 0
+    wanted = "\n".join(line for line in text.splitlines() if line.startswith("refinery_pipelines{"))
+    return int(sum(sample.value for family in text_string_to_metric_families(wanted) for sample in family.samples))
+
+
+async def until_async(predicate, timeout: float, what: str, every: float = 1.0) -> float:
+    started = time.monotonic()
+    while not await predicate():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not done after {timeout:.0f} s")
+        await asyncio.sleep(every)
+    return time.monotonic() - started
 
 
 async def run(pipelines: int, workdir: Path, timeout: float) -> dict:
-    IndexedEmulator.HISTORY = 100_000  # keep every request: warm resync is read from them
+    port = free_port()
+    os.environ["REFINERY_METRICS_PORT"] = str(port)  # the operator processes serve /metrics there
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
     async with serve_emulator(IndexedEmulator) as emulator, aiohttp.ClientSession() as session:
         kubeconfig = write_kubeconfig(workdir / "kubeconfig", server_url(emulator))
         url = f"{server_url(emulator)}/apis/refinery.dev/v1alpha1/namespaces/{NAMESPACE}/trainingpipelines"
@@ -91,9 +113,10 @@ async def run(pipelines: int, workdir: Path, timeout: float) -> dict:
             await asyncio.sleep(2)
             cold_rss = psutil.Process(operator.pid).memory_info().rss / 2**20
             cold_peak = peak_rss_mb(operator.pid)
-        since = len(emulator._requests)
         async with operator_in_process(kubeconfig, log) as operator:
-            warm = await until(lambda: len(listed_pipelines(emulator, since)) == pipelines, timeout, "warm resync")
+            async def all_reconciled() -> bool:
+                return await pipelines_reconciled(session, metrics_url) == pipelines
+            warm = await until_async(all_reconciled, timeout, "warm resync")
             await asyncio.sleep(2)
             warm_rss = psutil.Process(operator.pid).memory_info().rss / 2**20
             warm_peak = peak_rss_mb(operator.pid)

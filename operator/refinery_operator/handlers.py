@@ -5,9 +5,10 @@ Run it with `refinery operator` (which calls `run_operator`) or `kopf run -m ref
 How a pipeline is driven:
 - A daemon per pipeline runs `reconcile` whenever it is woken, and at least every RESYNC_S
   seconds as a backstop (level-based: every pass recomputes everything from observation).
-- Jobs and progress ConfigMaps are watched; any event on one that carries our labels wakes
-  its pipeline's daemon. A checkpoint a pod reports therefore reaches `.status` after one
-  watch event plus one reconcile (two list calls and a status patch): well under a second.
+- Jobs and progress ConfigMaps are listed once at start-up and then watched, into a cache of
+  slim copies by pipeline (children.py); any event on one that carries our labels also wakes its
+  pipeline's daemon. A reconcile reads its children from that cache, so a checkpoint a pod
+  reports reaches `.status` after one watch event plus one status patch.
 - A retry back-off or a start deadline shortens that sleep (`Outcome.requeue_after`); a new
   `refinery.dev/rerun-from` annotation wakes the daemon too.
 - After each reconcile the pipeline's metrics are recorded; they are forgotten when its daemon
@@ -35,8 +36,9 @@ from kubernetes.client.exceptions import ApiException
 
 from . import builders, metrics
 from .api.v1alpha1 import GROUP, PLURAL, VERSION
+from .children import ChildCache
 from .core.reruns import RERUN_ANNOTATION
-from .k8s import Cluster
+from .k8s import CONFIGMAPS, JOBS, Cluster
 from .reconcile import Outcome, reconcile
 
 RESYNC_S = 30.0  # backstop: a pipeline is reconciled at least this often
@@ -44,6 +46,7 @@ RETRY_S = 2.0  # after an API error
 ANNOTATION_PREFIX = "refinery.dev"
 API_ERRORS = (ApiException, urllib3.exceptions.HTTPError)
 OWNED = {builders.LABEL_PIPELINE: kopf.PRESENT}
+PROGRESS_MAPS = {**OWNED, builders.LABEL_COMPONENT: builders.COMPONENT_PROGRESS}
 METRICS_PORT = 8000  # the chart's Service and ServiceMonitor scrape this port
 log = logging.getLogger(__name__)
 _metrics_served: list[int] = []  # once per process: an operator restarted in-process keeps the server
@@ -60,6 +63,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.locks = collections.defaultdict(asyncio.Lock)
     memo.statuses = {}  # (namespace, name, uid) -> the status this operator last wrote
     memo.ensured = {}  # uid -> generation whose shared objects exist (see reconcile)
+    memo.children = ChildCache()  # filled by fill_child_cache, then by the watches (job_changed, progress_changed)
     serve_metrics()
 
 
@@ -107,6 +111,7 @@ async def keep_reconciling(body: kopf.Body, memo: kopf.Memo, namespace: str, nam
         memo.statuses.pop((namespace, name, body.metadata.uid), None)
         memo.locks.pop((namespace, name, body.metadata.uid), None)
         memo.ensured.pop(body.metadata.uid, None)
+        memo.children.forget(namespace, name)
 
 
 def rerun_requested(body: kopf.Body, **_: Any) -> bool:
@@ -121,9 +126,33 @@ def rerun_annotated(memo: kopf.Memo, namespace: str, name: str, **_: Any) -> Non
         wakeup.set()
 
 
+@kopf.on.startup(backoff=RETRY_S)
+async def fill_child_cache(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """List every stage Job and progress ConfigMap once, before kopf starts watching (children.py).
+    An API error fails the start-up handler, which kopf retries."""
+    for namespace in memo.get("namespaces") or [None]:  # None: all namespaces
+        # By component only (`kopf.PRESENT` is no label value); the cache keeps those with a pipeline label.
+        jobs = memo.children.seed("jobs", await memo.cluster.list_labelled(
+            JOBS, namespace, {builders.LABEL_COMPONENT: builders.COMPONENT_STAGE}))
+        maps = memo.children.seed("progress", await memo.cluster.list_labelled(
+            CONFIGMAPS, namespace, {builders.LABEL_COMPONENT: builders.COMPONENT_PROGRESS}))
+        logger.info("cached %d stage Jobs and %d progress ConfigMaps in %s", jobs, maps, namespace or "all namespaces")
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
-@kopf.on.event("", "v1", "configmaps", labels={**OWNED, builders.LABEL_COMPONENT: builders.COMPONENT_PROGRESS})
-def child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def job_changed(type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.children.seen("jobs", type, body)
+    wake(memo, namespace, labels)  # a prune Job too: the pipeline may be waiting on it
+
+
+@kopf.on.event("", "v1", "configmaps", labels=PROGRESS_MAPS)
+def progress_changed(type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo,
+                     **_: Any) -> None:
+    memo.children.seen("progress", type, body)
+    wake(memo, namespace, labels)
+
+
+def wake(memo: kopf.Memo, namespace: str, labels: kopf.Labels) -> None:
     wakeup = memo.wakeups.get((namespace, labels[builders.LABEL_PIPELINE]))
     if wakeup is not None:  # no daemon: the pipeline is gone or not yet seen
         wakeup.set()
@@ -132,7 +161,7 @@ def child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any
 async def locked_reconcile(memo: kopf.Memo, body: kopf.Body, logger: logging.Logger | None = None) -> Outcome:
     key = (body.metadata.namespace, body.metadata.name, body.metadata.uid)
     async with memo.locks[key]:
-        outcome = await reconcile(memo.cluster, body, last_status=memo.statuses.get(key), ensured=memo.ensured)
+        outcome = await reconcile(memo.cluster, body, memo.children, last_status=memo.statuses.get(key), ensured=memo.ensured)
         memo.statuses[key] = outcome.status
     if outcome.pipeline is not None:
         metrics.record_pipeline(key[0], key[1], outcome.typed_status, outcome.pipeline.spec)
@@ -154,9 +183,11 @@ def run_operator(namespace: str | None = None, *, liveness_endpoint: str | None 
     two from overlapping during a rollout.
     """
     kopf.configure(verbose=verbose)
+    namespaces = [namespace] if namespace else []
     kopf.run(
         clusterwide=namespace is None,
-        namespaces=[namespace] if namespace else (),
+        namespaces=namespaces,
+        memo=kopf.Memo(namespaces=namespaces),  # what fill_child_cache lists (empty: all namespaces)
         standalone=True,
         liveness_endpoint=liveness_endpoint,
     )

@@ -49,8 +49,11 @@ class Resource:
     version: str
     plural: str
 
-    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+        """The object's path; with `namespace` None, the kind's cluster-wide collection."""
         base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if namespace is None:
+            return f"{base}/{self.plural}"
         path = f"{base}/namespaces/{quote(namespace, safe='')}/{self.plural}"
         if name is not None:
             path += f"/{quote(name, safe='')}"
@@ -88,15 +91,6 @@ def load_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClien
             pass
     kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     return kubernetes.client.ApiClient(configuration)
-
-
-def selector(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
-def has_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    have = (obj.get("metadata") or {}).get("labels") or {}
-    return all(have.get(k) == v for k, v in labels.items())
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,14 +166,16 @@ class Cluster:
             raise ApiException(status=409, reason=f"{obj['kind']} {namespace}/{name} is being deleted")
         return existing, False
 
-    async def list_labelled(self, resource: Resource, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        """Objects of a namespace carrying all these labels.
+    async def list_labelled(self, resource: Resource, namespace: str | None, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Objects carrying all these labels, in one namespace or (None) in all.
 
         The selector is also applied locally: free on a real API server (it already filtered),
         and it keeps the answer right where a server ignores `labelSelector` (kmock does).
         """
-        answer = await self.request("GET", resource.path(namespace), query=[("labelSelector", selector(labels))])
-        return [item for item in answer.get("items") or [] if has_labels(item, labels)]
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        answer = await self.request("GET", resource.path(namespace), query=[("labelSelector", selector)])
+        return [item for item in answer.get("items") or []
+                if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
 
     async def patch(self, resource: Resource, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
         """JSON merge patch of one object; None when it is gone."""

@@ -1,6 +1,7 @@
 """The operator's one use-case: reconcile a pipeline with what runs in the cluster.
 
-    observe (Jobs -> AttemptState, progress ConfigMaps -> ProgressRecord)
+    observe (Jobs -> AttemptState, progress ConfigMaps -> ProgressRecord; read from the watch
+             cache in children.py, not from the API)
       -> core.plan (the same decisions as local mode)
       -> create the planned attempts' ConfigMap + Job (create-if-absent: names are deterministic)
       -> patch .status only when it changed
@@ -26,6 +27,7 @@ from . import builders, metrics
 from .api.load import explain
 from .api.run import PROGRESS_FILE, ProgressRecord
 from .api.v1alpha1 import PipelineStatus, TrainingPipeline
+from .children import Children
 from .cleanup import launch_cleanup_jobs
 from .core import naming
 from .core.accounting import parse_time
@@ -33,7 +35,7 @@ from .core.events import pipeline_events
 from .core.plan import AttemptState, Launch, Observed, Stop, plan
 from .core.summary import invalid_spec_status
 from .core.reruns import RERUN_ANNOTATION
-from .k8s import CONFIGMAPS, JOBS, Cluster
+from .k8s import JOBS, Cluster
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +177,7 @@ def observe(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, Any]], confi
 # the use-case
 
 
-async def reconcile(cluster: Cluster, body: Mapping[str, Any], now: datetime | None = None,
+async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Children, now: datetime | None = None,
                     last_status: Mapping[str, Any] | None = None,
                     ensured: dict[str, int] | None = None) -> Outcome:
     """Bring the cluster one step closer to the pipeline's spec; idempotent and level-based.
@@ -183,6 +185,10 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], now: datetime | N
     `last_status` is the status this operator wrote last, when it has one: the status belongs to
     the operator alone, so that is the freshest version, while `body` (from a watch) may not yet
     show our last patch — and what plan() recorded at launch (the resolved inputs) would be lost.
+
+    `children` are the pipeline's stage Jobs and progress ConfigMaps as the watches last showed
+    them (children.py says why deciding from that cache is safe); a Job created here is handed
+    back to it, so the next pass sees it before its watch event arrives.
 
     `ensured` maps the uid of each pipeline whose shared objects (ServiceAccount, Role,
     RoleBinding, progress ConfigMaps, claim) this operator process already created to the
@@ -200,9 +206,7 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], now: datetime | N
     except ValidationError as e:
         return await report_invalid(cluster, body, describe_validation_error(e), now)
 
-    owned = {builders.LABEL_PIPELINE: name}
-    jobs = await cluster.list_labelled(JOBS, namespace, {**owned, builders.LABEL_COMPONENT: builders.COMPONENT_STAGE})
-    configmaps = await cluster.list_labelled(CONFIGMAPS, namespace, {**owned, builders.LABEL_COMPONENT: builders.COMPONENT_PROGRESS})
+    jobs, configmaps = children.jobs(namespace, name), children.progress(namespace, name)
     root = naming.pipeline_root(naming.VOLUME_ROOT, namespace, name)
     rerun = ((meta.get("annotations") or {}).get(RERUN_ANNOTATION) or "").strip() or None
     observed = observe(pipeline, jobs, configmaps, rerun)
@@ -223,6 +227,7 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], now: datetime | N
             if (service := builders.build_stage_service(pipeline, launch)) is not None:  # multi-node: pod DNS names
                 await cluster.create_if_absent(service)
             job, created = await cluster.create_if_absent(builders.build_stage_job(pipeline, launch))
+            children.expect(job)
             if created:
                 launched.append(job["metadata"]["name"])
                 observe_next_job_latency(pipeline, launch, result.status, observed)

@@ -3,8 +3,8 @@
 The calls are read from the code itself (AST): every `cluster.<method>(RESOURCE, ...)` outside
 k8s.py gives a verb on a resource (`list_labelled` -> list, `patch` -> patch, `delete` -> delete,
 `create_if_absent` -> create + get for every kind it is given, `patch_status` -> patch on
-trainingpipelines/status, `post_event` -> create events), and every kopf handler decorator gives
-list + watch on its resource (plus patch on the pipeline resource, where kopf keeps its
+trainingpipelines/status, `post_event` -> create events), and every kopf handler or index decorator
+gives list + watch on its resource (plus patch on the pipeline resource, where kopf keeps its
 annotations and finalizer, and create on events, which kopf posts). The kinds `create_if_absent`
 receives are those the builders produce for a pipeline using every feature; they must be exactly
 `k8s.BY_KIND` (less the pipeline). The verbs of the stage pods' Role are added (RBAC lets
@@ -77,8 +77,8 @@ def calls_in_code() -> dict[tuple[str, str], set[str]]:
                     grant((k8s.PIPELINES.group, f"{k8s.PIPELINES.plural}/status"), "patch")
                 elif method == "post_event":
                     grant(EVENTS, "create")
-            # kopf handlers: @kopf.on.event(GROUP, VERSION, PLURAL) / ("batch", "v1", "jobs") ...
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and ast.unparse(node.func).startswith(("kopf.on.", "kopf.daemon")) \
+            # kopf handlers and indexes: @kopf.on.event(GROUP, VERSION, PLURAL) / @kopf.index("batch", "v1", "jobs") ...
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and ast.unparse(node.func).startswith(("kopf.on.", "kopf.daemon", "kopf.index")) \
                     and len(node.args) >= 3:
                 group, _, plural = (ast.literal_eval(a) if isinstance(a, ast.Constant) else getattr(v1alpha1, a.id)
                                     for a in node.args[:3])

@@ -9,8 +9,8 @@
 
 `IndexedEmulator` is kmock's emulator with two things a real API server does and kmock 0.8 does
 not (used by the benchmarks, not by the tests): label selectors filter lists (kmock returns every
-object of the kind), and fetch/create/list find objects through an index instead of scanning
-every stored object (kmock scans them all on each request, which makes 1,000 pipelines a
+object of the kind), and fetch/create/list/patch/delete find objects through an index instead
+of scanning every stored object (kmock scans them all on each request, which makes 1,000 pipelines a
 benchmark of the emulator). It also routes requests without walking the request history
 (`route_without_history`) and keeps only the last `HISTORY` requests.
 """
@@ -130,6 +130,16 @@ class IndexedEmulator(kmock.KubernetesEmulator):
             self._names(key[0], key[1]).add(key[2])
             return self._objects[key].raw
 
+    async def _serve_update(self, request):  # noqa: ANN001 - applied in kmock's _handle; only the answer here
+        return await self._last_of(request)
+
+    async def _serve_delete(self, request):  # noqa: ANN001 - as kmock: the last state, even if just removed
+        return await self._last_of(request)
+
+    async def _last_of(self, request):  # noqa: ANN001
+        async with self._lock:
+            return self._objects[request.resource, request.namespace, request.name].last.raw
+
     def _names(self, resource, namespace) -> set[str]:  # noqa: ANN001
         index = self.__dict__.setdefault("_refinery_index", collections.defaultdict(set))
         return index[resource, namespace]
@@ -167,7 +177,7 @@ def run_operator(kubeconfig: Path, stop: threading.Event | None = None, ready: t
     from refinery_operator.k8s import Cluster
 
     kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)  # kopf's login reads it
-    memo = kopf.Memo(cluster=Cluster.from_environment(str(kubeconfig)))
+    memo = kopf.Memo(cluster=Cluster.from_environment(str(kubeconfig)), namespaces=[NAMESPACE])
     asyncio.run(kopf.operator(namespaces=[NAMESPACE], standalone=True, stop_flag=stop, ready_flag=ready,
                               memo=memo, settings=operator_settings()))
 

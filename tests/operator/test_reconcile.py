@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from refinery_operator.k8s import has_labels, merge_patch
+from refinery_operator.k8s import merge_patch
 from refinery_operator.reconcile import attempt_state, describe_validation_error, parse_pipeline, progress_record
 from tests.builders import chat_pipeline
 
@@ -127,9 +127,6 @@ class InMemoryCluster:
         self.objects.setdefault(key, dict(obj))
         return self.objects[key], created
 
-    async def list_labelled(self, resource, namespace, labels):
-        return [o for o in self.objects.values() if has_labels(o, labels)]
-
     async def patch_status(self, namespace, name, old, new):
         return old != new
 
@@ -146,13 +143,35 @@ class InMemoryCluster:
         return None
 
 
+class ClusterChildren:
+    """`children.Children` read straight from the InMemoryCluster (no watch lag)."""
+
+    def __init__(self, cluster: InMemoryCluster) -> None:
+        self.cluster = cluster
+
+    def _of(self, pipeline, component):
+        return [o for o in self.cluster.objects.values()
+                if (o["metadata"].get("labels") or {}).get("refinery.dev/pipeline") == pipeline
+                and o["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+
+    def jobs(self, namespace, pipeline):
+        return [o for o in self._of(pipeline, "stage") if o["kind"] == "Job"]
+
+    def progress(self, namespace, pipeline):
+        return self._of(pipeline, "progress")
+
+    def expect(self, job):
+        pass
+
+
 async def test_shared_objects_are_created_once_per_generation():
     from refinery_operator.reconcile import reconcile
 
     body = chat_pipeline("p").manifest()
     body["metadata"].update(uid="u1", generation=1)
     cluster, ensured = InMemoryCluster(), {}
-    first = await reconcile(cluster, body, ensured=ensured)
+    children = ClusterChildren(cluster)
+    first = await reconcile(cluster, body, children, ensured=ensured)
     assert first.launched == ["p-pretrain-1"]
     shared = {k for k in cluster.creates if k[0] in ("ServiceAccount", "Role", "RoleBinding")}
     assert len(shared) == 3
@@ -160,6 +179,6 @@ async def test_shared_objects_are_created_once_per_generation():
     job = cluster.objects[("Job", "p-pretrain-1")]
     job["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
     cluster.creates.clear()
-    second = await reconcile(cluster, body, last_status=first.status, ensured=ensured)
+    second = await reconcile(cluster, body, children, last_status=first.status, ensured=ensured)
     assert second.launched == ["p-sft-1"]
     assert {k[0] for k in cluster.creates} == {"ConfigMap", "Job"}  # only the attempt's own objects

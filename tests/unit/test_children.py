@@ -1,0 +1,96 @@
+"""The operator's cache of stage Jobs and progress ConfigMaps (refinery_operator/children.py)."""
+
+from __future__ import annotations
+
+from refinery_operator.children import UNCONFIRMED_S, ChildCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def job(name: str, pipeline: str = "p", component: str = "stage", **status) -> dict:
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": "ns", "labels": {
+            "refinery.dev/pipeline": pipeline, "app.kubernetes.io/component": component,
+            "refinery.dev/stage": "sft", "refinery.dev/attempt": name[-1]}},
+        "spec": {"suspend": False, "template": {"spec": {"containers": [{"name": "trainer", "image": "x"}]}}},
+        "status": status,
+    }
+
+
+def progress(pipeline: str, text: str) -> dict:
+    return {"metadata": {"name": f"{pipeline}-sft-progress", "namespace": "ns", "labels": {
+        "refinery.dev/pipeline": pipeline, "app.kubernetes.io/component": "progress", "refinery.dev/stage": "sft"}},
+        "data": {"progress.json": text}}
+
+
+def names(views) -> list[str]:
+    return sorted(v["metadata"]["name"] for v in views)
+
+
+def test_children_are_kept_by_pipeline_and_slimmed():
+    cache = ChildCache()
+    assert cache.seen("jobs", "ADDED", job("p-sft-1", active=1))
+    assert cache.seen("jobs", None, job("q-sft-1", pipeline="q"))  # kopf's initial listing: no type
+    assert cache.seen("progress", "MODIFIED", progress("p", '{"step": 3}'))
+    assert names(cache.jobs("ns", "p")) == ["p-sft-1"]
+    assert names(cache.jobs("ns", "q")) == ["q-sft-1"]
+    assert cache.jobs("other", "p") == []
+    (view,) = cache.jobs("ns", "p")
+    assert view["status"] == {"active": 1} and view["spec"] == {"suspend": False}  # no pod template
+    assert cache.progress("ns", "p")[0]["data"] == {"progress.json": '{"step": 3}'}
+
+
+def test_objects_that_are_not_a_pipelines_children_are_ignored():
+    cache = ChildCache()
+    assert not cache.seen("jobs", "ADDED", job("p-sft-prune", component="cleanup"))
+    unlabelled = job("x-1")
+    del unlabelled["metadata"]["labels"]["refinery.dev/pipeline"]
+    assert not cache.seen("jobs", "ADDED", unlabelled)
+    assert cache.jobs("ns", "p") == []
+
+
+def test_a_watch_event_replaces_the_entry_and_a_deletion_removes_it():
+    cache = ChildCache()
+    cache.seen("jobs", "ADDED", job("p-sft-1"))
+    cache.seen("jobs", "MODIFIED", job("p-sft-1", failed=1))
+    assert cache.jobs("ns", "p")[0]["status"] == {"failed": 1}
+    cache.seen("jobs", "DELETED", job("p-sft-1", failed=1))
+    assert cache.jobs("ns", "p") == []
+
+
+def test_a_created_job_is_seen_before_its_watch_event_but_never_over_it():
+    cache = ChildCache()
+    cache.expect(job("p-sft-2"))
+    assert names(cache.jobs("ns", "p")) == ["p-sft-2"]
+    cache.seen("jobs", "MODIFIED", job("p-sft-2", active=1))
+    cache.expect(job("p-sft-2"))  # the create's (older) answer, handled after the watch event
+    assert cache.jobs("ns", "p")[0]["status"] == {"active": 1}
+
+
+def test_an_entry_no_watch_confirms_is_dropped_but_a_confirmed_one_stays():
+    clock = Clock()
+    cache = ChildCache(clock=clock)
+    assert cache.seed("jobs", [job("p-sft-1"), job("p-sft-prune", component="cleanup")]) == 1
+    cache.expect(job("p-sft-2"))
+    cache.seen("jobs", None, job("p-sft-3"))
+    clock.now += UNCONFIRMED_S - 1
+    assert names(cache.jobs("ns", "p")) == ["p-sft-1", "p-sft-2", "p-sft-3"]
+    cache.seen("jobs", None, job("p-sft-1"))  # the watch's own listing confirms the start-up list
+    clock.now += 2
+    # p-sft-2 was never shown by a watch (deleted before its event): a phantom would hold the stage.
+    assert names(cache.jobs("ns", "p")) == ["p-sft-1", "p-sft-3"]
+
+
+def test_a_gone_pipeline_is_forgotten():
+    cache = ChildCache()
+    cache.seen("jobs", "ADDED", job("p-sft-1"))
+    cache.seen("progress", "ADDED", progress("p", "{}"))
+    cache.forget("ns", "p")
+    assert cache.jobs("ns", "p") == [] and cache.progress("ns", "p") == []
