@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
-from .v1alpha1 import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, PipelineSpec, PipelineStatus
+from .v1alpha1 import (
+    GROUP, KIND, PLURAL, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR, VERSION, PipelineSpec, PipelineStatus,
+)
 
 # Keywords that have no meaning (or are not allowed) in a CRD schema.
 DROPPED = {"title", "$defs", "examples"}
@@ -38,6 +40,12 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "self.stages.all(s, !has(s.rewardModel) || self.stages.exists(t, t.name == s.rewardModel && t.type == 'reward'))",
             "message": "`rewardModel` must name a reward stage of this pipeline",
             "fieldPath": ".stages",
+        },
+        {
+            "rule": "!has(self.storage.claim) || self.stages.all(s, !has(s.resources) || !has(s.resources.nodes) "
+                    "|| s.resources.nodes <= 1) || (has(self.storage.claim.accessModes) "
+                    "&& self.storage.claim.accessModes.exists(m, m == 'ReadWriteMany'))",
+            "message": SHARED_VOLUME_MESSAGE,  # no fieldPath: the same line as the operator's own check
         },
     ],
     "Stage": [

@@ -113,6 +113,8 @@ class Toleration(ApiModel):
 # Pods of a multi-node stage. Their hostnames are `<job>-<index>`: naming.job_name leaves room for
 # the index (two digits) within the 63 characters of a DNS label.
 MAX_NODES = 64
+SHARED_VOLUME_MESSAGE = ("stages on several nodes (resources.nodes > 1) need storage.claim.accessModes to include "
+                         "ReadWriteMany: every node mounts the volume")
 
 
 class Resources(ApiModel):
@@ -324,6 +326,17 @@ class PipelineSpec(ApiModel):
         if problems:
             raise ValueError("; ".join(problems))
         return stages
+
+    @model_validator(mode="after")
+    def _shared_volume_for_multi_node(self) -> PipelineSpec:
+        # Each pod of a multi-node stage mounts the volume from its own node: a ReadWriteOnce claim
+        # the operator creates would leave every pod but the first stuck on "Multi-Attach error".
+        # An existing `claimName` cannot be checked here (its access modes are the cluster's).
+        claim = self.storage.claim
+        wide = any(s.resources.nodes > 1 for s in self.stages)
+        if claim is not None and wide and "ReadWriteMany" not in claim.access_modes:
+            raise ValueError(SHARED_VOLUME_MESSAGE)
+        return self
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
