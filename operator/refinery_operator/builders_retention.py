@@ -6,6 +6,8 @@ never mounts the volume and never deletes files. The pod needs no API access: no
 mounted. It runs non-root like the stage pods, with small fixed requests; deletion is idempotent,
 so the Job may retry (`backoffLimit`) and an operator that creates it twice (same name) is harmless.
 Finished Jobs are removed after `TTL_S`; they are never re-created (core/retention.py: edge-triggered).
+A re-run (`status.stages[].run` > 0) trains in `<stage>/reruns/<run>/`: its prune Job applies the
+policy there, to the run that just succeeded; each earlier run's folder was pruned when it succeeded.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ def build_cleanup_job(pipeline: TrainingPipeline, status: PipelineStatus, stage:
     assert pipeline.spec.checkpoints is not None, "no retention policy"
     stage_status = status.stage(stage)
     attempt = stage_status.attempt if stage_status else 1
+    run = stage_status.run if stage_status else 0  # a re-run's checkpoints are in its own folder
     name, namespace = pipeline.metadata.name, pipeline.metadata.namespace
     root = naming.pipeline_root(naming.VOLUME_ROOT, namespace, name)
     protected = retention.protected_paths(pipeline, status, stage, root, naming.VOLUME_ROOT)
-    args = retention.prune_arguments(pipeline.spec.checkpoints, naming.stage_dir(root, stage), protected)
+    args = retention.prune_arguments(pipeline.spec.checkpoints, naming.stage_dir(root, stage, run), protected)
     job_labels = builders.labels(pipeline, COMPONENT_CLEANUP, stage, attempt)
     pod = {
         "restartPolicy": "Never",

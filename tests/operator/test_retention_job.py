@@ -54,6 +54,20 @@ def test_cleanup_job_fields():
     assert "nodeSelector" not in pod and "tolerations" not in pod
 
 
+def test_a_rerun_is_pruned_in_its_own_folder():
+    p = pipeline({"keepLast": 1})
+    rerun_ckpt = "/workspace/default/chat/sft/reruns/2/attempt-5/checkpoints/checkpoint-30"
+    status = PipelineStatus(stages=[
+        StageStatus(name="sft", phase=Phase.succeeded, attempt=5, run=2, first_attempt=5),
+        StageStatus(name="reward", inputs=StageInputs(model=rerun_ckpt)),
+    ])
+    job = build_cleanup_job(p, status, "sft")
+    assert job["metadata"]["name"] == "chat-sft-5-prune"
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "refinery-train", "prune", "--stage-dir", "/workspace/default/chat/sft/reruns/2", "--keep-last", "1",
+        "--protect", rerun_ckpt]
+
+
 def test_cleanup_job_runs_where_its_stage_ran():
     placement = {"nodeSelector": {"pool": "a100"}, "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]}
     manifest = make_pipeline("p").stage("pt", "pretrain", resources=placement).manifest()

@@ -53,6 +53,21 @@ def test_prune_protects_paths_and_dry_run_deletes_nothing(tmp_path, capsys):
     assert all(p.exists() for p in old)
 
 
+def test_runs_of_a_stage_are_pruned_apart(tmp_path, capsys):
+    from refinery_operator.core.naming import stage_dir
+
+    base = tmp_path / "sft"
+    first = [make_checkpoint(base, 1, s) for s in (10, 20)]
+    rerun_dir = tmp_path / stage_dir("", "sft", 1).lstrip("/")  # <stage>/reruns/1
+    rerun = [make_checkpoint(rerun_dir, 3, s) for s in (5, 15)]
+    # the first run's prune never reaches into a re-run's folder (its newest may be at a lower step)
+    assert prune(capsys, "--stage-dir", str(base), "--keep-last", "1")["deleted"] == [str(first[0])]
+    assert all(p.exists() for p in rerun)
+    # the re-run's prune Job (builders_retention: --stage-dir <stage>/reruns/<run>) keeps its own newest
+    assert prune(capsys, "--stage-dir", str(rerun_dir), "--keep-last", "1")["deleted"] == [str(rerun[0])]
+    assert first[1].exists() and rerun[1].exists()
+
+
 def test_prune_of_a_missing_folder_is_a_no_op(tmp_path, capsys):
     assert prune(capsys, "--stage-dir", str(tmp_path / "nothing"), "--keep-last", "1")["deleted"] == []
 
