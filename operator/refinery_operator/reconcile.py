@@ -45,6 +45,8 @@ _RULE_INDEX = re.compile(r"rule at index (\d+)")
 # Set on a Job the operator ended (plan's Stop "fail"): why, in the words lastFailure shows.
 ANNOTATION_STOP_REASON = "refinery.dev/stop-reason"
 ANNOTATION_STOP_MESSAGE = "refinery.dev/stop-message"
+# Set on a Job the operator suspends: seconds its pods ran before (core/accounting.py).
+ANNOTATION_HELD_SECONDS = "refinery.dev/held-seconds"
 REASON_SUPERSEDED = "Superseded"  # a re-run replaced the attempt: not a failure
 
 
@@ -99,8 +101,11 @@ def attempt_state(job: Mapping[str, Any]) -> AttemptState:
         start_time=start,
         pods_gone=not status.get("active") and not status.get("terminating"),
         ready=bool(status.get("ready")),
-        suspended=bool((job.get("spec") or {}).get("suspend")),
+        # Suspended until the Job controller says it resumed: right after `spec.suspend: false` the
+        # Job still shows the old segment's startTime, reset only with the JobResumed condition.
+        suspended=bool((job.get("spec") or {}).get("suspend")) or "Suspended" in conditions,
         deleting=bool(meta.get("deletionTimestamp")),
+        held_seconds=held_seconds(annotations.get(ANNOTATION_HELD_SECONDS)),
     )
     if "Complete" in conditions:
         return AttemptState(attempt, "Succeeded", completion_time=status.get("completionTime")
@@ -119,6 +124,13 @@ def attempt_state(job: Mapping[str, Any]) -> AttemptState:
     if status.get("active") or status.get("ready"):
         return AttemptState(attempt, "Running", **common)
     return AttemptState(attempt, "Pending", **common)
+
+
+def held_seconds(text: str | None) -> float:
+    try:
+        return max(0.0, float(text or 0))
+    except ValueError:  # edited by hand into something else: count nothing rather than fail
+        return 0.0
 
 
 def failure_class(reason: str | None, message: str) -> tuple[bool, str]:
@@ -249,7 +261,8 @@ async def stop_attempt(cluster: Cluster, pipeline: TrainingPipeline, stop: Stop)
     """Suspend, resume or end one attempt's Job, as plan() decided.
 
     - suspend: `Job.spec.suspend` — the Job controller deletes the pods with their grace period,
-      the trainer saves a checkpoint on SIGTERM, and the same Job resumes later. With Kueue
+      the trainer saves a checkpoint on SIGTERM, and the same Job resumes later. The pod time so
+      far goes onto the Job too (`refinery.dev/held-seconds`): resuming restarts its startTime. With Kueue
       (`queueName`), Kueue owns `spec.suspend` (it would unsuspend an admitted Job), so the Job is
       deleted instead (foreground: it stays until its pods are gone) and re-created, same name and
       attempt, on resume — suspended again until Kueue admits it.
@@ -261,8 +274,13 @@ async def stop_attempt(cluster: Cluster, pipeline: TrainingPipeline, stop: Stop)
     job = naming.job_name(pipeline.metadata.name, stop.stage, stop.attempt)
     if stop.action == "suspend" and pipeline.spec.queue_name:
         await cluster.delete(JOBS, namespace, job)
-    elif stop.action in ("suspend", "resume"):
-        await cluster.patch(JOBS, namespace, job, {"spec": {"suspend": stop.action == "suspend"}})
+    elif stop.action == "suspend":
+        await cluster.patch(JOBS, namespace, job, {
+            "metadata": {"annotations": {ANNOTATION_HELD_SECONDS: f"{stop.held_seconds or 0:.3f}"}},
+            "spec": {"suspend": True},
+        })
+    elif stop.action == "resume":
+        await cluster.patch(JOBS, namespace, job, {"spec": {"suspend": False}})
     else:
         await cluster.patch(JOBS, namespace, job, {
             "metadata": {"annotations": {ANNOTATION_STOP_REASON: stop.reason, ANNOTATION_STOP_MESSAGE: stop.message}},

@@ -86,6 +86,12 @@ def test_merge_patch(old, new, patch):
     (job(active=1, ready=1, startTime="t"), dict(ready=True, pods_gone=False)),
     (job(active=1, startTime="t"), dict(ready=False)),  # pulling its image, or unschedulable
     ({**job(), "spec": {"suspend": True}}, dict(suspended=True, phase="Pending")),
+    # resumed by us, not yet by the Job controller (it resets startTime with JobResumed): still suspended
+    ({**job(startTime="t", conditions=[cond("Suspended", "JobSuspended")]), "spec": {"suspend": False}},
+     dict(suspended=True)),
+    ({"metadata": {"labels": {"refinery.dev/attempt": "1"}, "annotations": {"refinery.dev/held-seconds": "120.5"}},
+      "status": {"active": 1}}, dict(held_seconds=120.5, suspended=False)),
+    ({"metadata": {"annotations": {"refinery.dev/held-seconds": "soon"}}, "status": {}}, dict(held_seconds=0.0)),
     ({"metadata": {"labels": {"refinery.dev/attempt": "1"}, "deletionTimestamp": "t"}, "status": {"active": 1}},
      dict(deleting=True, pods_gone=False)),
 ])

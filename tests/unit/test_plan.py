@@ -249,6 +249,30 @@ def test_gpu_seconds_and_lost_gpu_seconds():
     assert stage.lost_gpu_seconds == 4 * 40  # from the checkpoint at -40 to the failure at 0
 
 
+def test_gpu_seconds_keep_the_time_before_a_suspension():
+    """Resuming a Job restarts its startTime: the time before is kept on the Job (held_seconds)."""
+    pipeline = single(resources={"gpus": 2})
+    running = AttemptState(1, "Running", start_time=stamp(-300), ready=True, pods_gone=False)
+    stop = run(suspended_pipeline_of(pipeline), {"pretrain": [running]}).stops[0]
+    assert (stop.action, stop.held_seconds) == ("suspend", 300.0)  # from the Job's start to now
+
+    record = ProgressRecord(attempt=1, step=30, update_time=stamp(-5))  # the last report, before SIGTERM
+    # While suspended (and while the Job still shows the old segment's startTime) only the held time counts.
+    paused = AttemptState(1, "Running", start_time=stamp(-400), suspended=True, pods_gone=False, held_seconds=300.0)
+    assert run(pipeline, {"pretrain": [paused]}, {"pretrain": record}).status.stage("pretrain").gpu_seconds == 2 * 300
+    # Resumed: a new startTime, and the held time on top of the new segment.
+    record = ProgressRecord(attempt=1, step=40, update_time=stamp(0))
+    resumed = AttemptState(1, "Running", start_time=stamp(-60), ready=True, pods_gone=False, held_seconds=300.0)
+    assert run(pipeline, {"pretrain": [resumed]}, {"pretrain": record}).status.stage("pretrain").gpu_seconds == 2 * (300 + 60)
+    # A second suspension adds to what the Job already held.
+    again = run(suspended_pipeline_of(pipeline), {"pretrain": [resumed]}).stops[0]
+    assert again.held_seconds == 300.0 + 60.0
+
+
+def suspended_pipeline_of(pipeline):
+    return pipeline.model_copy(update={"spec": pipeline.spec.model_copy(update={"suspend": True})})
+
+
 def test_lost_gpu_seconds_are_counted_once_per_failure():
     pipeline = single(resources={"gpus": 2}, retries={"backoffSeconds": 0})
     attempts = {"pretrain": [failed(1, infrastructure=True)]}

@@ -3,9 +3,11 @@
 - `gpuSeconds`: GPUs of one attempt (gpus per node x nodes) x the wall-clock time of every
   attempt: finished ones from the Job's start to its end; a running one up to the latest
   progress report it wrote (not "now", so a reconcile that observes nothing new changes nothing).
-  Kept as a running maximum, so deleted Jobs do not make it shrink. Kubernetes resets a Job's
-  `startTime` when it is resumed after a suspend, so time before a suspend is counted only while
-  it is the larger figure: an underestimate, never double counting.
+  Kept as a running maximum, so deleted Jobs do not make it shrink. Kubernetes restarts a Job's
+  `startTime` when it is resumed after a suspend, so the operator writes the time the pods ran
+  until the suspension onto the Job (`AttemptState.held_seconds`) and counts it on top; while a
+  Job is suspended only that is counted. With Kueue (`queueName`) a suspension deletes the Job,
+  and the time before it survives only in the running maximum: an underestimate, never double.
 - `lostGpuSeconds`: for each failure, when it is first seen, the GPUs x the time from the newest
   checkpoint (or the attempt's start, if later) to the failure: the work the retry redoes.
 - `restartsByClass`: failed attempts that were followed by another attempt, by class.
@@ -41,9 +43,10 @@ def gpus_of(stage: Stage) -> int:
 def gpu_seconds(stage: Stage, attempts: Sequence, record: ProgressRecord | None) -> float:
     total = 0.0
     for a in attempts:
+        total += a.held_seconds
         if a.phase in ("Succeeded", "Failed"):
             total += seconds_between(a.start_time, a.completion_time)
-        elif record is not None and record.attempt == a.attempt:
+        elif not a.suspended and record is not None and record.attempt == a.attempt:
             total += seconds_between(a.start_time, record.update_time)
     return round(gpus_of(stage) * total, 3)
 

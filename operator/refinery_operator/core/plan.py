@@ -67,6 +67,7 @@ class AttemptState:
     pods_gone: bool = True  # no pod of the attempt is running or terminating
     ready: bool = False  # a pod of the attempt is ready: it has started
     suspended: bool = False  # the Job is suspended (by us for spec.suspend, or by Kueue until admitted)
+    held_seconds: float = 0.0  # time its pods ran before its latest suspension (Kubernetes restarts startTime on resume)
     deleting: bool = False  # the Job is being deleted
     superseded: bool = False  # stopped by the operator for a re-run: not a failure
 
@@ -99,6 +100,7 @@ class Stop:
     action: Literal["suspend", "resume", "fail"]
     reason: str = ""
     message: str = ""
+    held_seconds: float | None = None  # suspend: the attempt's pod time so far, kept on the Job (accounting)
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,8 @@ def control_attempt(pipeline: TrainingPipeline, stage: Stage, status: StageStatu
         return []
     if spec.suspend:
         if not latest.deleting and (not latest.suspended or spec.queue_name):
-            stops.append(Stop(stage.name, latest.attempt, "suspend", "Suspended", "spec.suspend is true"))
+            stops.append(Stop(stage.name, latest.attempt, "suspend", "Suspended", "spec.suspend is true",
+                              held_seconds=held_until(latest, now)))
         if latest.pods_gone and (latest.suspended or latest.deleting):
             status.phase = Phase.suspended
             status.message = "suspended; resumes from its newest checkpoint when spec.suspend is false"
@@ -289,6 +292,14 @@ def control_attempt(pipeline: TrainingPipeline, stage: Stage, status: StageStatu
                       "ImagePullBackOff (spec.image), an unschedulable pod (GPUs, nodeSelector, tolerations) or a "
                       "volume that cannot attach in `kubectl describe pod`"))
     return []
+
+
+def held_until(attempt: AttemptState, now: datetime) -> float:
+    """The attempt's pod time up to `now`: what its Job keeps across a suspension, since resuming
+    restarts the Job's startTime (see core/accounting.py)."""
+    started = parse_time(attempt.start_time)
+    running = 0.0 if attempt.suspended or started is None else max(0.0, (now - started).total_seconds())
+    return round(attempt.held_seconds + running, 3)
 
 
 def retry_time(stage: Stage, failures: int, failed_at: str) -> str:
