@@ -18,6 +18,8 @@ Why the cache is safe to decide from:
   own running totals, so nothing the cache shows makes the status go backwards.
 - Read-your-writes: a Job this operator created is remembered (`expect`) until the watch shows
   it, so the next pass does not try to create it again.
+- Nothing to forget: a deleted pipeline's children are garbage-collected, and their DELETED
+  events empty the cache (a daemon that stops and restarts loses nothing).
 - No phantoms: an entry no watch event has confirmed — a created Job, or one from the start-up
   list that was deleted before the watch began — is dropped after UNCONFIRMED_S. A missing entry
   costs at most one idempotent create; a phantom one could hold a stage forever.
@@ -143,11 +145,6 @@ class ChildCache:
         current = (self._entries["jobs"].get(key) or {}).get(name) if key else None
         if key is not None and (current is None or not current.confirmed):  # never over what a watch showed
             self._store("jobs", key, job, confirmed=False)
-
-    def forget(self, namespace: str, pipeline: str) -> None:
-        """The pipeline is gone: drop its children (any still there come back with their next event)."""
-        for entries in self._entries.values():
-            entries.pop((namespace, pipeline), None)
 
     def _store(self, kind: Kind, key: Key, body: Mapping[str, Any], confirmed: bool) -> None:
         name = body["metadata"]["name"]

@@ -111,7 +111,6 @@ async def keep_reconciling(body: kopf.Body, memo: kopf.Memo, namespace: str, nam
         memo.statuses.pop((namespace, name, body.metadata.uid), None)
         memo.locks.pop((namespace, name, body.metadata.uid), None)
         memo.ensured.pop(body.metadata.uid, None)
-        memo.children.forget(namespace, name)
 
 
 def rerun_requested(body: kopf.Body, **_: Any) -> bool:

@@ -86,11 +86,3 @@ def test_an_entry_no_watch_confirms_is_dropped_but_a_confirmed_one_stays():
     clock.now += 2
     # p-sft-2 was never shown by a watch (deleted before its event): a phantom would hold the stage.
     assert names(cache.jobs("ns", "p")) == ["p-sft-1", "p-sft-3"]
-
-
-def test_a_gone_pipeline_is_forgotten():
-    cache = ChildCache()
-    cache.seen("jobs", "ADDED", job("p-sft-1"))
-    cache.seen("progress", "ADDED", progress("p", "{}"))
-    cache.forget("ns", "p")
-    assert cache.jobs("ns", "p") == [] and cache.progress("ns", "p") == []
