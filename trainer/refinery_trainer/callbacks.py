@@ -10,10 +10,15 @@
   It also reports `effectiveBatchSize` (batch x accumulation x processes) at the start and
   `tokensPerSecond` with every training log: non-padding input tokens of all processes
   (`include_num_input_tokens_seen="non_padding"`) over the wall time since the previous log.
+- `MetricsLogCallback`: every log dict (training and evaluation, transformers and TRL keys as
+  logged) appended as one JSON line `{"step": ..., "time": ..., **logs}` to
+  `<stage_dir>/attempt-<n>/metrics.jsonl` by rank 0: the full-resolution history that the
+  throttled progress record cannot be (local mode plots it; on a cluster it stays on the volume).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _LOSS_KEYS = ("loss", "eval_loss")
+METRICS_LOG_FILE = "metrics.jsonl"  # in the attempt's folder; refinery_operator.local.summary reads it
 
 
 # Training-log keys (transformers and TRL) worth reporting while a stage runs, under the names
@@ -121,3 +127,27 @@ class ProgressCallback(TrainerCallback):
         if state.is_world_process_zero and logs:
             shown = " ".join(f"{k}={v:.4g}" for k, v in live.items())
             log.info("step %d/%d %s", state.global_step, state.max_steps, shown)
+
+
+class MetricsLogCallback(TrainerCallback):
+    """Append each log dict as one JSON line to `<attempt_dir>/metrics.jsonl` (rank 0 only).
+
+    A resumed attempt writes its own file from the checkpoint's step on; a reader merges the
+    attempts, the newer one winning where steps repeat. Non-finite numbers are written as null
+    (strict JSON), and ProgressCallback still fails the stage on a NaN loss.
+    """
+
+    def __init__(self, ctx: StageContext, clock=time.time):
+        self.path = ctx.attempt_dir / METRICS_LOG_FILE
+        self.clock = clock
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        line = {"step": state.global_step, "time": round(self.clock(), 3)}
+        for key, value in logs.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                line[key] = value if math.isfinite(value) else None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(line) + "\n")

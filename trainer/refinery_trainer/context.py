@@ -214,11 +214,12 @@ class StageContext:
         return lora_config(self.training.lora, task)
 
     def callbacks(self) -> list[TrainerCallback]:
-        """The TrainerCallbacks every stage passes to its trainer: markers, rotation, progress, NaN check, metrics."""
-        from .callbacks import CheckpointMarkerCallback, ProgressCallback
+        """The TrainerCallbacks every stage passes to its trainer: markers, rotation, metrics.jsonl,
+        progress, NaN check, metrics. The log file comes before the NaN check, so it keeps the last log."""
+        from .callbacks import CheckpointMarkerCallback, MetricsLogCallback, ProgressCallback
         from .metrics import metrics_callbacks
 
-        return [CheckpointMarkerCallback(self), ProgressCallback(self), *metrics_callbacks(self)]
+        return [CheckpointMarkerCallback(self), MetricsLogCallback(self), ProgressCallback(self), *metrics_callbacks(self)]
 
     @staticmethod
     def quiet(trainer: Trainer) -> None:
