@@ -22,6 +22,23 @@ It then writes the Job's status back the way the Job controller does (`active`/`
 `FailureTarget`/`Failed` with the controller's reasons when the process exits). `evict()`
 kills a pod and fails its Job the way a DisruptionTarget pod-failure-policy rule does.
 
+The Job controller's answers to the Job's spec: `spec.suspend` — no pod while suspended (a Job
+created suspended, as with Kueue, starts when it is unsuspended; a running one has its pods
+terminated with their grace period and shows Suspended); `activeDeadlineSeconds` — the pods are
+terminated and the Job fails with DeadlineExceeded.
+
+Foreground deletion: kmock deletes an object at once unless it has a finalizer, while a real API
+server keeps a Job deleted with `propagationPolicy: Foreground` (with a deletionTimestamp and the
+`foregroundDeletion` finalizer) until its pods are gone. So the kubelet puts that finalizer on
+every Job it sees (earlier than the API server would: kmock cannot add it on DELETE); when a Job
+gets a deletionTimestamp it terminates the Job's pods with their grace period (SIGTERM: the
+trainer saves a checkpoint), sets `active` to 0, then removes the finalizer and kmock deletes the
+Job. A Job created again under the same name afterwards gets a new pod.
+
+`hold`: names of Jobs whose pods never become ready, like a pod stuck in ImagePullBackOff or
+unschedulable: the Job gets `startTime` and `active` but `ready` stays 0 and no process runs,
+until the Job is suspended, deleted or given an `activeDeadlineSeconds`.
+
 What it does not do (no scheduler, no node): resource requests (GPUs) are not enforced,
 securityContext is ignored (the process runs as the test user), no image is pulled.
 """
@@ -43,6 +60,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+
+FOREGROUND_DELETION = "foregroundDeletion"  # the finalizer a foreground deletion puts on the Job
 
 # A quiet watch is restarted (a re-list), as client-go's reflector does when its watch times out.
 WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=30.0)
@@ -82,6 +101,9 @@ class Kubelet:
         self.pods: dict[str, Pod] = {}  # Job name -> its (first) pod
         self.job_pods: dict[str, list[Pod]] = {}  # Job name -> every pod (one per index)
         self.job_specs: dict[str, dict[str, Any]] = {}  # Job name -> its latest spec
+        self.hold: set[str] = set()  # Job names whose pods never become ready (see the module docstring)
+        self._finalized: set[str] = set()  # Jobs given (or being given) the foregroundDeletion finalizer
+        self._deleting: set[str] = set()  # Jobs with a deletionTimestamp, until kmock deletes them
         self._tasks: set[asyncio.Task] = set()
         self._session: aiohttp.ClientSession | None = None
 
@@ -111,8 +133,26 @@ class Kubelet:
         job = event.get("object") or {}
         name = (job.get("metadata") or {}).get("name")
         finished = any(c.get("type") in ("Complete", "Failed") for c in (job.get("status") or {}).get("conditions") or [])
+        meta = job.get("metadata") or {}
         if name and event.get("type") in ("ADDED", "MODIFIED"):
             self.job_specs[name] = job.get("spec") or {}  # suspend / activeDeadlineSeconds, read by _run_job
+        if name and event.get("type") == "DELETED":
+            self.job_specs.pop(name, None)
+            self._finalized.discard(name)
+            self._deleting.discard(name)
+            return
+        if name and not meta.get("deletionTimestamp") and name not in self._finalized \
+                and FOREGROUND_DELETION not in (meta.get("finalizers") or []):
+            self._finalized.add(name)
+            self._spawn(self._patch_finalizers(name, [*(meta.get("finalizers") or []), FOREGROUND_DELETION]))
+        if name and meta.get("deletionTimestamp"):
+            if name not in self._deleting:
+                self._deleting.add(name)
+                pods = self.job_pods.get(name)
+                if not pods or pods[0].done.is_set():  # no pod running: nothing to wait for
+                    self._spawn(self._release(name))
+                # else: _run_job terminates the pods, then releases the Job
+            return
         if (job.get("spec") or {}).get("suspend"):
             return  # the Job controller creates no pod for a suspended Job (Kueue: until admitted)
         if event.get("type") in ("ADDED", "MODIFIED") and name and name not in self.pods and not finished:
@@ -123,9 +163,12 @@ class Kubelet:
             else:
                 pods = [Pod(job=name, name=f"{name}-x7k2p", folder=self.root / "pods" / name, command=[])]
             self.pods[name], self.job_pods[name] = pods[0], pods
-            task = asyncio.create_task(self._run_job(job, pods))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._run_job(job, pods))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         """Kill the pods still running (only the processes this kubelet started, and their children:
@@ -149,16 +192,24 @@ class Kubelet:
     # one pod
 
     async def _run_job(self, job: dict[str, Any], pods: list[Pod]) -> None:
-        """Start every pod, then wait for all to succeed or for the first failure (which ends the rest)."""
+        """Start every pod, then wait for all to succeed or for the first failure (which ends the rest).
+        A held Job (`hold`) starts no process: its pods stay not ready until the Job is stopped."""
+        held = pods[0].job in self.hold
         try:
-            for pod in pods:
+            for pod in [] if held else pods:
                 await self._start_pod(job, pod)
-            await self._patch_status(pods[0].job, {"active": len(pods), "ready": len(pods), "startTime": now()})
+            await self._patch_status(pods[0].job, {"active": len(pods), "ready": 0 if held else len(pods), "startTime": now()})
             while True:  # polled: no asyncio child watcher involved
-                codes = [pod.process.poll() for pod in pods]
-                if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes) or any(p.evicted for p in pods):
+                codes = [pod.process.poll() for pod in pods if pod.process is not None]
+                exited = not held and (all(c is not None for c in codes) or any(c not in (None, 0) for c in codes))
+                if exited or any(p.evicted for p in pods):
                     break
                 spec = self.job_specs.get(pods[0].job) or {}
+                if pods[0].job in self._deleting:  # foreground deletion: the pods go first, then the Job
+                    grace = float(spec["template"]["spec"].get("terminationGracePeriodSeconds", 30))
+                    await self._terminate(pods, grace)
+                    await self._patch_status(pods[0].job, {"active": None, "ready": 0})
+                    return
                 if spec.get("suspend"):
                     await self._suspend(pods, spec)
                     return
@@ -168,7 +219,7 @@ class Kubelet:
                 await asyncio.sleep(0.1)
             for pod in pods:  # what the Job controller does once the Job failed: delete the other pods
                 kill_pod(pod)
-                pod.exit_code = pod.process.wait()
+                pod.exit_code = pod.process.wait() if pod.process is not None else None
                 self._log(f"{pod.name}: exited with {pod.exit_code}")
             failed = next((p for p in pods if p.evicted or p.exit_code != 0), pods[0])
             await self._patch_status(pods[0].job, self._final_status(failed))
@@ -176,11 +227,15 @@ class Kubelet:
         finally:
             for pod in pods:
                 pod.done.set()
+            if pods[0].job in self._deleting:  # no await since done.set(): _on_event cannot release it too
+                await self._release(pods[0].job)
 
     async def _terminate(self, pods: list[Pod], grace_s: float) -> None:
-        """SIGTERM, then SIGKILL after the grace period, as the kubelet deletes a pod."""
+        """SIGTERM, then SIGKILL after the grace period, as the kubelet deletes a pod (a held pod has
+        no process: it just goes)."""
+        pods = [pod for pod in pods if pod.process is not None]
         for pod in pods:
-            if pod.process is not None and pod.process.poll() is None:
+            if pod.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pod.process.pid, signal.SIGTERM)
         deadline = asyncio.get_running_loop().time() + grace_s
@@ -301,6 +356,22 @@ class Kubelet:
         async with self._session.get(f"{self.server}/api/v1/namespaces/{self.namespace}/configmaps/{name}") as resp:
             resp.raise_for_status()
             return (await resp.json()).get("data") or {}
+
+    async def _release(self, job: str) -> None:
+        """The Job's pods are gone: forget them and remove the finalizer, so kmock deletes the Job."""
+        self.pods.pop(job, None)
+        self.job_pods.pop(job, None)
+        await self._patch_finalizers(job, [])
+        self._log(f"{job}: pods gone, deleted")
+
+    async def _patch_finalizers(self, job: str, finalizers: list[str]) -> None:
+        """Not found is fine: the Job was deleted before its finalizer was added."""
+        assert self._session is not None
+        url = f"{self.server}/apis/batch/v1/namespaces/{self.namespace}/jobs/{job}"
+        headers = {"Content-Type": "application/merge-patch+json"}
+        async with self._session.patch(url, data=json.dumps({"metadata": {"finalizers": finalizers}}), headers=headers) as resp:
+            if resp.status != 404:
+                resp.raise_for_status()
 
     async def _patch_status(self, job: str, status: dict[str, Any]) -> None:
         assert self._session is not None
