@@ -337,6 +337,25 @@ def test_suspend_and_queues(suspend, queue, state, stops, stage_phase, phase):
     assert (suspended.status if suspended else None) == ("True" if suspend else None)
 
 
+def test_a_pipeline_waiting_for_kueue_says_so():
+    result = run(suspended_pipeline(False, "team-a"), {"pretrain": [AttemptState(1, "Pending", suspended=True)]})
+    progressing = get_condition(result.status.conditions, "Progressing")
+    assert (progressing.status, progressing.reason) == ("True", "Queued")
+    assert progressing.message == "queued: pretrain waiting for Kueue (LocalQueue 'team-a')"
+    admitted = run(suspended_pipeline(False, "team-a"), {"pretrain": [AttemptState(1, "Running", ready=True)]})
+    assert get_condition(admitted.status.conditions, "Progressing").reason == "StagesRunning"
+
+
+def test_a_suspended_stage_says_which_attempt_resumes():
+    status = run(suspended_pipeline(False), {"pretrain": [AttemptState(1, "Running", ready=True)]}).status
+    # with a queue, suspending deleted the Job: the same attempt is re-created on resume
+    deleted = run(suspended_pipeline(True, "team-a"), {}, status=status).status.stage("pretrain")
+    assert deleted.phase == "Suspended"
+    assert deleted.message == "suspended; attempt 1 resumes from its newest checkpoint when spec.suspend is false"
+    retry = run(suspended_pipeline(), {"pretrain": [failed(1, infrastructure=True)]}).status.stage("pretrain")
+    assert retry.message == "suspended; the next attempt starts when spec.suspend is false"
+
+
 def test_a_suspended_pipeline_starts_nothing_and_resumes_where_it_was():
     stopped = run(suspended_pipeline(), {"pretrain": ok()})
     assert stopped.launches == () and stopped.status.phase == "Suspended"

@@ -14,6 +14,7 @@ SUSPENDED = "Suspended"  # present once a pipeline was ever suspended
 
 REASON_PENDING = "Pending"
 REASON_STAGES_RUNNING = "StagesRunning"
+REASON_QUEUED = "Queued"  # spec.queueName: every running stage's Job waits for Kueue to admit it
 REASON_SUCCEEDED = "PipelineSucceeded"
 REASON_STAGE_FAILED = "StageFailed"
 REASON_INVALID_SPEC = "InvalidSpec"

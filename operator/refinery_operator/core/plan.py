@@ -148,10 +148,13 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
             spec_hash=status.spec_hash or spec_hash(stage),
         ))
 
+    queued: list[str] = []  # stages whose Job waits for Kueue to admit it
     for stage in spec.stages:
         status = by_name[stage.name]
         latest = observed.latest(stage.name, status.first_attempt)
         waits += control_attempt(pipeline, stage, status, latest, now, stops)
+        if latest is not None and latest.suspended and spec.queue_name and not spec.suspend and status.phase == Phase.running:
+            queued.append(stage.name)
         final = latest.attempt if latest is not None and latest.phase == "Failed" and status.phase == Phase.failed else None
         status.restarts_by_class = restart_counts(observed.attempts.get(stage.name) or (), final, status.restarts_by_class)
         status.restarts = status.restarts_by_class.application + status.restarts_by_class.infrastructure
@@ -159,7 +162,8 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
             status.message = gates[stage.name]
 
     stages = [by_name[s.name] for s in spec.stages]
-    status = summarize(stages, gates, spec.suspend, previous, pipeline.metadata.generation, stamp)
+    status = summarize(stages, gates, spec.suspend, previous, pipeline.metadata.generation, stamp,
+                       queued=queued, queue_name=spec.queue_name)
     status.rerun_request = rerun_request
     return Plan(status=status, launches=tuple(launches), stops=tuple(stops),
                 requeue_after=round(min(waits), 3) if waits else None)
@@ -262,7 +266,11 @@ def control_attempt(pipeline: TrainingPipeline, stage: Stage, status: StageStatu
     spec = pipeline.spec
     if latest is None or latest.phase not in ("Pending", "Running"):
         if spec.suspend and status.phase == Phase.running:
-            status.phase, status.message = Phase.suspended, "suspended; the next attempt starts when spec.suspend is false"
+            # No Job: the attempt's Job was deleted to suspend it (Kueue) and is re-created on resume;
+            # a failed one: its retry waits.
+            status.phase, status.message = Phase.suspended, (
+                "suspended; the next attempt starts when spec.suspend is false" if latest is not None else
+                f"suspended; attempt {status.attempt} resumes from its newest checkpoint when spec.suspend is false")
         return []
     if spec.suspend:
         if not latest.deleting and (not latest.suspended or spec.queue_name):

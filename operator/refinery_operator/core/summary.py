@@ -3,7 +3,7 @@ the stages' statuses (`summarize`), or for a spec that cannot run (`invalid_spec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from ..api.v1alpha1 import Phase, PipelineStatus, StageStatus
@@ -12,7 +12,9 @@ from .conditions import rfc3339
 
 
 def summarize(stages: list[StageStatus], gates: Mapping[str, str], suspend: bool, previous: PipelineStatus,
-              generation: int | None, stamp: str) -> PipelineStatus:
+              generation: int | None, stamp: str, queued: Sequence[str] = (), queue_name: str | None = None
+              ) -> PipelineStatus:
+    """`queued`: running stages whose Job waits for Kueue (LocalQueue `queue_name`) to admit it."""
     phases = [s.phase for s in stages]
     if Phase.failed in phases or gates:
         phase = Phase.failed
@@ -35,12 +37,13 @@ def summarize(stages: list[StageStatus], gates: Mapping[str, str], suspend: bool
         conditions=[c.model_copy() for c in previous.conditions],
         stages=stages,
     )
-    set_pipeline_conditions(status, stages, gates, generation, stamp)
+    set_pipeline_conditions(status, stages, gates, generation, stamp, queued, queue_name)
     return status
 
 
 def set_pipeline_conditions(status: PipelineStatus, stages: list[StageStatus], gates: Mapping[str, str],
-                            generation: int | None, stamp: str) -> None:
+                            generation: int | None, stamp: str, queued: Sequence[str] = (),
+                            queue_name: str | None = None) -> None:
     failed = next((s for s in stages if s.phase == Phase.failed), None)
     done = status.phase == Phase.succeeded
     suspended = status.phase == Phase.suspended
@@ -55,6 +58,8 @@ def set_pipeline_conditions(status: PipelineStatus, stages: list[StageStatus], g
     elif suspended:
         reason = cond.REASON_SUSPENDING if running else cond.REASON_SUSPENDED
         message = f"suspending: {', '.join(running)} saving a checkpoint" if running else "suspended by spec.suspend"
+    elif running and set(running) <= set(queued):
+        reason, message = cond.REASON_QUEUED, f"queued: {', '.join(running)} waiting for Kueue (LocalQueue {queue_name!r})"
     elif running:
         reason, message = cond.REASON_STAGES_RUNNING, "running: " + ", ".join(running)
     else:
