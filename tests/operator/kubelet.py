@@ -24,7 +24,8 @@ kills a pod and fails its Job the way a DisruptionTarget pod-failure-policy rule
 
 The Job controller's answers to the Job's spec: `spec.suspend` — no pod while suspended (a Job
 created suspended, as with Kueue, starts when it is unsuspended; a running one has its pods
-terminated with their grace period and shows Suspended); `activeDeadlineSeconds` — the pods are
+terminated with their grace period and shows Suspended, keeping its startTime; resumed, it shows
+Suspended False / JobResumed and a new startTime); `activeDeadlineSeconds` — the pods are
 terminated and the Job fails with DeadlineExceeded.
 
 Foreground deletion: kmock deletes an object at once unless it has a finalizer, while a real API
@@ -198,7 +199,13 @@ class Kubelet:
         try:
             for pod in [] if held else pods:
                 await self._start_pod(job, pod)
-            await self._patch_status(pods[0].job, {"active": len(pods), "ready": 0 if held else len(pods), "startTime": now()})
+            started = {"active": len(pods), "ready": 0 if held else len(pods), "startTime": now()}
+            if any(c.get("type") == "Suspended" and c.get("status") == "True"
+                   for c in (job.get("status") or {}).get("conditions") or []):
+                # Resumed: the controller flips Suspended with JobResumed and restarts startTime.
+                started["conditions"] = [{**condition("Suspended", "JobResumed", "Job resumed", started["startTime"]),
+                                          "status": "False"}]
+            await self._patch_status(pods[0].job, started)
             while True:  # polled: no asyncio child watcher involved
                 codes = [pod.process.poll() for pod in pods if pod.process is not None]
                 exited = not held and (all(c is not None for c in codes) or any(c not in (None, 0) for c in codes))
@@ -255,7 +262,8 @@ class Kubelet:
         self.pods.pop(job, None)
         self.job_pods.pop(job, None)
         stamp = now()
-        await self._patch_status(job, {"active": None, "ready": 0, "startTime": None, "conditions": [
+        # startTime stays until the Job is resumed (then it restarts), as the Job controller does.
+        await self._patch_status(job, {"active": None, "ready": 0, "conditions": [
             condition("Suspended", "JobSuspended", "Job suspended", stamp)]})
 
     async def _deadline_exceeded(self, pods: list[Pod]) -> None:

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 
+from refinery_operator.core.accounting import seconds_between
 from refinery_operator.k8s import PIPELINES
 from tests.builders import make_pipeline
 
@@ -89,7 +90,8 @@ async def test_application_failures_spend_their_budget_then_fail_the_pipeline(em
 
 async def test_suspend_saves_a_checkpoint_and_resumes_from_it(emulator, cluster, start_operator, kubelet):
     async with start_operator():
-        await create_pipeline(cluster, one_stage("pause", max_steps=60, save_steps=50))
+        # One GPU: the kubelet enforces no requests, and gpuSeconds must count both segments.
+        await create_pipeline(cluster, one_stage("pause", max_steps=60, save_steps=50, resources={"gpus": 1}))
         await wait_for(lambda: (status_of(emulator, "pause").get("stages") or [{}])[0].get("step", 0) >= 5, 30, what="training")
         await cluster.request("PATCH", PIPELINES.path(NAMESPACE, "pause"), body={"spec": {"suspend": True}},
                               content_type="application/merge-patch+json")
@@ -106,6 +108,11 @@ async def test_suspend_saves_a_checkpoint_and_resumes_from_it(emulator, cluster,
     assert 5 <= saved < 50  # saved on SIGTERM, not at a saveSteps boundary
     (stage,) = status_of(emulator, "pause")["stages"]
     assert stage["attempt"] == 1 and stage["restarts"] == 0 and stage.get("lastFailure") is None  # no budget spent
+    # GPU time: the part before the suspension (kept on the Job, as its startTime restarted) plus the part after.
+    job = stored(emulator, "batch/v1/jobs", "pause-pretrain-1")
+    held = float(job["metadata"]["annotations"]["refinery.dev/held-seconds"])
+    assert held > 0 and suspended["stages"][0]["gpuSeconds"] <= held + 1.0
+    assert stage["gpuSeconds"] >= held + seconds_between(job["status"]["startTime"], job["status"]["completionTime"]) - 1.0
     assert stage["resumedFrom"]["step"] == saved and stage["step"] == 60
     assert list(stored_all(emulator, "batch/v1/jobs")) == ["pause-pretrain-1"]  # the same Job, resumed
     assert next(c for c in status_of(emulator, "pause")["conditions"] if c["type"] == "Suspended")["status"] == "False"
