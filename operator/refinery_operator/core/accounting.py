@@ -6,8 +6,9 @@
   Kept as a running maximum, so deleted Jobs do not make it shrink. Kubernetes restarts a Job's
   `startTime` when it is resumed after a suspend, so the operator writes the time the pods ran
   until the suspension onto the Job (`AttemptState.held_seconds`) and counts it on top; while a
-  Job is suspended only that is counted. With Kueue (`queueName`) a suspension deletes the Job,
-  and the time before it survives only in the running maximum: an underestimate, never double.
+  Job is suspended only that is counted. With Kueue (`queueName`) our suspension deletes the Job
+  and a preemption suspends it without us: the time before either survives only in the running
+  maximum — an underestimate, never double counting.
 - `lostGpuSeconds`: for each failure, when it is first seen, the GPUs x the time from the newest
   checkpoint (or the attempt's start, if later) to the failure: the work the retry redoes.
 - `restartsByClass`: failed attempts that were followed by another attempt, by class.
