@@ -18,6 +18,8 @@ Why the cache is safe to decide from:
   own running totals, so nothing the cache shows makes the status go backwards.
 - Read-your-writes: a Job this operator created is remembered (`expect`) until the watch shows
   it, so the next pass does not try to create it again.
+- Missed deletions: a watch that starts over re-lists without DELETED events for what went
+  meanwhile, so the cache is re-listed every few minutes (`resync`), as informers do.
 - Nothing to forget: a deleted pipeline's children are garbage-collected, and their DELETED
   events empty the cache (a daemon that stops and restarts loses nothing).
 - No phantoms: an entry no watch event has confirmed — a created Job, or one from the start-up
@@ -115,6 +117,9 @@ class ChildCache:
 
     # ---- writing (start-up list, watch events, own creates) ------------------------------------
 
+    def now(self) -> float:
+        return self._clock()
+
     def seed(self, kind: Kind, bodies: Iterable[Mapping[str, Any]]) -> int:
         """Objects from a list call, before the watches start; how many were ours."""
         count = 0
@@ -123,6 +128,29 @@ class ChildCache:
                 self._store(kind, key, body, confirmed=False)
                 count += 1
         return count
+
+    def resync(self, kind: Kind, bodies: Iterable[Mapping[str, Any]], started: float) -> None:
+        """A full list, requested at `started` (this cache's clock), corrects what the watch missed.
+
+        A watch that has to start over (its resourceVersion expired) re-lists without telling of
+        the objects deleted meanwhile; without this, such a Job would stay in the cache for good.
+        Entries stored after `started` are newer than the list and stay as they are.
+        """
+        listed: dict[Key, dict[str, Mapping[str, Any]]] = {}
+        for body in bodies:
+            if (key := self._key(kind, body)) is not None:
+                listed.setdefault(key, {})[body["metadata"]["name"]] = body
+        for key in list(self._entries[kind]):
+            entries = self._entries[kind][key]
+            for name in [n for n, e in entries.items() if e.since < started and n not in listed.get(key, {})]:
+                del entries[name]
+            if not entries:
+                del self._entries[kind][key]
+        for key, bodies_by_name in listed.items():
+            for name, body in bodies_by_name.items():
+                current = (self._entries[kind].get(key) or {}).get(name)
+                if current is None or current.since < started:
+                    self._store(kind, key, body, confirmed=True)
 
     def seen(self, kind: Kind, event_type: str | None, body: Mapping[str, Any]) -> bool:
         """A watch event (ADDED, MODIFIED, DELETED, or None while kopf lists); True if ours."""

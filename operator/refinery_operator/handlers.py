@@ -42,6 +42,7 @@ from .k8s import CONFIGMAPS, JOBS, Cluster
 from .reconcile import Outcome, reconcile
 
 RESYNC_S = 30.0  # backstop: a pipeline is reconciled at least this often
+CACHE_RESYNC_S = 300.0  # the watch cache is re-listed this often (deletions a restarted watch missed)
 RETRY_S = 2.0  # after an API error
 ANNOTATION_PREFIX = "refinery.dev"
 API_ERRORS = (ApiException, urllib3.exceptions.HTTPError)
@@ -125,17 +126,41 @@ def rerun_annotated(memo: kopf.Memo, namespace: str, name: str, **_: Any) -> Non
         wakeup.set()
 
 
+CHILD_KINDS = ("jobs", "progress")  # children.Kind
+
+
+async def list_children(memo: kopf.Memo, kind: str) -> list[dict[str, Any]]:
+    """Every stage Job or progress ConfigMap the operator watches (its namespace, or all of them).
+    Selected by component only (`kopf.PRESENT` is no label value); the cache keeps those with a
+    pipeline label."""
+    cluster: Cluster = memo.cluster
+    found = []
+    for namespace in memo.get("namespaces") or [None]:  # None: all namespaces
+        if kind == "jobs":
+            found += await cluster.list_labelled(JOBS, namespace, {builders.LABEL_COMPONENT: builders.COMPONENT_STAGE})
+        else:
+            found += await cluster.list_labelled(CONFIGMAPS, namespace, {builders.LABEL_COMPONENT: builders.COMPONENT_PROGRESS})
+    return found
+
+
 @kopf.on.startup(backoff=RETRY_S)
 async def fill_child_cache(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    """List every stage Job and progress ConfigMap once, before kopf starts watching (children.py).
-    An API error fails the start-up handler, which kopf retries."""
-    for namespace in memo.get("namespaces") or [None]:  # None: all namespaces
-        # By component only (`kopf.PRESENT` is no label value); the cache keeps those with a pipeline label.
-        jobs = memo.children.seed("jobs", await memo.cluster.list_labelled(
-            JOBS, namespace, {builders.LABEL_COMPONENT: builders.COMPONENT_STAGE}))
-        maps = memo.children.seed("progress", await memo.cluster.list_labelled(
-            CONFIGMAPS, namespace, {builders.LABEL_COMPONENT: builders.COMPONENT_PROGRESS}))
-        logger.info("cached %d stage Jobs and %d progress ConfigMaps in %s", jobs, maps, namespace or "all namespaces")
+    """List every stage Job and progress ConfigMap once, before kopf starts watching (children.py),
+    then re-list them every CACHE_RESYNC_S. An API error fails this handler, which kopf retries."""
+    counts = {kind: memo.children.seed(kind, await list_children(memo, kind)) for kind in CHILD_KINDS}
+    logger.info("cached %d stage Jobs and %d progress ConfigMaps", counts["jobs"], counts["progress"])
+    memo.cache_resync = asyncio.create_task(resync_child_cache(memo))
+
+
+async def resync_child_cache(memo: kopf.Memo) -> None:
+    while True:
+        await asyncio.sleep(CACHE_RESYNC_S)
+        for kind in CHILD_KINDS:
+            started = memo.children.now()
+            try:
+                memo.children.resync(kind, await list_children(memo, kind), started)
+            except API_ERRORS as e:  # the next round tries again; the watches keep the cache meanwhile
+                log.warning("could not re-list %s for the cache: %s", kind, e)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
@@ -171,6 +196,8 @@ async def locked_reconcile(memo: kopf.Memo, body: kopf.Body, logger: logging.Log
 
 @kopf.on.cleanup()
 def close(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("cache_resync") is not None:
+        memo.cache_resync.cancel()
     if memo.get("cluster") is not None:
         memo.cluster.close()
 

@@ -36,7 +36,7 @@ def resource_key(resource: k8s.Resource) -> tuple[str, str]:
 
 
 def every_feature_pipeline():
-    p = make_pipeline("p").storage(claim={"size": "1Gi"}).stage("pretrain", "pretrain") \
+    p = make_pipeline("p").storage(claim={"size": "1Gi", "accessModes": ["ReadWriteMany"]}).stage("pretrain", "pretrain") \
         .stage("sft", "sft", from_="pretrain", resources={"nodes": 2, "gpus": 0}).manifest()
     p["spec"]["checkpoints"] = {"keepLast": 1}
     p["metadata"]["uid"] = "u"

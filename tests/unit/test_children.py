@@ -86,3 +86,20 @@ def test_an_entry_no_watch_confirms_is_dropped_but_a_confirmed_one_stays():
     clock.now += 2
     # p-sft-2 was never shown by a watch (deleted before its event): a phantom would hold the stage.
     assert names(cache.jobs("ns", "p")) == ["p-sft-1", "p-sft-3"]
+
+
+def test_a_resync_drops_what_the_watch_missed_and_keeps_what_is_newer():
+    clock = Clock()
+    cache = ChildCache(clock=clock)
+    cache.seen("jobs", "ADDED", job("p-sft-1", active=1))
+    cache.seen("jobs", "ADDED", job("p-sft-2"))  # deleted while the watch was down: no DELETED event
+    clock.now += 10
+    started = clock.now  # the list is requested here ...
+    clock.now += 1
+    cache.seen("jobs", "ADDED", job("p-sft-3"))  # ... and this one arrived by watch while it ran
+    cache.resync("jobs", [job("p-sft-1", succeeded=1), job("q-sft-1", pipeline="q")], started)
+    assert names(cache.jobs("ns", "p")) == ["p-sft-1", "p-sft-3"]
+    assert cache.jobs("ns", "p")[0]["status"] == {"succeeded": 1}  # the listed state replaces the older one
+    assert names(cache.jobs("ns", "q")) == ["q-sft-1"]
+    clock.now += UNCONFIRMED_S + 1
+    assert names(cache.jobs("ns", "q")) == ["q-sft-1"]  # listed: it exists, no watch needed to confirm it
