@@ -1,11 +1,13 @@
 """Local mode end to end: `refinery run` takes the example pipeline to Succeeded, every stage
-learns what it trains for, and a killed run resumes from its last complete checkpoint."""
+learns what it trains for, the summary plots every stage's curves, and a killed run resumes from
+its last complete checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import pytest
 import yaml
 
 from refinery_operator.api.run import CHECKPOINT_MARKER
+from refinery_operator.local.summary import read_history
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "tiny-chat.yaml"
@@ -85,6 +88,25 @@ def test_a_second_run_keeps_finished_stages(example_run):
     again = json.loads((workdir / "tiny-chat" / "status.json").read_text())
     assert proc.returncode == 0
     assert [s["attempt"] for s in again["stages"]] == [s["attempt"] for s in status["stages"]]
+
+
+def test_the_summary_plots_every_stages_curves(example_run):
+    _, out, _, workdir = example_run
+    png = workdir / "tiny-chat" / "summary.png"
+    assert f"plots: {png}" in out
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+    assert (width, height) == (1280, 760)  # four panels, two per row, at 100 dpi
+    assert len(data) > 30_000  # curves and text, not an empty canvas
+
+    # What the panels are drawn from: every training log of every stage, at full resolution.
+    root = workdir / "tiny-chat"
+    assert [step for step, _ in read_history(root / "pretrain")["loss"]] == [25, 50, 75, 100, 125, 150]
+    assert [step for step, _ in read_history(root / "sft")["loss"]] == list(range(50, 501, 50))
+    assert [step for step, _ in read_history(root / "reward")["eval_accuracy"]] == [0, 300]
+    rlhf = read_history(root / "rlhf")
+    assert [step for step, _ in rlhf["reward"]] == [step for step, _ in rlhf["kl"]] == [25, 50, 75, 100, 125, 150]
 
 
 def pretrain_only(tmp_path: Path, max_steps: int, save_steps: int) -> Path:

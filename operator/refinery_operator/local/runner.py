@@ -7,6 +7,10 @@ The same pure `plan()` the operator uses decides what runs next; here an attempt
 records are files. The pipeline's status — exactly what the operator would write to `.status` —
 is kept in `<workdir>/<pipeline>/status.json` and rewritten whenever it changes.
 
+At the end a summary table is printed and the stages' training curves are drawn into
+`<workdir>/<pipeline>/summary.png` (`summary.py`, from the `metrics.jsonl` each attempt's trainer
+appends).
+
 Re-running the same command continues a pipeline: stages that succeeded are kept; any other
 stage starts a new attempt, which resumes from its newest complete checkpoint. Delete a stage's
 folder to train it again from scratch.
@@ -30,6 +34,7 @@ from ..core.naming import pipeline_root, stage_dir
 from ..core.plan import AttemptState, Observed, plan, rfc3339
 from ..core.stage_run import build_stage_run
 from .display import ProgressDisplay, summary_table
+from .summary import write_summary_plot
 
 POLL_SECONDS = 0.2
 STATUS_FILE = "status.json"
@@ -167,7 +172,10 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
         if stage.phase == Phase.failed:
             logs = sorted((root / ".runs").glob(f"{stage.name}-*.log"))
             print(f"\nstage {stage.name!r} failed: {stage.message}\n  log: {logs[-1] if logs else '-'}", file=sys.stderr)
+    plot = write_summary_plot(root, pipeline, status)
     print(f"status: {root / STATUS_FILE}")
+    if plot is not None:
+        print(f"plots: {plot}")
     return status.phase == Phase.succeeded
 
 

@@ -1,0 +1,185 @@
+"""The plots of local mode's end-of-run summary: one panel per stage with its training curves.
+
+    history = read_history(Path("runs/tiny-chat/pretrain"))   # {"loss": [(25, 4.1), ...], ...}
+    write_summary_plot(root, pipeline, status)                 # runs/tiny-chat/summary.png
+
+The data is `<stage folder>/attempt-<n>/metrics.jsonl`: one JSON line per training or evaluation
+log, with its step, appended by the trainer (`refinery_trainer.callbacks.MetricsLogCallback`).
+The progress record cannot serve: it is throttled to a point every ~2 s and keeps only the
+latest values. Attempts are read in order, a later attempt's value replacing an earlier one's at
+the same step (a resumed attempt redoes the steps after its checkpoint).
+
+Each panel plots what its stage type trains for, under the keys transformers and TRL log:
+- pretrain, sft, dpo: training loss, and held-out loss at each evaluation (markers);
+- reward: the same, plus held-out pairwise accuracy on a second axis;
+- rlhf: mean reward of the sampled completions (and of held-out ones, when evaluated), and the
+  KL divergence to the initial policy on a second axis.
+
+matplotlib draws a `Figure` with its Agg renderer and never pyplot: no display is needed, and no
+global backend is switched in the caller's process. It is imported only when a plot is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..api.v1alpha1 import PipelineStatus, StageStatus, TrainingPipeline
+from ..core.naming import stage_dir
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+METRICS_LOG_FILE = "metrics.jsonl"  # refinery_trainer.callbacks.METRICS_LOG_FILE
+SUMMARY_PLOT = "summary.png"
+
+History = dict[str, list[tuple[int, float]]]  # log key -> [(step, value)], by step
+
+
+@dataclass(frozen=True)
+class Curve:
+    key: str  # the log key, as the trainer logs it
+    label: str
+    right: bool = False  # on the panel's second y axis
+    evaluation: bool = False  # one point per evaluation: markers (joined by a dotted line when more than two)
+
+
+@dataclass(frozen=True)
+class Panel:
+    ylabel: str
+    right_ylabel: str | None
+    curves: tuple[Curve, ...]
+    log_scale: bool = False  # losses: a fall from 8 to 0.3 and the last 10% of it both stay visible
+
+
+_LOSS = (Curve("loss", "train loss"), Curve("eval_loss", "eval loss", evaluation=True))
+PANELS: dict[str, Panel] = {
+    "pretrain": Panel("loss", None, _LOSS, log_scale=True),
+    "sft": Panel("loss", None, _LOSS, log_scale=True),
+    "dpo": Panel("loss", None, _LOSS, log_scale=True),
+    "reward": Panel("loss", "accuracy", (*_LOSS, Curve("eval_accuracy", "eval accuracy", right=True, evaluation=True)),
+                    log_scale=True),
+    "rlhf": Panel("mean reward", "KL", (
+        Curve("reward", "mean reward"),
+        Curve("eval_reward", "eval mean reward", evaluation=True),
+        Curve("kl", "KL", right=True),
+    )),
+}
+
+
+@dataclass
+class StageCurves:
+    name: str
+    type: str
+    history: History
+
+
+def read_history(stage_folder: Path) -> History:
+    """Every numeric log value of a stage's attempts, by key and step; {} before any log."""
+    by_key: dict[str, dict[int, float]] = {}
+    attempts = sorted((n, p) for p in stage_folder.glob("attempt-*") if (n := _attempt_number(p)) is not None)
+    for _, attempt in attempts:
+        try:
+            lines = (attempt / METRICS_LOG_FILE).read_text().splitlines()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # the last line of a killed attempt may be cut short
+            step = entry.get("step") if isinstance(entry, dict) else None
+            if not isinstance(step, int):
+                continue
+            for key, value in entry.items():
+                if key not in ("step", "time") and _is_number(value):
+                    by_key.setdefault(key, {})[step] = float(value)
+    return {key: sorted(points.items()) for key, points in by_key.items()}
+
+
+def summary_figure(stages: list[StageCurves], title: str = "") -> Figure:
+    """One panel per stage, in the order given (two columns when there are several)."""
+    from matplotlib.figure import Figure
+
+    cols = 2 if len(stages) > 1 else 1
+    rows = max(1, math.ceil(len(stages) / cols))
+    fig = Figure(figsize=(6.4 * cols, 3.8 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for ax, stage in zip(axes, stages):
+        draw_panel(ax, stage)
+    for ax in axes[len(stages):]:
+        fig.delaxes(ax)  # an odd number of stages leaves one cell empty
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def draw_panel(ax, stage: StageCurves) -> None:
+    """A stage's curves on `ax` (and on a twin axis for the `right` ones), titled with the stage."""
+    panel = PANELS.get(stage.type, PANELS["pretrain"])
+    ax.set_title(stage.name if stage.name == stage.type else f"{stage.name} ({stage.type})")
+    ax.set_xlabel("step")
+    ax.set_ylabel(panel.ylabel + (" (log scale)" if panel.log_scale else ""))
+    if panel.log_scale:
+        from matplotlib.ticker import LogFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatter())  # 0.1, 1, 6: not 10^-1, 10^0, 6x10^0
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+    ax.grid(alpha=0.3)
+    right = None
+    lines = []
+    for color, curve in enumerate(panel.curves):
+        points = stage.history.get(curve.key)
+        if not points:
+            continue
+        if curve.right and right is None:
+            right = ax.twinx()
+            right.set_ylabel(panel.right_ylabel)
+        steps, values = zip(*points)
+        if curve.evaluation:  # before and after training only: two dots, not a trend
+            style = {"marker": "o", "linestyle": ":" if len(points) > 2 else "none"}
+        else:
+            style = {"marker": "." if len(points) <= 50 else None}
+        (line,) = (right if curve.right else ax).plot(steps, values, label=curve.label, color=f"C{color}", **style)
+        lines.append(line)
+    if lines:  # below the panel: never over a curve of either axis
+        ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=len(lines), fontsize="small",
+                  frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no training logs", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def write_summary_plot(root: Path, pipeline: TrainingPipeline, status: PipelineStatus) -> Path | None:
+    """Draw every stage's curves into `<root>/summary.png`; its path, or None (with a warning) when
+    matplotlib is missing."""
+    stages = []
+    for stage in pipeline.spec.stages:
+        run = (status.stage(stage.name) or StageStatus(name=stage.name)).run
+        folder = Path(stage_dir(str(root), stage.name, run))
+        stages.append(StageCurves(stage.name, str(stage.type), read_history(folder)))
+    try:
+        fig = summary_figure(stages, title=f"{pipeline.metadata.name}: {status.phase}")
+    except ImportError as exc:
+        print(f"warning: no summary plot ({exc}); install matplotlib (`pip install matplotlib`)", file=sys.stderr)
+        return None
+    path = root / SUMMARY_PLOT
+    tmp = root / f".{SUMMARY_PLOT}.tmp"
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)  # a viewer never reads half a file
+    return path
+
+
+def _attempt_number(path: Path) -> int | None:
+    match = re.fullmatch(r"attempt-(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
