@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 
@@ -41,19 +42,51 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import metrics
     from .api.load import InvalidManifest, load_pipelines
     from .local.runner import run_local
+    from .local.serve import LOCAL_NAMESPACE, serve_metrics
 
     try:
         pipelines = load_pipelines(args.manifest)
+        port = local_metrics_port(args.metrics_port)
     except InvalidManifest as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ValueError:
+        print(f"error: ${metrics.PORT_ENV} must be a port number, 0-65535 (0: no metrics)", file=sys.stderr)
+        return 2
     data_root = Path(args.data_root or Path(args.manifest).resolve().parent)
+    endpoint = serve_metrics(metrics.OPERATOR.registry, port)  # prints its URL once
     ok = True
-    for pipeline in pipelines:
-        ok &= run_local(pipeline, Path(args.workdir), data_root, show_progress=not args.quiet)
+    try:
+        for pipeline in pipelines:
+            record = partial(metrics.record_pipeline, LOCAL_NAMESPACE, pipeline.metadata.name, spec=pipeline.spec)
+            ok &= run_local(pipeline, Path(args.workdir), data_root, show_progress=not args.quiet, on_status=record)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
     return 0 if ok else 1
+
+
+def local_metrics_port(flag: int | None) -> int | None:
+    """--metrics-port, else $REFINERY_METRICS_PORT, else local mode's default; None when 0 (off).
+    ValueError for a variable that is no port."""
+    from .local.serve import DEFAULT_PORT
+    from .metrics import port_from_environment
+
+    port = flag if flag is not None else port_from_environment(DEFAULT_PORT)
+    if port is not None and not 0 <= port <= 65535:
+        raise ValueError(port)
+    return port or None
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0-65535 (for --metrics-port, 0 turns metrics off); ValueError otherwise."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(text)
+    return port
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -72,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", default="runs", help="local folder standing in for the volume (default: ./runs)")
     run.add_argument("--data-root", help="folder relative data paths resolve against (default: the manifest's folder)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--metrics-port", type=port_number, metavar="PORT",
+                     help="serve the pipeline's metrics on 127.0.0.1:PORT/metrics (default: $REFINERY_METRICS_PORT, "
+                          "else 8000; a taken port falls back to a free one; 0: off)")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check manifests without a cluster; print every problem with its field")

@@ -1,20 +1,25 @@
 """Local mode end to end: `refinery run` takes the example pipeline to Succeeded, every stage
-learns what it trains for, the summary plots every stage's curves, and a killed run resumes from
-its last complete checkpoint."""
+learns what it trains for, the operator's metrics are served on localhost while it runs, the
+summary plots every stage's curves, and a killed run resumes from its last complete checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from refinery_operator.api.run import CHECKPOINT_MARKER
 from refinery_operator.local.summary import read_history
@@ -25,8 +30,13 @@ EXAMPLE = REPO / "examples" / "tiny-chat.yaml"
 pytestmark = pytest.mark.slow
 
 
+URL_LINE = re.compile(r"^metrics: (http://127\.0\.0\.1:(\d+)/metrics)$", re.M)
+Samples = dict[tuple[str, frozenset], float]
+
+
 def refinery(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # No $REFINERY_METRICS_PORT from the caller's shell: the runs use the default port rule.
+    env = {k: v for k, v in os.environ.items() if k != "REFINERY_METRICS_PORT"} | {"HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "refinery_operator.cli", *args], env=env, **kwargs)
 
 
@@ -34,21 +44,61 @@ def stage_of(status: dict, name: str) -> dict:
     return next(s for s in status["stages"] if s["name"] == name)
 
 
+def scrape(url: str) -> Samples | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None  # the run ended between two scrapes
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def stage_sample(samples: Samples, name: str, stage: str, **labels: str) -> float | None:
+    key = {"namespace": "local", "pipeline": "tiny-chat", "stage": stage, **labels}
+    return samples.get((name, frozenset(key.items())))
+
+
+def phase_of(samples: Samples, stage: str, type_: str) -> str | None:
+    """The phase whose refinery_stage_phase sample is 1 (None: the stage has no samples)."""
+    phases = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+    current = [p for p in phases if stage_sample(samples, "refinery_stage_phase", stage, type=type_, phase=p) == 1.0]
+    return current[0] if len(current) == 1 else None
+
+
 @pytest.fixture(scope="module")
 def example_run(tmp_path_factory):
+    """The example pipeline, its /metrics scraped every half second while it runs."""
     workdir = tmp_path_factory.mktemp("example")
     started = time.monotonic()
     proc = refinery("run", str(EXAMPLE), "--workdir", str(workdir), "--quiet",
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate(timeout=900)
+    lines: list[str] = []
+
+    def read_output():
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
+    scrapes: list[Samples] = []
+    deadline = started + 900
+    while proc.poll() is None and time.monotonic() < deadline:
+        url = URL_LINE.search("".join(lines))
+        if url and (samples := scrape(url.group(1))):
+            scrapes.append(samples)
+        time.sleep(0.5)
+    proc.wait(timeout=max(1, deadline - time.monotonic()))
+    reader.join(timeout=10)
+    out = "".join(lines)
     elapsed = time.monotonic() - started
     status = json.loads((workdir / "tiny-chat" / "status.json").read_text())
-    print(f"\nexample pipeline: {elapsed:.1f} s\n{out}")
-    return proc.returncode, out, status, workdir
+    print(f"\nexample pipeline: {elapsed:.1f} s, {len(scrapes)} scrapes of /metrics\n{out}")
+    return proc.returncode, out, status, workdir, scrapes
 
 
 def test_example_pipeline_succeeds(example_run):
-    code, out, status, _ = example_run
+    code, out, status, _, _ = example_run
     assert code == 0, out
     assert status["phase"] == "Succeeded"
     assert [s["phase"] for s in status["stages"]] == ["Succeeded"] * 4
@@ -56,7 +106,7 @@ def test_example_pipeline_succeeds(example_run):
 
 
 def test_every_stage_learns(example_run):
-    _, out, status, _ = example_run
+    _, out, status, _, _ = example_run
     for name in ("pretrain", "sft"):
         metrics = stage_of(status, name)["metrics"]
         assert metrics["evalLoss"] < metrics["initialEvalLoss"], (name, metrics)
@@ -67,7 +117,7 @@ def test_every_stage_learns(example_run):
 
 
 def test_outputs_are_handed_from_stage_to_stage(example_run):
-    _, _, status, workdir = example_run
+    _, _, status, workdir, _ = example_run
     root = workdir / "tiny-chat"
     for name in ("pretrain", "sft", "reward", "rlhf"):
         stage = stage_of(status, name)
@@ -82,7 +132,7 @@ def test_outputs_are_handed_from_stage_to_stage(example_run):
 
 
 def test_a_second_run_keeps_finished_stages(example_run):
-    _, _, status, workdir = example_run
+    _, _, status, workdir, _ = example_run
     proc = refinery("run", str(EXAMPLE), "--workdir", str(workdir), "--quiet", stdout=subprocess.PIPE, text=True)
     proc.communicate(timeout=120)
     again = json.loads((workdir / "tiny-chat" / "status.json").read_text())
@@ -90,8 +140,36 @@ def test_a_second_run_keeps_finished_stages(example_run):
     assert [s["attempt"] for s in again["stages"]] == [s["attempt"] for s in status["stages"]]
 
 
+STAGES = {"pretrain": "pretrain", "sft": "sft", "reward": "reward", "rlhf": "rlhf"}  # name: type
+
+
+def test_the_operator_metrics_are_served_on_localhost_during_the_run(example_run):
+    _, out, _, _, scrapes = example_run
+    assert len(URL_LINE.findall(out)) == 1  # printed once
+    assert len(scrapes) >= 10, out
+
+    # The stages, labelled as the operator labels them (type too), the waiting ones included.
+    assert any(phase_of(s, "pretrain", "pretrain") == "Running" and phase_of(s, "rlhf", "rlhf") == "Pending"
+               for s in scrapes)
+    last = scrapes[-1]
+    assert all(phase_of(last, name, type_) is not None for name, type_ in STAGES.items()), last
+    pipeline_running = ("refinery_pipeline_phase", frozenset({"namespace": "local", "pipeline": "tiny-chat",
+                                                             "phase": "Running"}.items()))
+    assert any(s.get(pipeline_running) == 1.0 for s in scrapes)
+
+    # Live: sft was seen running part-way, its step between 0 and the end.
+    steps = [stage_sample(s, "refinery_stage_step", "sft") for s in scrapes if phase_of(s, "sft", "sft") == "Running"]
+    assert any(step is not None and 0 < step < 500 for step in steps), steps
+
+    # By the last scrape pretrain had long finished: the gauges follow the status.
+    assert phase_of(last, "pretrain", "pretrain") == "Succeeded"
+    assert stage_sample(last, "refinery_stage_step", "pretrain") == 150
+    assert stage_sample(last, "refinery_stage_progress_ratio", "pretrain") == 1.0
+    assert stage_sample(last, "refinery_stage_checkpoints", "pretrain") == 3
+
+
 def test_the_summary_plots_every_stages_curves(example_run):
-    _, out, _, workdir = example_run
+    _, out, _, workdir, _ = example_run
     png = workdir / "tiny-chat" / "summary.png"
     assert f"plots: {png}" in out
     data = png.read_bytes()
@@ -107,6 +185,23 @@ def test_the_summary_plots_every_stages_curves(example_run):
     assert [step for step, _ in read_history(root / "reward")["eval_accuracy"]] == [0, 300]
     rlhf = read_history(root / "rlhf")
     assert [step for step, _ in rlhf["reward"]] == [step for step, _ in rlhf["kl"]] == [25, 50, 75, 100, 125, 150]
+
+
+def test_a_taken_metrics_port_does_not_fail_the_run(example_run):
+    _, _, _, workdir, _ = example_run
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = refinery("run", str(EXAMPLE), "--workdir", str(workdir), "--quiet", "--metrics-port", str(port),
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    warnings = [line for line in out.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1 and f"port {port}" in warnings[0], out
+    served = URL_LINE.findall(out)
+    assert len(served) == 1 and int(served[0][1]) != port  # a free port instead
+    assert "pipeline Succeeded" in out
 
 
 def pretrain_only(tmp_path: Path, max_steps: int, save_steps: int) -> Path:

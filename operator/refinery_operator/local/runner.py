@@ -7,9 +7,10 @@ The same pure `plan()` the operator uses decides what runs next; here an attempt
 records are files. The pipeline's status — exactly what the operator would write to `.status` —
 is kept in `<workdir>/<pipeline>/status.json` and rewritten whenever it changes.
 
-At the end a summary table is printed and the stages' training curves are drawn into
-`<workdir>/<pipeline>/summary.png` (`summary.py`, from the `metrics.jsonl` each attempt's trainer
-appends).
+While it runs, the operator's metrics of the pipeline are served on localhost (`serve.py`: the
+caller passes `on_status`, called with every new status, to record them); at the end a summary
+table is printed and the stages' training curves are drawn into `<workdir>/<pipeline>/summary.png`
+(`summary.py`, from the `metrics.jsonl` each attempt's trainer appends).
 
 Re-running the same command continues a pipeline: stages that succeeded are kept; any other
 stage starts a new attempt, which resumes from its newest complete checkpoint. Delete a stage's
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +40,9 @@ from .summary import write_summary_plot
 
 POLL_SECONDS = 0.2
 STATUS_FILE = "status.json"
+# Names the port of local mode's own /metrics (refinery_operator.metrics.PORT_ENV): kept out of the
+# stage processes, which would otherwise try to serve their trainer metrics on the same port.
+METRICS_PORT_ENV = "REFINERY_METRICS_PORT"
 
 
 @dataclass
@@ -107,7 +112,7 @@ class LocalPipeline:
             process = subprocess.Popen(
                 [sys.executable, "-m", "refinery_trainer", "run", "--config", str(config)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+                env={**trainer_environment(), "TOKENIZERS_PARALLELISM": "false"},
             )
         self.attempts.setdefault(launch.stage, []).append(
             Attempt(launch.stage, launch.attempt, process, log_path, now_stamp())
@@ -133,8 +138,10 @@ class LocalPipeline:
                 attempt.process.kill()
 
 
-def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_progress: bool = True) -> bool:
-    """Run one pipeline to the end; return whether it succeeded.
+def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_progress: bool = True,
+              on_status: Callable[[PipelineStatus], None] | None = None) -> bool:
+    """Run one pipeline to the end; return whether it succeeded. `on_status` is called with the
+    status at the start and after every change (local mode records its metrics with it).
 
     `spec.suspend: true` is refused: local mode has no Job to suspend. Stop a run with Ctrl-C
     instead (the trainer saves a checkpoint on SIGTERM) and run the same command to resume.
@@ -147,6 +154,8 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
     root.mkdir(parents=True, exist_ok=True)
     local = LocalPipeline(pipeline, root, data_root.resolve())
     status = continue_from(root, pipeline, local)
+    on_status = on_status or (lambda status: None)
+    on_status(status)
     display = ProgressDisplay([s.name for s in pipeline.spec.stages], enabled=show_progress)
     try:
         while True:
@@ -157,6 +166,7 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
             if decided.status != status:
                 status = decided.status
                 write_status(root, status)
+                on_status(status)
             display.update(status)
             if status.phase in (Phase.succeeded, Phase.failed) and not local.running():
                 break
@@ -207,6 +217,11 @@ def write_status(root: Path, status: PipelineStatus) -> None:
     tmp = root / f".{STATUS_FILE}.tmp"
     tmp.write_text(json.dumps(status.dump(), indent=2) + "\n")
     os.replace(tmp, root / STATUS_FILE)
+
+
+def trainer_environment() -> dict[str, str]:
+    """This process's environment for a stage process, less local mode's metrics port."""
+    return {k: v for k, v in os.environ.items() if k != METRICS_PORT_ENV}
 
 
 def last_line(path: Path) -> str:
