@@ -113,9 +113,3 @@ def test_the_plot_is_written_next_to_status_json(tmp_path):
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE)
     assert not list(root.glob(".*.tmp"))
-
-
-def test_the_trainer_writes_the_file_the_plot_reads():
-    from refinery_trainer.callbacks import METRICS_LOG_FILE as TRAINER_FILE
-
-    assert METRICS_LOG_FILE == TRAINER_FILE

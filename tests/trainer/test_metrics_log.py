@@ -8,7 +8,8 @@ import types
 
 import pytest
 
-from refinery_trainer.callbacks import METRICS_LOG_FILE, MetricsLogCallback
+from refinery_operator.api.run import METRICS_LOG_FILE
+from refinery_trainer.callbacks import MetricsLogCallback
 
 pytestmark = pytest.mark.slow
 

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from refinery_operator.api.run import METRICS_LOG_FILE
+
 from .errors import NanLossError
 
 if TYPE_CHECKING:
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _LOSS_KEYS = ("loss", "eval_loss")
-METRICS_LOG_FILE = "metrics.jsonl"  # in the attempt's folder; refinery_operator.local.summary reads it
 
 
 # Training-log keys (transformers and TRL) worth reporting while a stage runs, under the names

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..api.run import METRICS_LOG_FILE
 from ..api.v1alpha1 import PipelineStatus, StageStatus, TrainingPipeline
 from ..core.naming import stage_dir
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-METRICS_LOG_FILE = "metrics.jsonl"  # refinery_trainer.callbacks.METRICS_LOG_FILE
 SUMMARY_PLOT = "summary.png"
 
 History = dict[str, list[tuple[int, float]]]  # log key -> [(step, value)], by step
