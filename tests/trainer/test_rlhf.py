@@ -49,6 +49,17 @@ def test_grpo_raises_reward(example, workspace):
     assert math.isfinite(metrics["kl"])
 
 
+def test_rloo_with_lora_trains_only_adapters_and_raises_reward(example, workspace):
+    run = rlhf_run(workspace, example, "rl-lora", training={"maxSteps": 60, "saveSteps": 60, "learningRate": 5e-3,
+                                                              "lora": {"r": 8, "alpha": 16}})
+    metrics = run_stage(workspace, run)["metrics"]
+    assert metrics["meanReward"] > metrics["baselineMeanReward"] + 1.0
+    checkpoint = workspace / "p" / "rl-lora" / "attempt-1" / "checkpoints" / "checkpoint-60"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "model.safetensors").exists()
+    model = workspace / "p" / "rl-lora" / "model"  # merged (lora.save default): the next stage needs no peft
+    assert (model / "model.safetensors").is_file() and not list(model.glob("adapter_*"))
+
+
 def test_rlhf_resumes_from_its_checkpoint(example, workspace):
     first = rlhf_run(workspace, example, "rl", training={"maxSteps": 4, "saveSteps": 2, "loggingSteps": 2}, rl={"evalPrompts": 8})
     assert run_stage(workspace, first)["steps"] == 4

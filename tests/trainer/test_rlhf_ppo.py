@@ -91,16 +91,21 @@ def test_resumed_ppo_matches_an_uninterrupted_run(example, workspace):
         assert final["metrics"][name] == pytest.approx(resumed["metrics"][name]), name
 
 
-def test_ppo_refuses_deepspeed_and_lora(example, workspace):
+@pytest.mark.parametrize("edit", [
+    lambda run: run["stage"].update(deepspeed={"zeroStage": 2}),
+    lambda run: run["stage"]["training"].update(lora={"r": 8}),
+])
+def test_ppo_with_deepspeed_or_lora_is_refused_before_training(example, workspace, capsys, edit):
+    """The API refuses it (CEL at admission, and the stage config here): no GPU time is spent to find out."""
     from refinery_trainer import cli
 
     from .conftest import write_config
 
     run = ppo_run(workspace, example, training={"maxSteps": 2})
-    run["stage"]["deepspeed"] = {"zeroStage": 2}
-    assert cli.main(["run", "--config", str(write_config(workspace / "bad.yaml", run))]) == 1
-    progress = read_json(workspace / "p" / "ppo" / "progress.json")
-    assert progress["phase"] == "Failed" and "ppo runs in one process" in progress["message"]
+    edit(run)
+    assert cli.main(["run", "--config", str(write_config(workspace / "bad.yaml", run))]) == 2
+    assert "rl.algorithm ppo runs in one process" in capsys.readouterr().err
+    assert not (workspace / "p" / "ppo").exists()  # nothing started
 
 
 def test_sigterm_saves_a_ppo_checkpoint_then_exits_143(example, workspace):

@@ -26,7 +26,8 @@ Checkpoints (`checkpoint-<step>` under ctx.checkpoints_dir, marked complete by t
 (so `is_checkpoint_loadable` and a rerun that only loads the final checkpoint see a model), the
 critic in `value/`, optimiser/scheduler/beta/RNG in `ppo_state.pt`, `trainer_state.json`. Progress,
 NaN checks, SIGTERM and Prometheus go through the same TrainerCallbacks as every other stage.
-One process only: no DeepSpeed, no LoRA (yet).
+One process only: no DeepSpeed, no LoRA (yet). The API refuses such a stage at admission
+(`PPO_ONE_PROCESS_MESSAGE`); the check below covers a torchrun started by hand.
 """
 
 from __future__ import annotations

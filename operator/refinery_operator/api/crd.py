@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from .v1alpha1 import (
-    GROUP, KIND, PLURAL, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR, VERSION, PipelineSpec, PipelineStatus,
+    GROUP, KIND, PLURAL, PPO_ONE_PROCESS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR, VERSION, PipelineSpec,
+    PipelineStatus,
 )
 
 # Keywords that have no meaning (or are not allowed) in a CRD schema.
@@ -61,6 +62,13 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         {"rule": "self.type == 'rlhf' || !has(self.rewardModel)", "message": "`rewardModel` is only valid on rlhf stages"},
         {"rule": "self.type == 'rlhf' || !has(self.rl)", "message": "`rl` is only valid on rlhf stages"},
         {"rule": "self.type == 'dpo' || !has(self.dpo)", "message": "`dpo` is only valid on dpo stages"},
+        {
+            "rule": "!has(self.rl) || !has(self.rl.algorithm) || self.rl.algorithm != 'ppo' || (!has(self.deepspeed) "
+                    "&& (!has(self.training) || !has(self.training.lora)) && (!has(self.resources) "
+                    "|| ((!has(self.resources.nodes) || self.resources.nodes <= 1) "
+                    "&& (!has(self.resources.gpus) || self.resources.gpus <= 1))))",
+            "message": PPO_ONE_PROCESS_MESSAGE,
+        },
         # Transition rules (`oldSelf`): the API server evaluates them on an update, per stage, the
         # old stage being the one of the same name (`stages` is a map list keyed by name). CEL on
         # the spec cannot see the status, so "started" cannot be told apart: a stage's identity —

@@ -113,6 +113,8 @@ class Toleration(ApiModel):
 # Pods of a multi-node stage. Their hostnames are `<job>-<index>`: naming.job_name leaves room for
 # the index (two digits) within the 63 characters of a DNS label.
 MAX_NODES = 64
+PPO_ONE_PROCESS_MESSAGE = ("rl.algorithm ppo runs in one process: no deepspeed, no training.lora, at most one GPU "
+                           "on one node (rloo and grpo support all three)")
 SHARED_VOLUME_MESSAGE = ("stages on several nodes (resources.nodes > 1) need storage.claim.accessModes to include "
                          "ReadWriteMany: every node mounts the volume")
 
@@ -226,6 +228,10 @@ class Stage(ApiModel):
             raise ValueError("`dpo` is only valid on dpo stages")
         if self.training.lora is not None and self.type == StageType.pretrain:
             raise ValueError("`training.lora` is not valid on pretrain stages: pretraining trains every weight")
+        if self.rl is not None and self.rl.algorithm == "ppo" and (
+                self.deepspeed is not None or self.training.lora is not None
+                or self.resources.nodes > 1 or self.resources.gpus > 1):
+            raise ValueError(PPO_ONE_PROCESS_MESSAGE)
         return self
 
     @property

@@ -111,6 +111,8 @@ def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer,
         processing_class=tokenizer,
         reward_processing_classes=reward_tokenizer,
         callbacks=ctx.callbacks(),
+        # LoRA: only the adapters train; the KL reference is the same model with them switched off.
+        peft_config=ctx.lora_config("causal"),  # None unless training.lora
     )
 
 
