@@ -161,6 +161,8 @@ async def resync_child_cache(memo: kopf.Memo) -> None:
                 memo.children.resync(kind, await list_children(memo, kind), started)
             except API_ERRORS as e:  # the next round tries again; the watches keep the cache meanwhile
                 log.warning("could not re-list %s for the cache: %s", kind, e)
+            except Exception:  # noqa: BLE001 - a background loop: log it and keep the next rounds
+                log.exception("re-listing %s for the cache failed", kind)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
