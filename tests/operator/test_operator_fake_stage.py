@@ -102,6 +102,32 @@ async def test_restart_mid_run_creates_no_duplicate_job(emulator, cluster, start
     assert created_after_restart == ["restart-sft-1"]  # the running pretrain Job was found, not re-posted
 
 
+async def test_a_job_deleted_while_the_operator_was_down_is_created_again(emulator, cluster, start_operator, kubelet):
+    """The restarted operator fills its cache from a list: a Job gone meanwhile is not in it, so the
+    attempt the status names is created again (same name) and resumes from its checkpoint."""
+    from refinery_operator.k8s import JOBS
+
+    manifest = tiny(make_pipeline("gone").stage("pretrain", "pretrain"))
+    manifest["spec"]["stages"][0]["training"] = {"maxSteps": 40, "saveSteps": 4}
+    async with start_operator():
+        await create_pipeline(cluster, manifest)
+        await wait_for(lambda: ((stored(emulator, PIPELINES_KEY, "gone").get("status") or {}).get("checkpointStep") or 0) >= 4,
+                       30, what="a checkpoint")
+    assert await cluster.delete(JOBS, "default", "gone-pretrain-1")  # foreground: the kubelet stops the pod
+    await wait_for(lambda: stored(emulator, "batch/v1/jobs", "gone-pretrain-1") is None, 30, what="the Job to go")
+    requests_before = len(list(emulator))
+
+    async with start_operator():
+        await wait_for(lambda: phase(emulator, "gone") == "Succeeded", 60, what="the pipeline to finish")
+
+    created = [r.data["metadata"]["name"] for r in list(emulator)[requests_before:]
+               if r.action == kmock.action.CREATE and r.resource == kmock.resource("batch/v1/jobs")]
+    assert created == ["gone-pretrain-1"]  # the same attempt, created once
+    (stage,) = stored(emulator, PIPELINES_KEY, "gone")["status"]["stages"]
+    assert stage["attempt"] == 1 and stage["restarts"] == 0 and stage["step"] == 40
+    assert stage["resumedFrom"]["step"] >= 4  # from the checkpoint the deleted Job's pod saved
+
+
 async def test_evicted_pod_is_retried_from_its_checkpoint(emulator, cluster, start_operator, kubelet):
     manifest = tiny(make_pipeline("evict").stage("pretrain", "pretrain"))
     manifest["spec"]["stages"][0]["training"] = {"maxSteps": 40, "saveSteps": 4}
