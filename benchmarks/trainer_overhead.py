@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/trainer_overhead.py                 # every stage, 3 repeats
     python benchmarks/trainer_overhead.py --stages sft dpo --repeats 5 --steps 60
+    python benchmarks/trainer_overhead.py --stages rlhf --steps 10
 
 For each stage type, the same model, data and settings are trained two ways in this process:
 
@@ -9,8 +10,13 @@ For each stage type, the same model, data and settings are trained two ways in t
   our callbacks (checkpoint markers with fsync, rotation, progress reports to a file, NaN checks,
   Prometheus metrics), resume checks, evaluation before/after and result.json;
 - `direct`: the transformers `Trainer` (pretrain) or TRL trainer (sft `SFTTrainer`, reward
-  `RewardTrainer`, dpo `DPOTrainer`) built by hand from the same model folder, the same rows and
-  the same arguments (steps, batch, learning rate, seed, checkpoint interval, fp32 on CPU).
+  `RewardTrainer`, dpo `DPOTrainer`, rlhf `RLOOTrainer`) built by hand from the same model folder,
+  the same rows and the same arguments (steps, batch, learning rate, seed, checkpoint interval,
+  fp32 on CPU; for rlhf the same sampling settings and the same reward model: the base with a
+  fresh, seeded score head).
+
+For rlhf, TRL counts the prompt and completion tokens of every sampled batch itself (generation
+is part of each step), on both sides alike.
 
 Measured: non-padding input tokens trained (`include_num_input_tokens_seen="non_padding"`, on
 both sides) over the wall time from `on_train_begin` to `on_train_end` of `trainer.train()`, the
@@ -54,8 +60,11 @@ from transformers import TrainerCallback  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data"
 FILES = {"pretrain": ("pretrain.txt", None), "sft": ("sft.jsonl", "sft_eval.jsonl"),
-         "reward": ("preferences.jsonl", "preferences_eval.jsonl"), "dpo": ("preferences.jsonl", "preferences_eval.jsonl")}
-SEQ_LEN = {"pretrain": 128, "sft": 64, "reward": 64, "dpo": 64}
+         "reward": ("preferences.jsonl", "preferences_eval.jsonl"), "dpo": ("preferences.jsonl", "preferences_eval.jsonl"),
+         "rlhf": ("prompts.jsonl", "prompts_eval.jsonl")}
+SEQ_LEN = {"pretrain": 128, "sft": 64, "reward": 64, "dpo": 64, "rlhf": 64}
+# rlhf (RLOO): completions sampled per prompt, their length, KL weight; held-out prompts scored before/after.
+RL = {"algorithm": "rloo", "numGenerations": 4, "maxCompletionLength": 8, "beta": 0.05, "evalPrompts": 8}
 
 
 class Timer(TrainerCallback):
@@ -98,6 +107,22 @@ def make_base_model(folder: Path, hidden: int, layers: int) -> Path:
                          intermediate_size=hidden * 4, max_position_embeddings=256)
     build_model(config, tokenizer, seed=0).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_reward_model(base: Path) -> Path:
+    """The rlhf reward model: the base with a one-output score head (seeded), saved beside it."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = base.parent / "reward"
+    if not folder.is_dir():
+        torch.manual_seed(0)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -148,9 +173,13 @@ def run_refinery(stage: str, base: Path, work: Path, steps: int, batch: int) -> 
         spec["model"] = {"path": str(base)}
     else:
         spec["from"] = "base"
+    extra = {}
+    if stage == "rlhf":
+        spec.update(rewardModel="rm", rl=RL)
+        extra["rewardModel"] = str(make_reward_model(base))
     run = StageRun.model_validate({
         "pipeline": "bench", "stage": spec, "stageDir": str(work / stage), "dataRoot": str(DATA),
-        "initModel": str(base), "reporter": {"kind": "file", "path": str(work / stage / "progress.json")},
+        "initModel": str(base), "reporter": {"kind": "file", "path": str(work / stage / "progress.json")}, **extra,
     })
     timer = Timer()
     callbacks = StageContext.callbacks
@@ -200,6 +229,23 @@ def run_direct(stage: str, base: Path, work: Path, steps: int, batch: int) -> Ti
         trainer = RewardTrainer(model=model, args=RewardConfig(**args, max_length=SEQ_LEN[stage], disable_dropout=True,
                                                                  dataset_num_proc=None),
                                 train_dataset=Dataset.from_list(pairs), processing_class=tokenizer, callbacks=[timer])
+    elif stage == "rlhf":
+        from trl import RLOOConfig, RLOOTrainer
+
+        from refinery_operator.api.v1alpha1 import RlSpec
+
+        rl = RlSpec.model_validate(RL)
+        tokenizer.padding_side = "left"  # generation continues the prompt
+        reward_dir = make_reward_model(base)
+        reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1).eval()
+        reward_model.requires_grad_(False)
+        trainer = RLOOTrainer(model=AutoModelForCausalLM.from_pretrained(base), reward_funcs=reward_model,
+                              args=RLOOConfig(**args, num_generations=rl.num_generations,
+                                              max_completion_length=rl.max_completion_length,
+                                              temperature=rl.temperature, beta=rl.beta, disable_dropout=True),
+                              train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in rows("prompts.jsonl")]),
+                              processing_class=tokenizer, reward_processing_classes=AutoTokenizer.from_pretrained(reward_dir),
+                              callbacks=[timer])
     else:
         from trl import DPOConfig, DPOTrainer
 
@@ -252,7 +298,7 @@ def measure(stage: str, base: Path, root: Path, steps: int, batch: int, repeats:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stages", nargs="+", default=["pretrain", "sft", "reward", "dpo"], choices=list(FILES))
+    parser.add_argument("--stages", nargs="+", default=list(FILES), choices=list(FILES))
     parser.add_argument("--repeats", type=int, default=3, help="measured runs per side and stage (default 3)")
     parser.add_argument("--steps", type=int, default=30, help="optimiser steps per run; one checkpoint at the end (default 30)")
     parser.add_argument("--batch-size", type=int, default=16)
