@@ -28,6 +28,13 @@ def fake_trainer(kubelet):
     kubelet.command_map["refinery-train"] = FAKE_STAGE
 
 
+def jobs_created_since(emulator, first_request: int) -> list[str]:
+    """Names of the Jobs POSTed from the `first_request`-th request on (iterating kmock yields the
+    requests it served)."""
+    return [r.data["metadata"]["name"] for r in list(emulator)[first_request:]
+            if r.action == kmock.action.CREATE and r.resource == kmock.resource("batch/v1/jobs")]
+
+
 def tiny(builder):
     manifest = builder.manifest()
     for stage in manifest["spec"]["stages"]:
@@ -95,11 +102,7 @@ async def test_restart_mid_run_creates_no_duplicate_job(emulator, cluster, start
 
     jobs = stored_all(emulator, "batch/v1/jobs")
     assert sorted(jobs) == ["restart-pretrain-1", "restart-sft-1"]
-    created_after_restart = [
-        r.data["metadata"]["name"] for r in list(emulator)[requests_before:]
-        if r.action == kmock.action.CREATE and r.resource == kmock.resource("batch/v1/jobs")
-    ]
-    assert created_after_restart == ["restart-sft-1"]  # the running pretrain Job was found, not re-posted
+    assert jobs_created_since(emulator, requests_before) == ["restart-sft-1"]  # the running pretrain Job was found, not re-posted
 
 
 async def test_a_job_deleted_while_the_operator_was_down_is_created_again(emulator, cluster, start_operator, kubelet):
@@ -120,9 +123,7 @@ async def test_a_job_deleted_while_the_operator_was_down_is_created_again(emulat
     async with start_operator():
         await wait_for(lambda: phase(emulator, "gone") == "Succeeded", 60, what="the pipeline to finish")
 
-    created = [r.data["metadata"]["name"] for r in list(emulator)[requests_before:]
-               if r.action == kmock.action.CREATE and r.resource == kmock.resource("batch/v1/jobs")]
-    assert created == ["gone-pretrain-1"]  # the same attempt, created once
+    assert jobs_created_since(emulator, requests_before) == ["gone-pretrain-1"]  # the same attempt, created once
     (stage,) = stored(emulator, PIPELINES_KEY, "gone")["status"]["stages"]
     assert stage["attempt"] == 1 and stage["restarts"] == 0 and stage["step"] == 40
     assert stage["resumedFrom"]["step"] >= 4  # from the checkpoint the deleted Job's pod saved
