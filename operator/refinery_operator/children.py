@@ -97,6 +97,9 @@ class ChildCache:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._entries: dict[Kind, dict[Key, dict[str, Entry]]] = {"jobs": {}, "progress": {}}
+        # When each object's DELETED event came, until the next resync: a list requested before
+        # a deletion may still show the object, and must not bring it back.
+        self._deleted: dict[Kind, dict[tuple[Key, str], float]] = {"jobs": {}, "progress": {}}
 
     # ---- reading (reconcile) -------------------------------------------------------------------
 
@@ -146,11 +149,15 @@ class ChildCache:
                 del entries[name]
             if not entries:
                 del self._entries[kind][key]
+        deleted = self._deleted[kind]
         for key, bodies_by_name in listed.items():
             for name, body in bodies_by_name.items():
                 current = (self._entries[kind].get(key) or {}).get(name)
+                if deleted.get((key, name), -1.0) >= started:
+                    continue  # deleted after the list was requested: the list is the older news
                 if current is None or current.since < started:
                     self._store(kind, key, body, confirmed=True)
+        self._deleted[kind] = {k: t for k, t in deleted.items() if t >= started}  # older ones the list covers
 
     def seen(self, kind: Kind, event_type: str | None, body: Mapping[str, Any]) -> bool:
         """A watch event (ADDED, MODIFIED, DELETED, or None while kopf lists); True if ours."""
@@ -158,10 +165,12 @@ class ChildCache:
         if key is None:
             return False
         if event_type == "DELETED":
+            name = (body.get("metadata") or {}).get("name")
             entries = self._entries[kind].get(key) or {}
-            entries.pop((body.get("metadata") or {}).get("name"), None)
+            entries.pop(name, None)
             if not entries:
                 self._entries[kind].pop(key, None)
+            self._deleted[kind][key, name] = self._clock()
         else:
             self._store(kind, key, body, confirmed=True)
         return True

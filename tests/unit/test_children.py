@@ -103,3 +103,17 @@ def test_a_resync_drops_what_the_watch_missed_and_keeps_what_is_newer():
     assert names(cache.jobs("ns", "q")) == ["q-sft-1"]
     clock.now += UNCONFIRMED_S + 1
     assert names(cache.jobs("ns", "q")) == ["q-sft-1"]  # listed: it exists, no watch needed to confirm it
+
+
+def test_a_resync_does_not_bring_back_what_was_deleted_after_the_list_was_requested():
+    clock = Clock()
+    cache = ChildCache(clock=clock)
+    cache.seen("jobs", "ADDED", job("p-sft-1"))
+    started = clock.now
+    clock.now += 1
+    cache.seen("jobs", "DELETED", job("p-sft-1"))  # the list's answer, still showing it, comes after
+    cache.resync("jobs", [job("p-sft-1")], started)
+    assert cache.jobs("ns", "p") == []
+    clock.now += 1
+    cache.resync("jobs", [job("p-sft-1")], clock.now)  # a later list that shows it: it is back
+    assert names(cache.jobs("ns", "p")) == ["p-sft-1"]
