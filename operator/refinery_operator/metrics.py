@@ -33,10 +33,11 @@ from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, P
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .api.run import METRICS_PORT_ENV
 from .api.v1alpha1 import Phase, PipelineSpec, PipelineStatus, StageStatus
 from .core import accounting
 
-PORT_ENV = "REFINERY_METRICS_PORT"
+PORT_ENV = METRICS_PORT_ENV
 PHASES = [p.value for p in Phase]
 FAILURE_CLASSES = ("application", "infrastructure")  # label values; the spec's `retries` keys
 # Around the 1 s target of DESIGN.md ("checkpoint written -> visible in kubectl get tp, p99").

@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from transformers import TrainerCallback
 
+from refinery_operator.api.run import METRICS_PORT_ENV
+
 if TYPE_CHECKING:
     from .context import StageContext
 
 log = logging.getLogger(__name__)
 
-PORT_ENV = "REFINERY_METRICS_PORT"  # the same variable the operator and local mode read
+PORT_ENV = METRICS_PORT_ENV  # the same variable the operator and local mode read
 POD_DEFAULT_PORT = 9400
 LABELS = ("pipeline", "stage", "type")
 

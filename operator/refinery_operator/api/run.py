@@ -17,6 +17,7 @@ from .v1alpha1 import ApiModel, Checkpoint, Stage
 RESULT_FILE = "result.json"
 MODEL_DIR = "model"
 PROGRESS_FILE = "progress.json"
+METRICS_PORT_ENV = "REFINERY_METRICS_PORT"  # the /metrics port of the operator, local mode and trainer pods
 METRICS_LOG_FILE = "metrics.jsonl"  # every training/eval log of an attempt, one JSON line each, in its folder
 CHECKPOINT_MARKER = "refinery-checkpoint-complete.json"
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..api.run import PROGRESS_FILE, RESULT_FILE, FileReporter, ProgressRecord
+from ..api.run import METRICS_PORT_ENV, PROGRESS_FILE, RESULT_FILE, FileReporter, ProgressRecord
 from ..api.v1alpha1 import Phase, PipelineStatus, StageStatus, TrainingPipeline
 from ..core.naming import pipeline_root, stage_dir
 from ..core.plan import AttemptState, Observed, plan, rfc3339
@@ -40,9 +40,6 @@ from .summary import write_summary_plot
 
 POLL_SECONDS = 0.2
 STATUS_FILE = "status.json"
-# Names the port of local mode's own /metrics (refinery_operator.metrics.PORT_ENV): kept out of the
-# stage processes, which would otherwise try to serve their trainer metrics on the same port.
-METRICS_PORT_ENV = "REFINERY_METRICS_PORT"
 
 
 @dataclass
@@ -220,7 +217,8 @@ def write_status(root: Path, status: PipelineStatus) -> None:
 
 
 def trainer_environment() -> dict[str, str]:
-    """This process's environment for a stage process, less local mode's metrics port."""
+    """This process's environment for a stage process, less local mode's metrics port: a stage
+    process would otherwise try to serve its trainer metrics on the same port."""
     return {k: v for k, v in os.environ.items() if k != METRICS_PORT_ENV}
 
 
