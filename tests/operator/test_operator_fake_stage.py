@@ -35,6 +35,15 @@ def jobs_created_since(emulator, first_request: int) -> list[str]:
             if r.action == kmock.action.CREATE and r.resource == kmock.resource("batch/v1/jobs")]
 
 
+async def start_to_first_checkpoint(cluster, emulator, name: str) -> None:
+    """Create a one-stage pipeline of 40 steps (a checkpoint every 4) and wait for its first checkpoint."""
+    manifest = tiny(make_pipeline(name).stage("pretrain", "pretrain"))
+    manifest["spec"]["stages"][0]["training"] = {"maxSteps": 40, "saveSteps": 4}
+    await create_pipeline(cluster, manifest)
+    await wait_for(lambda: ((stored(emulator, PIPELINES_KEY, name).get("status") or {}).get("checkpointStep") or 0) >= 4,
+                   30, what="a first checkpoint")
+
+
 def tiny(builder):
     manifest = builder.manifest()
     for stage in manifest["spec"]["stages"]:
@@ -110,12 +119,8 @@ async def test_a_job_deleted_while_the_operator_was_down_is_created_again(emulat
     attempt the status names is created again (same name) and resumes from its checkpoint."""
     from refinery_operator.k8s import JOBS
 
-    manifest = tiny(make_pipeline("gone").stage("pretrain", "pretrain"))
-    manifest["spec"]["stages"][0]["training"] = {"maxSteps": 40, "saveSteps": 4}
     async with start_operator():
-        await create_pipeline(cluster, manifest)
-        await wait_for(lambda: ((stored(emulator, PIPELINES_KEY, "gone").get("status") or {}).get("checkpointStep") or 0) >= 4,
-                       30, what="a checkpoint")
+        await start_to_first_checkpoint(cluster, emulator, "gone")
     assert await cluster.delete(JOBS, "default", "gone-pretrain-1")  # foreground: the kubelet stops the pod
     await wait_for(lambda: stored(emulator, "batch/v1/jobs", "gone-pretrain-1") is None, 30, what="the Job to go")
     requests_before = len(list(emulator))
@@ -130,12 +135,8 @@ async def test_a_job_deleted_while_the_operator_was_down_is_created_again(emulat
 
 
 async def test_evicted_pod_is_retried_from_its_checkpoint(emulator, cluster, start_operator, kubelet):
-    manifest = tiny(make_pipeline("evict").stage("pretrain", "pretrain"))
-    manifest["spec"]["stages"][0]["training"] = {"maxSteps": 40, "saveSteps": 4}
     async with start_operator():
-        await create_pipeline(cluster, manifest)
-        await wait_for(lambda: ((stored(emulator, PIPELINES_KEY, "evict").get("status") or {}).get("checkpointStep") or 0) >= 4,
-                       30, what="a first checkpoint")
+        await start_to_first_checkpoint(cluster, emulator, "evict")
         await kubelet.evict("evict-pretrain-1")
         retrying = await wait_for(lambda: stage_status(emulator, "evict", "pretrain", attempt=2), 15, what="attempt 2")
         await wait_for(lambda: phase(emulator, "evict") == "Succeeded", 60, what="the retry to finish")
