@@ -34,9 +34,11 @@ USER 10001:10001
 # 8080: kopf's liveness endpoint (/healthz); 8000: Prometheus /metrics (REFINERY_METRICS_PORT).
 EXPOSE 8080 8000
 ENV REFINERY_METRICS_PORT=8000
-# Standalone: one replica and no kopf peering objects (see handlers.run_operator). The chart
-# replaces CMD with `--namespace=<ns>` to watch a single namespace.
-ENTRYPOINT ["kopf", "run", "-m", "refinery_operator.handlers", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]
+# `refinery operator` runs kopf standalone (one replica, no peering objects; handlers.run_operator)
+# and hands the namespaces to the handlers too. The chart replaces CMD with `--namespace=<ns>` to
+# watch a single namespace (a plain `kopf run --namespace` would leave the handlers listing
+# cluster-wide, which a Role in one namespace forbids).
+ENTRYPOINT ["refinery", "operator", "--liveness=http://0.0.0.0:8080/healthz"]
 CMD ["--all-namespaces"]
 
 # ------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
     refinery run examples/tiny-chat.yaml            # local mode, no cluster
     refinery validate examples/*.yaml
     refinery crd > crds/trainingpipelines.refinery.dev.yaml
-    refinery operator [--namespace NS]              # the kopf operator (needs the operator extra)
+    refinery operator [--namespace NS ...] [--liveness URL]  # the kopf operator (needs the operator extra)
 
 Heavy imports (kopf, torch) happen only inside the subcommand that needs them.
 """
@@ -92,7 +92,7 @@ def port_number(text: str) -> int:
 def cmd_operator(args: argparse.Namespace) -> int:
     from .handlers import run_operator
 
-    run_operator(namespace=args.namespace)
+    run_operator(args.namespace or [], liveness_endpoint=args.liveness, verbose=args.verbose)
     return 0
 
 
@@ -118,8 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     crd.add_argument("-o", "--output", help="write to this file instead of stdout")
     crd.set_defaults(func=cmd_crd)
 
-    op = sub.add_parser("operator", help="run the Kubernetes operator")
-    op.add_argument("--namespace", help="watch only this namespace (default: all)")
+    op = sub.add_parser("operator", help="run the Kubernetes operator (the operator image's entrypoint)")
+    scope = op.add_mutually_exclusive_group()
+    # kopf's own flag names, so the chart's args work for both; unlike `kopf run --namespace`, the
+    # namespaces also reach the handlers, which list Jobs and ConfigMaps only there (a Role in one
+    # namespace allows no cluster-wide list).
+    scope.add_argument("-n", "--namespace", action="append", metavar="NS",
+                       help="watch only this namespace (repeatable; default: all namespaces)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    op.add_argument("--liveness", metavar="URL", help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
+    op.add_argument("--verbose", action="store_true", help="log every handler step")
     op.set_defaults(func=cmd_operator)
     return parser
 

@@ -1,6 +1,8 @@
 """kopf glue: every handler delegates to `reconcile.reconcile` (the one use-case).
 
-Run it with `refinery operator` (which calls `run_operator`) or `kopf run -m refinery_operator.handlers`.
+Run it with `refinery operator [--namespace NS]` (which calls `run_operator`; the image's entrypoint).
+`kopf run -m refinery_operator.handlers` works for all namespaces only: kopf does not tell the
+handlers its `--namespace`, so they would list cluster-wide (see `fill_child_cache`).
 
 How a pipeline is driven:
 - A daemon per pipeline runs `reconcile` whenever it is woken, and at least every RESYNC_S
@@ -146,8 +148,17 @@ async def list_children(memo: kopf.Memo, kind: str) -> list[dict[str, Any]]:
 @kopf.on.startup(backoff=RETRY_S)
 async def fill_child_cache(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """List every stage Job and progress ConfigMap once, before kopf starts watching (children.py),
-    then re-list them every CACHE_RESYNC_S. An API error fails this handler, which kopf retries."""
-    counts = {kind: memo.children.seed(kind, await list_children(memo, kind)) for kind in CHILD_KINDS}
+    then re-list them every CACHE_RESYNC_S. An API error fails this handler, which kopf retries;
+    a 403 at cluster scope never heals by itself, so it stops the operator with what to do."""
+    try:
+        counts = {kind: memo.children.seed(kind, await list_children(memo, kind)) for kind in CHILD_KINDS}
+    except ApiException as e:
+        if e.status == 403 and not memo.get("namespaces"):
+            raise kopf.PermanentError(
+                "cannot list stage Jobs and progress ConfigMaps in all namespaces (403 Forbidden). With RBAC for "
+                "one namespace (the chart's watchNamespace), start the operator with `refinery operator --namespace NS`; "
+                "`kopf run --namespace` does not pass the namespace to the handlers") from e
+        raise
     logger.info("cached %d stage Jobs and %d progress ConfigMaps", counts["jobs"], counts["progress"])
     memo.cache_resync = asyncio.create_task(resync_child_cache(memo))
 
@@ -204,18 +215,36 @@ def close(memo: kopf.Memo, **_: Any) -> None:
         memo.cluster.close()
 
 
-def run_operator(namespace: str | None = None, *, liveness_endpoint: str | None = None, verbose: bool = False) -> None:
-    """Run the operator until interrupted: cluster-wide, or only in `namespace`.
+def run_operator(namespaces: list[str] | None = None, *, liveness_endpoint: str | None = None,
+                 verbose: bool = False) -> None:
+    """Run the operator until interrupted: cluster-wide, or only in `namespaces`.
 
-    Standalone (no kopf peering): run one replica; the Deployment's `Recreate` strategy keeps
-    two from overlapping during a rollout.
+    The namespaces go to kopf and, through the memo, to `list_children`: with RBAC for one
+    namespace (the chart's `watchNamespace`) every list must stay in it. Standalone (no kopf
+    peering): run one replica; the Deployment's `Recreate` strategy keeps two from overlapping
+    during a rollout.
     """
     kopf.configure(verbose=verbose)
-    namespaces = [namespace] if namespace else []
+    namespaces = list(namespaces or [])
     kopf.run(
-        clusterwide=namespace is None,
+        clusterwide=not namespaces,
         namespaces=namespaces,
         memo=kopf.Memo(namespaces=namespaces),  # what fill_child_cache lists (empty: all namespaces)
+        settings=scanning_settings(namespaces),
         standalone=True,
         liveness_endpoint=liveness_endpoint,
     )
+
+
+def scanning_settings(namespaces: list[str]) -> kopf.OperatorSettings:
+    """kopf's scanning, off for exact namespace names.
+
+    To match namespace patterns kopf lists namespaces at cluster scope; the chart's Role in one
+    namespace refuses that, and kopf retries 9 times (about a minute, logging errors) before it
+    falls back to the names given — a minute in which no pipeline is served. Exact names need no
+    scan. The price: the CRDs are discovered once, at start-up (a CRD installed later is served
+    after a restart); the chart installs the CRD before the operator's Deployment.
+    """
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = bool(namespaces) and not any(set(ns) & set("*?!,") for ns in namespaces)
+    return settings

@@ -177,13 +177,18 @@ def entrypoint(target: str) -> list[str]:
     return json.loads(next(rest for k, rest in STAGES[target].instructions if k == "ENTRYPOINT"))
 
 
-def test_operator_entrypoint_runs_the_handlers_module_with_a_liveness_endpoint():
+def test_operator_entrypoint_runs_the_operator_command_with_a_liveness_endpoint():
+    """`refinery operator` (kopf standalone: the chart grants no peering RBAC) and not `kopf run`:
+    only it hands `--namespace` to the handlers too (tests/real/test_least_privilege.py)."""
+    from refinery_operator.cli import build_parser
+
     cmd = entrypoint("operator")
-    assert cmd[:2] == ["kopf", "run"]
-    module = cmd[cmd.index("-m") + 1]
-    assert (REPO / "operator" / Path(*module.split("."))).with_suffix(".py").exists()
+    assert cmd[:2] == ["refinery", "operator"]
+    assert "refinery" in PYPROJECT["project"]["scripts"]
     assert any(a.startswith("--liveness=http://0.0.0.0:8080/healthz") for a in cmd)
-    assert "--standalone" in cmd  # no kopf peering: the chart grants no peering RBAC
+    for chart_args in (["--all-namespaces"], ["--namespace=ml", "--verbose"]):  # what the chart's Deployment passes
+        args = build_parser().parse_args(cmd[1:] + chart_args)
+        assert args.liveness == "http://0.0.0.0:8080/healthz"
 
 
 def test_trainer_entrypoint_is_the_console_script():
