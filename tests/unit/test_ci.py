@@ -10,3 +10,10 @@ def test_ci_installs_promtool_before_the_test_command_and_runs_as_ci():
     install = script.index("apt-get install -y -qq prometheus")
     assert script.index("command -v promtool") < install < script.index("&& pytest")
     assert 'export CI="${CI:-true}"' in script
+
+
+def test_ci_provides_what_the_real_control_plane_needs_before_the_test_command():
+    """tests/real fails under CI=true without a control plane; its launcher needs openssl and zstd."""
+    script = (REPO / ".ci" / "run").read_text()
+    install = script.index("apt-get install -y -qq openssl zstd")
+    assert script.index("command -v zstd") < install < script.index("&& pytest")

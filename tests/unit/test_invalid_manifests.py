@@ -18,7 +18,7 @@ CATALOG = sorted((Path(__file__).resolve().parents[1] / "manifests" / "invalid")
 # What CEL cannot express within the API server's cost budget (graph walks) or what needs
 # arithmetic across fields: the operator refuses these with InvalidSpec instead.
 OPERATOR_ONLY = {
-    "dependency-cycle", "depends-on-itself", "depends-on-unknown-stage", "depends-on-misses-from",
+    "dependency-cycle", "depends-on-unknown-stage", "depends-on-misses-from",
     "heads-do-not-divide-width",
     # The API server refuses these itself, before any CRD schema is consulted: object names must
     # be DNS names, and a group/version it does not serve is a 404.

@@ -51,6 +51,13 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     ],
     "Stage": [
         {"rule": "has(self.from) != has(self.model)", "message": "set exactly one of `from` (a stage) or `model`"},
+        # A stage naming itself: per stage and constant cost (the graph walks stay the operator's).
+        {"rule": "!has(self.from) || self.from != self.name", "message": "a stage cannot start `from` itself",
+         "fieldPath": ".from"},
+        {"rule": "!has(self.rewardModel) || self.rewardModel != self.name",
+         "message": "a stage cannot be its own `rewardModel` (it names itself)", "fieldPath": ".rewardModel"},
+        {"rule": "!has(self.dependsOn) || !self.dependsOn.exists(d, d == self.name)",
+         "message": "a stage cannot depend on itself", "fieldPath": ".dependsOn"},
         {
             "rule": "self.type != 'pretrain' || !has(self.training) || !has(self.training.lora)",
             "message": "`training.lora` is not valid on pretrain stages: pretraining trains every weight",
