@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,10 @@ def admin(admin_kubeconfig: Path) -> Cluster:
 def namespace(kubectl: Kubectl, crd: None) -> str:
     name = f"t{next(_counter)}-{os.getpid() % 10000}"
     kubectl.run("create", "namespace", name)
-    kubectl.run("wait", "--for=jsonpath={.metadata.name}=default", f"serviceaccount/default", "-n", name, "--timeout=60s")
+    for _ in range(300):  # the serviceaccount controller adds `default` within moments; pods need it
+        if kubectl.run("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0:
+            break
+        time.sleep(0.1)
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
 
@@ -110,6 +114,8 @@ async def node(admin: Cluster, admin_kubeconfig: Path, namespace: str, tmp_path:
                      namespaces=[namespace], command_map={"refinery-train": FAKE_STAGE})
     task = asyncio.create_task(test_node.run())
     yield test_node
+    if task.done():  # the node died under the test: show why
+        task.result()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -121,9 +127,9 @@ def chart_operator(helm_binary: Path, kubectl: Kubectl, admin_kubeconfig: Path, 
     of that mode applied and a token of the chart's ServiceAccount as its only credential."""
     started: list[OperatorProcess] = []
 
-    def make(watch_namespace: str = "") -> OperatorProcess:
+    def make(watch_namespace: str = "", **values: Any) -> OperatorProcess:
         release = f"rf-{watch_namespace}" if watch_namespace else "rf-all"
-        rbac = ChartRBAC.install(helm_binary, kubectl, tmp_path / release, release, watch_namespace)
+        rbac = ChartRBAC.install(helm_binary, kubectl, tmp_path / release, release, watch_namespace, values)
         command, env = rbac.operator_command(free_port())
         operator = OperatorProcess(command, env, rbac.kubeconfig(admin_kubeconfig), tmp_path / f"{release}-operator.log")
         started.append(operator)

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -95,9 +96,10 @@ class ChartRBAC:
         self.service_account = self.deployment["spec"]["template"]["spec"]["serviceAccountName"]
 
     @classmethod
-    def install(cls, helm: Path, kubectl: Kubectl, folder: Path, release: str, watch_namespace: str = "") -> ChartRBAC:
+    def install(cls, helm: Path, kubectl: Kubectl, folder: Path, release: str, watch_namespace: str = "",
+                values: dict[str, Any] | None = None) -> ChartRBAC:
         folder.mkdir(parents=True, exist_ok=True)
-        objects = helm_template(helm, folder, release, {"watchNamespace": watch_namespace})
+        objects = helm_template(helm, folder, release, {"watchNamespace": watch_namespace, **(values or {})})
         kubectl.run("create", "namespace", RELEASE_NAMESPACE, check=False)
         kubectl.apply([o for o in objects if o["kind"] in RBAC_KINDS])
         return cls(objects, kubectl, folder)
@@ -162,6 +164,13 @@ class OperatorProcess:
                         return
             time.sleep(0.2)
         raise AssertionError(f"the operator was not live after {timeout}s:\n{self.log_tail()}")
+
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen with its connections open (a stalled node, a long GC)."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL, as a node failure or an OOM kill ends it: no clean-up of any kind."""

@@ -115,12 +115,17 @@ class Node:
                     await self._sync()
                 except (ApiException, HTTPError) as e:  # the API server is down or restarting: try again
                     self.errors += 1
-                    log.info("node sync failed: %s", e)
+                    self._log(f"sync failed: {type(e).__name__}: {str(e)[:300]}")
                 await asyncio.sleep(SYNC_S)
         finally:
             for pod in self.pods.values():
                 if pod.process is not None:
                     kill_pod(pod)  # type: ignore[arg-type] - same fields as kubelet.Pod
+
+    def _log(self, line: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "node.log", "a") as out:
+            out.write(f"{now()} {line}\n")
 
     # -- the node object ------------------------------------------------------------------------
 
@@ -213,6 +218,7 @@ class Node:
         if running.exit_code is not None and not running.reported:
             await self._write_terminated(running, pod)
             running.reported = True
+            self._log(f"{running.namespace}/{running.name}: exited {running.exit_code}")
         if meta.get("deletionTimestamp") and running.reported:
             await self._final_delete(meta)
 
@@ -223,6 +229,7 @@ class Node:
             running.grace_s = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(running.process.pid, signal.SIGTERM)
+            self._log(f"{running.namespace}/{running.name}: deleted, SIGTERM (grace {running.grace_s:.0f}s)")
         elif time.monotonic() - running.terminating_since > running.grace_s:
             kill_pod(running)  # type: ignore[arg-type]
             running.process.wait()
@@ -251,6 +258,7 @@ class Node:
             running.process = subprocess.Popen(command, env=env, cwd=running.folder, stdout=out, stderr=subprocess.STDOUT,
                                                start_new_session=True)
         self.started.append(running.name)
+        self._log(f"{running.namespace}/{running.name}: started {' '.join(command)}")
 
     async def _mount(self, pod: dict[str, Any], container: dict[str, Any], running: RunningPod) -> dict[str, Path]:
         namespace = running.namespace
