@@ -1,0 +1,154 @@
+"""Status isolation and garbage collection on a real API server.
+
+- The status subresource isolates: a write to the object never changes `.status`, a spec change
+  never clobbers what the operator wrote, and `observedGeneration` follows `metadata.generation`.
+- Conflicts: the operator writes status with JSON merge patches that carry no resourceVersion, so
+  other writers bumping the version (a storm of annotation patches here) never make it fail or
+  lose an update; a client that does send a stale resourceVersion gets 409 from the server.
+- Deleting a pipeline: kopf releases its finalizer, and the real garbage collector deletes what
+  the pipeline owns — Jobs (and their pods), ConfigMaps, the headless Service of a multi-node
+  stage, the ServiceAccount, Role and RoleBinding, and the claim the operator created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from refinery_operator.k8s import BY_KIND, JOBS, MERGE_PATCH, PIPELINES, Resource
+from tests.builders import make_pipeline
+
+from .conftest import create_pipeline, get_pipeline, wait_until
+from .test_faults import StatusWatcher, chain
+from .test_least_privilege import finished
+
+pytestmark = pytest.mark.timeout(240)
+PODS = Resource("", "v1", "pods")
+
+
+async def status_of(admin, namespace: str, name: str) -> dict:
+    return ((await get_pipeline(admin, namespace, name)) or {}).get("status") or {}
+
+
+async def test_status_is_isolated_and_observed_generation_follows(admin, namespace, node, chart_operator):
+    operator = chart_operator()
+    operator.start()
+    await asyncio.to_thread(operator.wait_live)
+    await create_pipeline(admin, chain("iso", namespace, stages=2, steps=100))
+
+    async def checkpointed():
+        status = await status_of(admin, namespace, "iso")
+        return status if (status.get("checkpointStep") or 0) >= 10 else None
+
+    before = await wait_until(checkpointed, 60, "a checkpoint")
+    assert before["observedGeneration"] == 1
+    # A write to the object itself: the API server drops its `.status` part.
+    await admin.request("PATCH", PIPELINES.path(namespace, "iso"), content_type=MERGE_PATCH,
+                        body={"metadata": {"labels": {"team": "ml"}}, "status": {"phase": "Failed", "stages": []}})
+    after = await status_of(admin, namespace, "iso")
+    assert after["phase"] == "Running" and after["stages"], after
+    # A spec change (a later stage's training): generation 2, observed by the operator, status kept.
+    await admin.request("PATCH", PIPELINES.path(namespace, "iso"), content_type="application/json-patch+json",
+                        body=[{"op": "replace", "path": "/spec/stages/1/training/maxSteps", "value": 60}])
+    body = await get_pipeline(admin, namespace, "iso")
+    assert body["metadata"]["generation"] == 2
+
+    async def observed():
+        status = await status_of(admin, namespace, "iso")
+        return status if status.get("observedGeneration") == 2 else None
+
+    status = await wait_until(observed, 30, "observedGeneration 2")
+    s0 = next(s for s in status["stages"] if s["name"] == "s0")
+    assert (s0.get("lastCheckpoint") or {}).get("step", 0) >= before["checkpointStep"]  # nothing clobbered
+    final = await wait_until(lambda: finished(admin, namespace, "iso"), 120, "the pipeline to finish")
+    assert final["phase"] == "Succeeded" and [s["lastCheckpoint"]["step"] for s in final["stages"]] == [100, 60]
+
+
+async def test_concurrent_writers_never_cost_a_status_update(admin, namespace, node, chart_operator):
+    operator = chart_operator()
+    operator.start()
+    await asyncio.to_thread(operator.wait_live)
+    await create_pipeline(admin, chain("busy", namespace, stages=2, steps=80))
+    watcher = StatusWatcher(admin, namespace, "busy")
+    sampling = asyncio.create_task(watcher.run())
+    writes = 0
+
+    async def storm() -> None:  # another controller labelling the object: a new resourceVersion every 50 ms
+        nonlocal writes
+        while True:
+            await admin.request("PATCH", PIPELINES.path(namespace, "busy"), content_type=MERGE_PATCH,
+                                body={"metadata": {"annotations": {"example.com/touched": str(writes)}}})
+            writes += 1
+            await asyncio.sleep(0.05)
+
+    storming = asyncio.create_task(storm())
+    try:
+        status = await wait_until(lambda: finished(admin, namespace, "busy"), 120, "the pipeline to finish")
+    finally:
+        storming.cancel()
+        sampling.cancel()
+    assert writes > 50
+    assert status["phase"] == "Succeeded" and [s["lastCheckpoint"]["step"] for s in status["stages"]] == [80, 80]
+    assert [s["checkpoints"] for s in status["stages"]] == [16, 16]  # every checkpoint counted
+    assert not watcher.backwards, watcher.backwards
+    # The server does enforce optimistic concurrency for a client that asks for it:
+    stale = await get_pipeline(admin, namespace, "busy")
+    await admin.request("PATCH", PIPELINES.path(namespace, "busy"), content_type=MERGE_PATCH,
+                        body={"metadata": {"annotations": {"example.com/touched": "again"}}})
+    stale["status"]["phase"] = "Pending"
+    with pytest.raises(ApiException) as conflict:
+        await admin.request("PUT", PIPELINES.path(namespace, "busy", "status"), body=stale)
+    assert conflict.value.status == 409
+    assert (await status_of(admin, namespace, "busy"))["phase"] == "Succeeded"
+
+
+async def test_deleting_a_pipeline_garbage_collects_what_it_owns(admin, kubectl, namespace, node, chart_operator):
+    operator = chart_operator()
+    operator.start()
+    await asyncio.to_thread(operator.wait_live)
+    manifest = (make_pipeline("gc", namespace).stage("pretrain", "pretrain", resources={"nodes": 2})
+                .storage(claim={"size": "1Gi", "accessModes": ["ReadWriteMany"]}).manifest())
+    manifest["spec"]["stages"][0]["training"] = {"maxSteps": 1000, "saveSteps": 5}
+    await create_pipeline(admin, manifest)
+    owned = {("Job", "gc-pretrain-1"), ("Service", "gc-pretrain-1"), ("ConfigMap", "gc-pretrain-progress"),
+             ("ConfigMap", "gc-pretrain-1-config"), ("ServiceAccount", "gc-stage"), ("Role", "gc-stage"),
+             ("RoleBinding", "gc-stage"), ("PersistentVolumeClaim", "gc-workspace")}
+
+    async def present() -> set[tuple[str, str]]:
+        found = set()
+        for kind, name in owned:
+            if await admin.get(BY_KIND[kind], namespace, name) is not None:
+                found.add((kind, name))
+        return found
+
+    async def all_present():
+        return await present() == owned
+
+    async def pods_running():
+        pods = (await admin.request("GET", PODS.path(namespace))).get("items") or []
+        return len([p for p in pods if (p.get("status") or {}).get("phase") == "Running"]) == 2
+
+    try:
+        await wait_until(all_present, 60, "the pipeline's objects")
+    except AssertionError:
+        raise AssertionError(f"missing {owned - await present()}; names: "
+                             f"{kubectl.run('get', 'all,cm,sa,role,rolebinding,pvc', '-n', namespace).stdout}") from None
+    await wait_until(pods_running, 60, "both pods of the Indexed Job running")
+    for kind, name in owned - {("PersistentVolumeClaim", "gc-workspace")}:
+        refs = (await admin.get(BY_KIND[kind], namespace, name))["metadata"]["ownerReferences"]
+        assert [(r["kind"], r["name"], r.get("controller")) for r in refs] == [("TrainingPipeline", "gc", True)], (kind, refs)
+
+    await asyncio.to_thread(kubectl.run, "delete", "tp", "gc", "-n", namespace, "--wait=true", "--timeout=60s")
+    assert await get_pipeline(admin, namespace, "gc") is None  # kopf released its finalizer
+
+    async def nothing_left():
+        pods = (await admin.request("GET", PODS.path(namespace))).get("items") or []
+        return not pods and not await present()
+
+    try:
+        await wait_until(nothing_left, 90, "the garbage collector")
+    except AssertionError:
+        raise AssertionError(f"left: {await present()}") from None
+    assert not (await admin.request("GET", JOBS.path(namespace))).get("items")
