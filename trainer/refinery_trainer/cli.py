@@ -140,7 +140,7 @@ def run_stage(run) -> int:
     previous = _stop_gracefully_on_sigterm(ctx)
     try:
         stage = importlib.import_module(STAGES[run.stage.type])
-        metrics = stage.run(ctx)
+        metrics = {**stage.run(ctx), **ctx.throughput}  # tokensPerSecond, mfu: measured by ThroughputCallback
     except TerminatedError as exc:
         _fail(ctx, exc.message, exc.reason, traceback=False)
         return EXIT_TERMINATED

@@ -55,6 +55,7 @@ class StageContext:
         self.resumed_from: Checkpoint | None = None
         self.train_started = False  # set by the callbacks once a resume has loaded (see train())
         self.stop_requested = False  # set on SIGTERM: checkpoint at the end of this step, then stop
+        self.throughput: dict[str, float] = {}  # tokensPerSecond (and mfu) of the training steps (ThroughputCallback)
 
     # ---- the run -----------------------------------------------------------------------------
 
@@ -215,11 +216,14 @@ class StageContext:
 
     def callbacks(self) -> list[TrainerCallback]:
         """The TrainerCallbacks every stage passes to its trainer: markers, rotation, metrics.jsonl,
-        progress, NaN check, metrics. The log file comes before the NaN check, so it keeps the last log."""
+        progress, NaN check, metrics. The log file comes before the NaN check, so it keeps the last log;
+        throughput comes before both, so they see the tokens/s and MFU it adds to each training log."""
         from .callbacks import CheckpointMarkerCallback, MetricsLogCallback, ProgressCallback
         from .metrics import metrics_callbacks
+        from .throughput_callback import ThroughputCallback
 
-        return [CheckpointMarkerCallback(self), MetricsLogCallback(self), ProgressCallback(self), *metrics_callbacks(self)]
+        return [CheckpointMarkerCallback(self), ThroughputCallback(self), MetricsLogCallback(self), ProgressCallback(self),
+                *metrics_callbacks(self)]
 
     @staticmethod
     def quiet(trainer: Trainer) -> None:

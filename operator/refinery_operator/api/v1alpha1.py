@@ -141,6 +141,11 @@ class Resources(ApiModel):
         None, max_length=32, description="Node labels the pod must match."
     )
     tolerations: list[Toleration] | None = Field(None, max_length=32, description="Taints the pod tolerates.")
+    gpu_peak_tflops: float | None = Field(
+        None, gt=0, le=100000,
+        description="Dense bf16 peak of one GPU in TFLOP/s, for the stage's `mfu` metric. Default: looked up from the "
+        "GPU's name (A100, H100, H200, L40S, B200 ...); no `mfu` for a GPU not in that table, nor on a CPU.",
+    )
 
 
 class Retries(ApiModel):
