@@ -123,7 +123,7 @@ def load_reward_model(ctx: StageContext):
     from ..modeling import load_model
 
     path = ctx.reward_model_dir
-    model = load_model(path, AutoModelForSequenceClassification, num_labels=1)
+    model = load_model(path, AutoModelForSequenceClassification, num_labels=1, **ctx.model_kwargs())
     tokenizer = ctx.load_tokenizer(path)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.requires_grad_(False)
