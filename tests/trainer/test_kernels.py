@@ -96,3 +96,41 @@ def test_gpu_kernels_train(workspace, training):
     assert _pretrain(workspace, precision="bf16", **training) == 0
     metrics = read_json(workspace / "p" / "pretrain" / "result.json")["metrics"]
     assert metrics["evalLoss"] < metrics["initialEvalLoss"] and metrics["mfu"] > 0
+
+
+def test_vllm_generation_is_refused_where_it_cannot_run(monkeypatch):
+    assert kernels.generation_kwargs("hf", cuda=False) == {}
+    with pytest.raises(KernelError, match="rl.generation=vllm needs a CUDA GPU"):
+        kernels.generation_kwargs("vllm", cuda=False)
+    monkeypatch.setattr(kernels, "is_installed", lambda module: False)
+    with pytest.raises(KernelError, match="needs the vllm package: run the trainer-vllm image"):
+        kernels.generation_kwargs("vllm", cuda=True)
+    monkeypatch.setattr(kernels, "is_installed", lambda module: True)
+    assert kernels.generation_kwargs("vllm", cuda=True)["vllm_mode"] == "colocate"
+
+
+def test_an_rlhf_stage_asking_for_vllm_on_a_cpu_fails_before_loading_anything(workspace, capsys):
+    run = stage_run(workspace, "rlhf", "rlhf", data={"path": "prompts.jsonl"}, from_="sft",
+                    training={"batchSize": 8}, initModel=str(workspace / "missing-policy"),
+                    rewardModel=str(workspace / "missing-reward"))
+    run["stage"].update(rewardModel="reward", rl={"generation": "vllm"})
+    assert cli.main(["run", "--config", str(write_config(workspace / "run.yaml", run))]) == cli.EXIT_FAILED
+    progress = read_json(workspace / "p" / "rlhf" / "progress.json")
+    # Refused for what it asks, not for the missing data or models it never got to read.
+    assert progress["failureReason"] == "UnsupportedKernel" and "rl.generation=vllm" in progress["message"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_vllm_colocated_generation_raises_the_reward(tmp_path_factory, workspace):
+    """On a GPU with vLLM installed (the trainer-vllm image): RLOO sampling through vLLM in the
+    training process raises the held-out reward like transformers' generate does. Not run here:
+    no machine of ours has a GPU."""
+    pytest.importorskip("vllm")
+    from .test_rlhf import example_models, rlhf_run, run_stage
+
+    example = example_models(tmp_path_factory.getbasetemp() / "example-vllm")
+    run = rlhf_run(workspace, example, rl={"generation": "vllm"}, training={"maxSteps": 60, "saveSteps": 60})
+    metrics = run_stage(workspace, run)["metrics"]
+    assert metrics["meanReward"] > metrics["baselineMeanReward"] + 0.5 and metrics["tokensPerSecond"] > 0

@@ -1,4 +1,4 @@
-"""Fast kernels of a stage: the attention implementation, Liger kernels and torch.compile.
+"""Fast kernels of a stage: the attention implementation, Liger kernels, torch.compile, vLLM generation.
 
     attention_implementation("auto", cuda=True, half_precision=True)   # "flash_attention_2" when flash-attn is installed
     attention_implementation("auto", cuda=False, half_precision=False) # "sdpa"
@@ -17,6 +17,9 @@
 - `training.compile`: `torch.compile` of the model (inductor) by the Trainer (`torch_compile`).
   It runs on a CPU too (inductor builds C++ with the local compiler), paying compile time at
   the first steps; worth it on a GPU for runs of more than a few hundred steps.
+- `rl.generation: vllm` (rloo, grpo): completions sampled by vLLM inside the training process
+  (TRL's colocate mode) instead of transformers' `generate`. Needs a GPU and the `vllm` package
+  (the Dockerfile's `trainer-vllm` target); refused with reason `UnsupportedKernel` otherwise.
 """
 
 from __future__ import annotations
@@ -57,5 +60,21 @@ def kernel_training_kwargs(liger_kernel: bool, compile: bool, *, cuda: bool) -> 
         raise KernelError("training.ligerKernel needs a CUDA GPU (Liger's kernels are Triton); remove it on CPU")
     if liger_kernel and not is_installed("liger_kernel"):
         raise KernelError("training.ligerKernel needs the liger-kernel package in the trainer image "
-                          "(pip install 'refinery[gpu]'); remove it or use an image that has it")
+                          "(the Dockerfile's trainer-vllm target, or pip install 'refinery[kernels]'); remove it or use "
+                          "an image that has it")
     return {"use_liger_kernel": liger_kernel, "torch_compile": compile}
+
+
+def generation_kwargs(generation: str, *, cuda: bool) -> dict:
+    """RLOOConfig/GRPOConfig kwargs of `rl.generation`: vLLM in the training processes (TRL's colocate
+    mode: each rank runs a vLLM engine on its own GPU, weights synced before every generation)."""
+    if generation != "vllm":
+        return {}
+    if not cuda:
+        raise KernelError("rl.generation=vllm needs a CUDA GPU; use generation: hf on CPU")
+    if not is_installed("vllm"):
+        raise KernelError("rl.generation=vllm needs the vllm package: run the trainer-vllm image (Dockerfile target "
+                          "trainer-vllm, vLLM 0.30.0) or pip install 'refinery[vllm]'; or use generation: hf")
+    # A share of the GPU for vLLM's weights and KV cache; the rest stays for training. The policies
+    # here are small (the example's, a ~0.5B in benchmarks/gpu_suite.py): 0.3 is TRL's default.
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
