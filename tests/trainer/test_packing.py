@@ -7,6 +7,7 @@ import pytest
 
 from refinery_operator.api.run import StageRun
 from refinery_trainer.context import StageContext
+from refinery_trainer.packing import use_row_packing
 from refinery_trainer.stages.sft import sft_config
 
 from .conftest import sft_rows, stage_run
@@ -14,7 +15,7 @@ from .conftest import sft_rows, stage_run
 MAX_LENGTH = 64
 
 
-def _trainer(workspace, model, tokenizer, rows, packing: bool, chat: bool):
+def _trainer(workspace, model, tokenizer, rows, packing: bool, chat: bool, layout: str = "rows"):
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -22,7 +23,10 @@ def _trainer(workspace, model, tokenizer, rows, packing: bool, chat: bool):
                     training={"batchSize": 8, "packing": packing})
     ctx = StageContext(StageRun.model_validate(run))
     config = sft_config(ctx, MAX_LENGTH, chat, output_dir=str(workspace / f"out-{packing}"))
-    return SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    if packing and layout == "rows":  # what the stage does unless the attention is FlashAttention's
+        use_row_packing(trainer, tokenizer.pad_token_id)
+    return trainer
 
 
 def _summed_loss(model, batches) -> tuple[float, int, int]:
@@ -46,7 +50,9 @@ def _summed_loss(model, batches) -> tuple[float, int, int]:
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("chat", [False, True], ids=["prompt-completion", "messages"])
-def test_packed_batches_have_the_loss_of_the_unpacked_rows(pretrained, workspace, attention, chat):
+@pytest.mark.parametrize("layout", ["rows", "flattened"])
+def test_packed_batches_have_the_loss_of_the_unpacked_rows(pretrained, workspace, attention, chat, layout):
+    """`rows`: batchSize packed rows (sdpa, eager); `flattened`: TRL's padding-free single row (FlashAttention's layout)."""
     from refinery_trainer.modeling import load_model
     from refinery_trainer.tokenizer import load_tokenizer
 
@@ -56,10 +62,13 @@ def test_packed_batches_have_the_loss_of_the_unpacked_rows(pretrained, workspace
     scorer = load_model(model_dir, attn_implementation=attention).eval()  # the same weights score both
     figures = {}
     for packing in (True, False):
-        trainer = _trainer(workspace, load_model(model_dir), tokenizer, rows, packing, chat)
+        trainer = _trainer(workspace, load_model(model_dir, attn_implementation=attention), tokenizer, rows, packing, chat,
+                           layout)
         batches = list(trainer.get_train_dataloader())
-        if packing:  # padding-free: each batch is one row of examples with restarting positions, no mask
+        if packing:  # examples with restarting positions and no mask: rows of up to MAX_LENGTH, or one flat row
             assert all("attention_mask" not in b and "position_ids" in b for b in batches)
+            widths = {b["input_ids"].size(1) for b in batches}
+            assert max(widths) <= MAX_LENGTH if layout == "rows" else max(widths) > MAX_LENGTH
         figures[packing] = _summed_loss(scorer, batches)
     (packed, packed_tokens, packed_rows), (padded, padded_tokens, padded_rows) = figures[True], figures[False]
     assert packed_tokens == padded_tokens > 0  # the same labelled tokens (completions / assistant turns)

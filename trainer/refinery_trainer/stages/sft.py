@@ -37,6 +37,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     from datasets import Dataset
     from trl import SFTTrainer
 
+    from ..packing import use_row_packing
+
     trainer = SFTTrainer(
         model=model,
         args=sft_config(ctx, min(ctx.training.seq_len, model.config.max_position_embeddings), chat),
@@ -46,6 +48,8 @@ def run(ctx: StageContext) -> dict[str, float]:
         peft_config=ctx.lora_config("causal"),  # None unless training.lora
         callbacks=ctx.callbacks(),
     )
+    if trainer.args.packing:  # rows of batchSize x seqLen, unless FlashAttention reads flattened batches faster
+        use_row_packing(trainer, tokenizer.pad_token_id)
     metrics = ctx.train_and_evaluate(trainer)
     ctx.save_final(trainer.model, tokenizer)
     return metrics
@@ -58,11 +62,11 @@ def sft_config(ctx: StageContext, max_length: int, chat: bool, **overrides):
     return SFTConfig(
         **ctx.training_args_kwargs(**overrides),
         max_length=max_length,
-        # Packed by default: best-fit rows of max_length tokens, padding-free (each example restarts its
-        # position ids, which every attention implementation turns into its own causal attention), so a
-        # step trains on batchSize full rows instead of batchSize padded examples. Examples longer than
-        # max_length are truncated, as without packing. Held-out batches stay unpacked: evalLoss keeps
-        # its per-example batching whichever way training ran.
+        # Packed by default: best-fit rows of max_length tokens, each example restarting its position
+        # ids, which every attention implementation turns into its own causal attention (see
+        # refinery_trainer.packing), so a step trains on batchSize full rows instead of batchSize
+        # padded examples. Examples longer than max_length are truncated, as without packing.
+        # Held-out batches stay unpacked: evalLoss keeps its per-example batching either way.
         packing=ctx.training.packing is not False,
         packing_strategy="bfd",
         eval_packing=False,
