@@ -88,3 +88,18 @@ USER 1000:1000
 EXPOSE 9400
 ENTRYPOINT ["refinery-train"]
 CMD ["--help"]
+
+# ------------------------------------------------------------------------------------------------
+# trainer-vllm: the trainer plus the GPU-only speed-ups, for stages with `rl.generation: vllm` or
+# `training.ligerKernel` (extras `vllm` and `kernels` of pyproject.toml, same versions):
+#   docker build --target trainer-vllm -t ghcr.io/refinery-dev/refinery-trainer:0.1.0-vllm .
+# vLLM 0.30.0 pins torch==2.13.0, the trainer's own torch, so it is installed on top of that image
+# under the same constraint (no second torch); a vLLM whose pin differs would need its own target.
+FROM trainer AS trainer-vllm
+ARG TORCH_VERSION=2.13.0
+ARG VLLM_VERSION=0.30.0
+ARG LIGER_KERNEL_VERSION=0.8.5
+USER root
+RUN pip install -c /opt/constraints.txt "vllm==${VLLM_VERSION}" "liger-kernel==${LIGER_KERNEL_VERSION}" \
+ && python -c "import torch, vllm, liger_kernel; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__"
+USER 1000:1000

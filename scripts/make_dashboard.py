@@ -118,14 +118,20 @@ def build() -> dict[str, Any]:
           w=8)
     g.add(timeseries("Evaluation metrics", "Every other number of each evaluation: reward-model accuracy, "
                      "held-out reward ...", target(f"refinery_trainer_eval_metric{{{SEL}}}", f"{{{{metric}}}} {STAGE}")), w=8)
-    g.add(timeseries("Throughput: tokens/s", "Input tokens trained on per second (where the trainer counts tokens).",
-                     target(f"sum by (namespace, pipeline, stage) (rate(refinery_trainer_tokens_total{{{SEL}}}[$__rate_interval]))")),
+    g.add(timeseries("Throughput: tokens/s", "Non-padding tokens trained on per second: over wall-clock time (the "
+                     "counter's rate) and over training-step time in each logging window (the trainer's gauge).",
+                     target(f"sum by (namespace, pipeline, stage) (rate(refinery_trainer_tokens_total{{{SEL}}}[$__rate_interval]))",
+                            f"wall {STAGE}"),
+                     target(f"refinery_trainer_tokens_per_second{{{SEL}}}", f"steps {STAGE}", ref="B")),
           w=8)
     g.add(timeseries("Throughput: steps/s", "Optimiser steps per second.",
                      target(f"sum by (namespace, pipeline, stage) (rate(refinery_trainer_steps_total{{{SEL}}}[$__rate_interval]))")),
           w=8)
     g.add(timeseries("Learning rate", "Learning rate at each logging step.", target(f"refinery_trainer_learning_rate{{{SEL}}}")),
           w=8)
+    g.add(timeseries("MFU", "Model FLOPs utilisation of each stage's GPUs in each logging window: tokens/s x (6 x "
+                     "parameters + attention FLOPs per token) over their dense bf16 peak. Only on GPUs whose peak is known.",
+                     target(f"refinery_trainer_mfu_ratio{{{SEL}}}"), unit="percentunit", min=0), w=8)
 
     g.row("Reliability and cost")
     g.add(timeseries("Restarts by failure class", "Stage attempts retried, by who failed: application (the trainer) "

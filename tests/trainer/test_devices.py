@@ -10,6 +10,7 @@ from refinery_operator.api.run import StageRun
 from refinery_trainer import cli
 from refinery_trainer.callbacks import ProgressCallback
 from refinery_trainer.context import StageContext
+from refinery_trainer.throughput_callback import ThroughputCallback
 from refinery_trainer.devices import PrecisionError, effective_batch_size, precision_kwargs
 
 from .conftest import TINY_MODEL, make_corpus, read_json, stage_run, write_config
@@ -71,20 +72,34 @@ def test_fp16_on_cpu_fails_the_stage_with_a_clear_reason(workspace, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_progress_reports_effective_batch_and_tokens_per_second(workspace):
+def test_progress_reports_effective_batch_and_the_throughput_of_each_training_log(workspace):
     ctx = context(workspace, batchSize=8, gradientAccumulationSteps=2)
     now = [100.0]
-    callback = ProgressCallback(ctx, clock=lambda: now[0])
+    throughput, progress = ThroughputCallback(ctx, clock=lambda: now[0], peak=None), ProgressCallback(ctx)
     args = types.SimpleNamespace(per_device_train_batch_size=8, gradient_accumulation_steps=2, world_size=3)
     state = types.SimpleNamespace(global_step=0, max_steps=10, num_input_tokens_seen=0, is_world_process_zero=True)
-    callback.on_train_begin(args, state, None)
+    for callback in (throughput, progress):
+        callback.on_train_begin(args, state, None)
     assert ctx.reporter.record.metrics["effectiveBatchSize"] == 48
 
-    now[0], state.global_step, state.num_input_tokens_seen = 102.0, 5, 5000
-    callback.on_log(args, state, None, logs={"loss": 1.0})
+    def step(seconds: float, tokens: int, idle: float = 0.0):
+        throughput.on_step_begin(args, state, None)
+        now[0] += seconds
+        state.global_step, state.num_input_tokens_seen = state.global_step + 1, state.num_input_tokens_seen + tokens
+        throughput.on_step_end(args, state, None)
+        now[0] += idle  # a checkpoint save or an evaluation between steps: not training time
+
+    def log(logs):
+        for callback in (throughput, progress):
+            callback.on_log(args, state, None, logs=logs)
+
+    step(1.0, 2500, idle=30.0)
+    step(1.0, 2500)
+    log({"loss": 1.0})
     assert ctx.reporter.record.metrics["tokensPerSecond"] == 2500.0
-    now[0], state.num_input_tokens_seen = 103.0, 5000
-    callback.on_log(args, state, None, logs={"eval_loss": 1.0})  # evaluations do not count
-    now[0], state.global_step, state.num_input_tokens_seen = 104.0, 10, 8000
-    callback.on_log(args, state, None, logs={"loss": 0.5})
-    assert ctx.reporter.record.metrics["tokensPerSecond"] == 1500.0  # 3000 tokens over the 2 s since the last log
+    assert "mfu" not in ctx.reporter.record.metrics  # a CPU: no peak, no MFU (absent, not 0)
+    log({"eval_loss": 1.0})  # evaluations do not count
+    step(2.0, 3000)
+    log({"loss": 0.5})
+    assert ctx.reporter.record.metrics["tokensPerSecond"] == 1500.0  # 3000 tokens over the 2 s of steps since the last log
+    assert ctx.throughput == {"tokensPerSecond": 2000.0}  # 8000 tokens over 4 s of steps: the attempt's figure

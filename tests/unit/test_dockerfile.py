@@ -112,10 +112,12 @@ def extras_installed(args: list[str]) -> set[str]:
     return found
 
 
-def test_both_targets_exist_on_pinned_bases():
-    assert set(STAGES) == {"operator", "trainer"}
+def test_the_targets_exist_on_pinned_bases():
+    assert set(STAGES) == {"operator", "trainer", "trainer-vllm"}
     for stage in STAGES.values():
         base = stage.base
+        if base in STAGES:  # a variant built on another target
+            continue
         if base.startswith("${"):
             base = GLOBAL_ARGS[base.strip("${}")]
         image, _, tag = base.partition(":")
@@ -151,7 +153,19 @@ def test_trainer_torch_is_the_version_the_readme_pins():
     assert re.fullmatch(r"\d+\.\d+\.\d+", STAGES["trainer"].args["DEEPSPEED_VERSION"])
 
 
-@pytest.mark.parametrize("target", ["operator", "trainer"])
+def test_trainer_vllm_adds_the_extras_pins_on_the_same_torch():
+    stage = STAGES["trainer-vllm"]
+    assert stage.base == "trainer"
+    assert stage.args["TORCH_VERSION"] == STAGES["trainer"].args["TORCH_VERSION"]
+    pins = {re.split(r"[=<>!~\[ ]", r, maxsplit=1)[0]: r for extra in ("vllm", "kernels") for r in EXTRAS[extra]}
+    assert pins["vllm"] == f"vllm=={stage.args['VLLM_VERSION']}"
+    liger = pins["liger-kernel"].removeprefix("liger-kernel==").removesuffix(".*")
+    assert stage.args["LIGER_KERNEL_VERSION"].startswith(liger)
+    installs = [" ".join(w) for w in commands(stage) if w[:2] == ["pip", "install"]]
+    assert installs and all("-c /opt/constraints.txt" in cmd for cmd in installs), "no install may replace the torch"
+
+
+@pytest.mark.parametrize("target", ["operator", "trainer", "trainer-vllm"])
 def test_runs_as_a_numeric_non_root_user(target):
     users = [rest for keyword, rest in STAGES[target].instructions if keyword == "USER"]
     assert users, f"{target}: no USER"

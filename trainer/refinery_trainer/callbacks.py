@@ -7,9 +7,8 @@
 - `ProgressCallback`: step/max_steps/metrics to the Reporter (throttled), and a NaN/inf loss fails
   the stage with reason `NanLoss` instead of training on garbage; after SIGTERM it has the Trainer
   save a checkpoint at the end of the current step and stop (graceful eviction/preemption).
-  It also reports `effectiveBatchSize` (batch x accumulation x processes) at the start and
-  `tokensPerSecond` with every training log: non-padding input tokens of all processes
-  (`include_num_input_tokens_seen="non_padding"`) over the wall time since the previous log.
+  It also reports `effectiveBatchSize` (batch x accumulation x processes) at the start, and
+  `tokensPerSecond` and `mfu` with every training log (computed by `ThroughputCallback`).
 - `MetricsLogCallback`: every log dict (training and evaluation, transformers and TRL keys as
   logged) appended as one JSON line `{"step": ..., "time": ..., **logs}` to
   `<stage_dir>/attempt-<n>/metrics.jsonl` by rank 0: the full-resolution history that the
@@ -51,6 +50,8 @@ LIVE_METRICS = {
     "eval_accuracy": "evalAccuracy",
     "reward": "trainReward",
     "kl": "kl",
+    "tokens_per_second": "tokensPerSecond",  # added to training logs by ThroughputCallback
+    "mfu": "mfu",
 }
 
 
@@ -78,10 +79,8 @@ class CheckpointMarkerCallback(TrainerCallback):
 
 
 class ProgressCallback(TrainerCallback):
-    def __init__(self, ctx: StageContext, clock=time.monotonic):
+    def __init__(self, ctx: StageContext):
         self.ctx = ctx
-        self.clock = clock
-        self._tokens_at: tuple[float, float] | None = None  # (time, tokens seen) at the previous training log
 
     def on_train_begin(self, args, state, control, **kwargs):
         from .devices import effective_batch_size
@@ -91,17 +90,8 @@ class ProgressCallback(TrainerCallback):
         batch = effective_batch_size(args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size)
         log.info("effective batch size %d = %d per device x %d accumulation x %d processes", batch,
                  args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size)
-        self._tokens_at = (self.clock(), state.num_input_tokens_seen)
         metrics = {**self.ctx.reporter.record.metrics, "effectiveBatchSize": float(batch)}
         self.ctx.report(force=True, step=state.global_step, max_steps=state.max_steps or None, metrics=metrics)
-
-    def tokens_per_second(self, state) -> dict[str, float]:
-        """{"tokensPerSecond": ...} since the previous training log, when tokens are counted."""
-        if self._tokens_at is None or not state.num_input_tokens_seen:
-            return {}
-        (then, seen), now = self._tokens_at, self.clock()
-        self._tokens_at = (now, state.num_input_tokens_seen)
-        return {"tokensPerSecond": (state.num_input_tokens_seen - seen) / (now - then)} if now > then else {}
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.ctx.stop_requested:  # SIGTERM: the Trainer saves right after this step, then stops
@@ -121,8 +111,6 @@ class ProgressCallback(TrainerCallback):
         if not self.ctx.train_started:
             return  # the evaluation of the initial model: reported as initialEval* by train_and_evaluate
         live = _log_metrics(logs)
-        if "loss" in logs:  # a training log (not an evaluation's)
-            live.update(self.tokens_per_second(state))
         metrics = {**self.ctx.reporter.record.metrics, **live}
         self.ctx.report(step=state.global_step, metrics=metrics)
         if state.is_world_process_zero and logs:

@@ -129,6 +129,19 @@ def run_stage(run) -> int:
     from .context import StageContext
     from .errors import StageError, TerminatedError
     from .report import short_error
+    from .startup import hide_unused_packages, restore
+
+    hidden = hide_unused_packages(run.stage)  # no DeepSpeed, vLLM, Liger import for a stage that does not use them
+    try:
+        return _run_stage(run)
+    finally:
+        restore(hidden)
+
+
+def _run_stage(run) -> int:
+    from .context import StageContext
+    from .errors import StageError, TerminatedError
+    from .report import short_error
 
     # Progress goes through the Reporter and the log; download/save/map bars would only flood pod logs.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -140,7 +153,7 @@ def run_stage(run) -> int:
     previous = _stop_gracefully_on_sigterm(ctx)
     try:
         stage = importlib.import_module(STAGES[run.stage.type])
-        metrics = stage.run(ctx)
+        metrics = {**stage.run(ctx), **ctx.throughput}  # tokensPerSecond, mfu: measured by ThroughputCallback
     except TerminatedError as exc:
         _fail(ctx, exc.message, exc.reason, traceback=False)
         return EXIT_TERMINATED

@@ -55,6 +55,7 @@ class StageContext:
         self.resumed_from: Checkpoint | None = None
         self.train_started = False  # set by the callbacks once a resume has loaded (see train())
         self.stop_requested = False  # set on SIGTERM: checkpoint at the end of this step, then stop
+        self.throughput: dict[str, float] = {}  # tokensPerSecond (and mfu) of the training steps (ThroughputCallback)
 
     # ---- the run -----------------------------------------------------------------------------
 
@@ -154,7 +155,20 @@ class StageContext:
         from .modeling import load_model
 
         path = Path(path) if path is not None else self.init_model_dir
-        return load_model(path), self.load_tokenizer(path)
+        return load_model(path, **self.model_kwargs()), self.load_tokenizer(path)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """`from_pretrained` kwargs every model of the stage is loaded with: the attention implementation
+        of `training.attention` (see `refinery_trainer.kernels`). Raises KernelError."""
+        import torch
+
+        from .devices import precision_kwargs
+        from .kernels import attention_implementation
+
+        cuda = torch.cuda.is_available()
+        precision = precision_kwargs(self.training.precision, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+        return {"attn_implementation": attention_implementation(self.training.attention, cuda=cuda,
+                                                                half_precision=any(precision.values()))}
 
     # ---- training ----------------------------------------------------------------------------
 
@@ -169,6 +183,7 @@ class StageContext:
         import torch
 
         from .devices import precision_kwargs
+        from .kernels import kernel_training_kwargs
 
         t = self.training
         cuda = torch.cuda.is_available()
@@ -203,6 +218,7 @@ class StageContext:
             disable_tqdm=True,  # progress goes through the Reporter; tqdm would flood pod logs
         )
         kwargs.update(distributed.training_args_kwargs(self.stage.deepspeed, self.resolve, cuda=cuda))  # ZeRO
+        kwargs.update(kernel_training_kwargs(t.liger_kernel, t.compile, cuda=cuda))  # Liger, torch.compile
         kwargs.update(overrides)
         return kwargs
 
@@ -215,11 +231,14 @@ class StageContext:
 
     def callbacks(self) -> list[TrainerCallback]:
         """The TrainerCallbacks every stage passes to its trainer: markers, rotation, metrics.jsonl,
-        progress, NaN check, metrics. The log file comes before the NaN check, so it keeps the last log."""
+        progress, NaN check, metrics. The log file comes before the NaN check, so it keeps the last log;
+        throughput comes before both, so they see the tokens/s and MFU it adds to each training log."""
         from .callbacks import CheckpointMarkerCallback, MetricsLogCallback, ProgressCallback
         from .metrics import metrics_callbacks
+        from .throughput_callback import ThroughputCallback
 
-        return [CheckpointMarkerCallback(self), MetricsLogCallback(self), ProgressCallback(self), *metrics_callbacks(self)]
+        return [CheckpointMarkerCallback(self), ThroughputCallback(self), MetricsLogCallback(self), ProgressCallback(self),
+                *metrics_callbacks(self)]
 
     @staticmethod
     def quiet(trainer: Trainer) -> None:

@@ -19,6 +19,7 @@ initialised head would be rank-limited for no gain, and the head must be saved w
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -62,6 +63,8 @@ def apply_lora(model, spec: LoraSpec | None, task: Task = "causal"):
 
 
 def is_lora_model(model) -> bool:
+    if "peft" not in sys.modules:  # no PeftModel exists before peft is imported: do not pay for the import
+        return False
     try:
         from peft import PeftModel
     except ImportError:  # peft is optional until a stage asks for LoRA

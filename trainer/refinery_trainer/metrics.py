@@ -61,6 +61,11 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("refinery_trainer_tokens_total", "counter", LABELS,
               "Input tokens trained on by this process (where the trainer counts them: TRL's num_tokens or "
               "transformers' num_input_tokens_seen); rate() is tokens per second."),
+    MetricDef("refinery_trainer_tokens_per_second", "gauge", LABELS,
+              "Non-padding tokens trained on per second of training steps (all processes), over the latest logging window."),
+    MetricDef("refinery_trainer_mfu_ratio", "gauge", LABELS,
+              "Model FLOPs utilisation (0-1) over the latest logging window: tokens/s x training FLOPs per token "
+              "(6 x parameters + attention) over the GPUs' bf16 peak. Absent on a CPU or a GPU whose peak is unknown."),
     MetricDef("refinery_trainer_eval_loss", "gauge", LABELS, "Loss on the held-out data at the latest evaluation."),
     MetricDef("refinery_trainer_eval_metric", "gauge", (*LABELS, "metric"),
               "Every other number of the latest evaluation, by name without the eval_ prefix (accuracy, reward ...)."),
@@ -81,6 +86,8 @@ LOG_GAUGES = {
     "eval_loss": "refinery_trainer_eval_loss",
     "reward": "refinery_trainer_reward",
     "kl": "refinery_trainer_kl",
+    "tokens_per_second": "refinery_trainer_tokens_per_second",  # added to training logs by ThroughputCallback
+    "mfu": "refinery_trainer_mfu_ratio",
 }
 EVAL_SKIPPED = ("runtime", "samples_per_second", "steps_per_second")  # timings, not quality
 

@@ -14,8 +14,9 @@ from refinery_operator.api.v1alpha1 import ModelConfig
 from .errors import ModelError
 
 
-def build_model(config: ModelConfig, tokenizer, seed: int = 0):
-    """A randomly initialised LlamaForCausalLM sized by `config`, its vocabulary the tokenizer's."""
+def build_model(config: ModelConfig, tokenizer, seed: int = 0, attn_implementation: str | None = None):
+    """A randomly initialised LlamaForCausalLM sized by `config`, its vocabulary the tokenizer's
+    (`attn_implementation`: as `from_pretrained` takes it; None: transformers' default, sdpa)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -33,6 +34,7 @@ def build_model(config: ModelConfig, tokenizer, seed: int = 0):
         # Untied, like Llama 2/3: with tied weights every resume warns "missing keys ['lm_head.weight']"
         # (Trainer._issue_warnings_after_load checks _keys_to_ignore_on_save, not the tied keys).
         tie_word_embeddings=False,
+        attn_implementation=attn_implementation,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(llama)

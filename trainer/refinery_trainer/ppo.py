@@ -293,9 +293,10 @@ def train(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, pr
     loop.resume(policy, critic, optimizer, scheduler, kl_ctl)
 
     window: list[dict[str, float]] = []
-    loop.fire("on_train_begin")
+    loop.fire("on_train_begin", model=policy)  # its shape: FLOPs per token for MFU
     while loop.state.global_step < max_steps:
         step = loop.state.global_step
+        loop.fire("on_step_begin")
         torch.manual_seed(t.seed + step)  # a resumed run samples exactly what the killed one would have
         batch = [p for p in step_prompts(prompts, step, per_step, t.seed) for _ in range(rl.num_generations)]
         data = rollout(policy, reference, critic, reward_model, tokenizer, reward_tokenizer, batch, rl, kl_ctl)
@@ -316,6 +317,7 @@ def train(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, pr
             loop.save(policy, critic, optimizer, scheduler, kl_ctl, tokenizer)
         if loop.control.should_training_stop:
             break
+    loop.fire("on_train_end")
     ctx.steps = loop.state.global_step
     if ctx.stop_requested:
         raise TerminatedError(f"stage {ctx.stage.name!r} stopped by SIGTERM after a checkpoint at step {ctx.steps}")

@@ -16,9 +16,10 @@ from typing import Any
 import yaml
 
 from .v1alpha1 import (
-    GROUP, KIND, PLURAL, PPO_ONE_PROCESS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR, VERSION, PipelineSpec,
-    PipelineStatus,
+    GROUP, KIND, PACKING_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
+    VERSION, VLLM_GPU_MESSAGE, PipelineSpec, PipelineStatus,
 )
+from .training import VLLM_PPO_MESSAGE
 
 # Keywords that have no meaning (or are not allowed) in a CRD schema.
 DROPPED = {"title", "$defs", "examples"}
@@ -63,6 +64,15 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "message": "`training.lora` is not valid on pretrain stages: pretraining trains every weight",
         },
         {
+            "rule": "self.type == 'sft' || !has(self.training) || !has(self.training.packing)",
+            "message": PACKING_MESSAGE,
+        },
+        {
+            "rule": "!has(self.rl) || !has(self.rl.generation) || self.rl.generation != 'vllm' || !has(self.resources) "
+                    "|| !has(self.resources.gpus) || self.resources.gpus >= 1",
+            "message": VLLM_GPU_MESSAGE,
+        },
+        {
             "rule": "self.type != 'rlhf' || (has(self.from) && has(self.rewardModel))",
             "message": "an rlhf stage needs `from` (the policy's stage) and `rewardModel` (a reward stage)",
         },
@@ -100,6 +110,10 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         {
             "rule": "!(self.algorithm in ['rloo', 'grpo']) || self.numGenerations >= 2",
             "message": "rloo and grpo compare completions of one prompt: numGenerations must be at least 2",
+        },
+        {
+            "rule": "!has(self.generation) || self.generation != 'vllm' || !has(self.algorithm) || self.algorithm != 'ppo'",
+            "message": VLLM_PPO_MESSAGE,
         },
     ],
     "ModelSource": [

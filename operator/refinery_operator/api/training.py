@@ -56,6 +56,23 @@ class TrainingSpec(ApiModel):
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory.")
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights (sft, reward, dpo, rlhf).")
+    packing: bool | None = Field(
+        None,
+        description="sft: pack examples into rows of `seqLen` tokens with no padding (best-fit, each example its own "
+        "positions and attention, so the loss is the unpacked one). Default: on. Pretrain always trains on full blocks.",
+    )
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention implementation. `auto`: FlashAttention 2 on a GPU training in bf16/fp16 when flash-attn "
+        "is installed, else PyTorch's `sdpa`.",
+    )
+    liger_kernel: bool = Field(
+        False, description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU); needs a GPU and the liger-kernel package."
+    )
+    compile: bool = Field(False, description="torch.compile the model (inductor): slower first steps, faster after.")
+
+
+VLLM_PPO_MESSAGE = "rl.generation vllm is for rloo and grpo (TRL's vLLM integration); ppo generates with transformers"
 
 
 class RlSpec(ApiModel):
@@ -65,6 +82,11 @@ class RlSpec(ApiModel):
         "rloo",
         description="`rloo` (TRL RLOOTrainer), `grpo` (TRL GRPOTrainer) or `ppo` (PPO with a value model "
         "initialised from the reward model).",
+    )
+    generation: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="rloo, grpo: how completions are sampled. `hf`: transformers' generate. `vllm`: vLLM in the "
+        "training process (TRL's colocate mode, sharing the GPU); needs a GPU and an image with vLLM.",
     )
     num_generations: int = Field(4, ge=1, le=256, description="Completions sampled per prompt (rloo, grpo: at least 2).")
     max_completion_length: int = Field(16, ge=1, le=65536, description="Longest sampled completion, in tokens.")
@@ -85,6 +107,8 @@ class RlSpec(ApiModel):
     def _group_baselines_need_groups(self) -> RlSpec:
         if self.algorithm in ("rloo", "grpo") and self.num_generations < 2:
             raise ValueError(f"{self.algorithm} compares completions of one prompt: numGenerations must be at least 2")
+        if self.generation == "vllm" and self.algorithm == "ppo":
+            raise ValueError(VLLM_PPO_MESSAGE)
         return self
 
 

@@ -115,6 +115,8 @@ class Toleration(ApiModel):
 # Pods of a multi-node stage. Their hostnames are `<job>-<index>`: naming.job_name leaves room for
 # the index (two digits) within the 63 characters of a DNS label.
 MAX_NODES = 64
+PACKING_MESSAGE = "`training.packing` is only valid on sft stages: pretrain always trains on full blocks of seqLen tokens"
+VLLM_GPU_MESSAGE = "rl.generation vllm needs a GPU: set resources.gpus to at least 1, or use generation hf"
 PPO_ONE_PROCESS_MESSAGE = ("rl.algorithm ppo runs in one process: no deepspeed, no training.lora, at most one GPU "
                            "on one node (rloo and grpo support all three)")
 SHARED_VOLUME_MESSAGE = ("stages on several nodes (resources.nodes > 1) need storage.claim.accessModes to include "
@@ -141,6 +143,11 @@ class Resources(ApiModel):
         None, max_length=32, description="Node labels the pod must match."
     )
     tolerations: list[Toleration] | None = Field(None, max_length=32, description="Taints the pod tolerates.")
+    gpu_peak_tflops: float | None = Field(
+        None, gt=0, le=100000,
+        description="Dense bf16 peak of one GPU in TFLOP/s, for the stage's `mfu` metric. Default: looked up from the "
+        "GPU's name (A100, H100, H200, L40S, B200 ...); no `mfu` for a GPU not in that table, nor on a CPU.",
+    )
 
 
 class Retries(ApiModel):
@@ -230,6 +237,10 @@ class Stage(ApiModel):
             raise ValueError("`dpo` is only valid on dpo stages")
         if self.training.lora is not None and self.type == StageType.pretrain:
             raise ValueError("`training.lora` is not valid on pretrain stages: pretraining trains every weight")
+        if self.training.packing is not None and self.type != StageType.sft:
+            raise ValueError(PACKING_MESSAGE)
+        if self.rl is not None and self.rl.generation == "vllm" and self.resources.gpus == 0:
+            raise ValueError(VLLM_GPU_MESSAGE)
         if self.rl is not None and self.rl.algorithm == "ppo" and (
                 self.deepspeed is not None or self.training.lora is not None
                 or self.resources.nodes > 1 or self.resources.gpus > 1):

@@ -7,7 +7,10 @@ import sys
 from ..api.v1alpha1 import Phase, PipelineStatus
 
 # The metrics worth a column in the summary, in the order a reader wants them.
-SUMMARY_METRICS = ("initialEvalLoss", "evalLoss", "evalAccuracy", "baselineMeanReward", "meanReward", "kl")
+SUMMARY_METRICS = ("initialEvalLoss", "evalLoss", "evalAccuracy", "baselineMeanReward", "meanReward", "kl",
+                   "tokensPerSecond", "mfu")
+# How a metric is shown when 4 decimals would not suit it (a throughput, a share).
+METRIC_FORMATS = {"tokensPerSecond": "{:.0f}", "mfu": "{:.1%}"}
 
 
 class ProgressDisplay:
@@ -60,7 +63,7 @@ def summary_table(status: PipelineStatus) -> str:
     for s in status.stages:
         rows.append([
             s.name, str(s.phase), str(s.step or 0), str(s.attempt), str(s.checkpoints),
-            *(f"{s.metrics[m]:.4f}" if m in s.metrics else "-" for m in metric_names),
+            *(METRIC_FORMATS.get(m, "{:.4f}").format(s.metrics[m]) if m in s.metrics else "-" for m in metric_names),
         ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

@@ -60,7 +60,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         model=policy,
         # An explicit frozen copy: TRL would otherwise reload `config._name_or_path`, which is not the
         # init model when that was a LoRA adapter folder. With LoRA, the adapter-free base is the reference.
-        ref_model=None if peft_config is not None else load_model(ctx.init_model_dir),
+        ref_model=None if peft_config is not None else load_model(ctx.init_model_dir, **ctx.model_kwargs()),
         args=config,
         train_dataset=Dataset.from_list(train_rows.select(columns)),
         eval_dataset=Dataset.from_list(eval_rows.select(columns)),

@@ -86,8 +86,8 @@ def _model(ctx: StageContext, tokenizer):
 
     source = ctx.stage.model
     if source is not None and source.config is not None:
-        return build_model(source.config, tokenizer, seed=ctx.training.seed)
-    model = load_model(_model_location(ctx))
+        return build_model(source.config, tokenizer, seed=ctx.training.seed, **ctx.model_kwargs())
+    model = load_model(_model_location(ctx), **ctx.model_kwargs())
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return model

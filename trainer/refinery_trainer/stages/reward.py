@@ -69,7 +69,7 @@ def load_reward_model(ctx: StageContext, tokenizer):
     from ..modeling import load_model
 
     set_seed(ctx.training.seed)
-    model = load_model(ctx.init_model_dir, AutoModelForSequenceClassification, num_labels=1)
+    model = load_model(ctx.init_model_dir, AutoModelForSequenceClassification, num_labels=1, **ctx.model_kwargs())
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
     return model
 

@@ -3,7 +3,8 @@ our PPO loop with a value model: `refinery_trainer.ppo`).
 
     refinery-train run --config stage.yaml      # stage.type: rlhf, rl.algorithm: rloo | grpo | ppo
 
-policy + tokenizer (the `from` stage's `model/`, usually sft) and the reward model (the
+`rl.generation: vllm` samples with vLLM in the training process (TRL's colocate mode; GPU only,
+see `refinery_trainer.kernels`). policy + tokenizer (the `from` stage's `model/`, usually sft) and the reward model (the
 `rewardModel` stage's `model/`) → prompts → greedy completions of the held-out prompts scored by
 the reward model (the baseline) → RLOOTrainer/GRPOTrainer: `rl.numGenerations` completions per
 prompt sampled at `rl.temperature`, up to `rl.maxCompletionLength` tokens, scored by the reward
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 def run(ctx: StageContext) -> dict[str, float]:
     spec, rl = ctx.data, ctx.stage.rl or RlSpec()
     _check_batch(ctx, rl)
+    generation = _generation_kwargs(rl)  # refuses vllm where it cannot run, before any model loads
     train_rows, eval_rows = ctx.load_data(spec.prompt_field, hint="data.promptField")
     for table in (train_rows, eval_rows):
         table.require_text(spec.prompt_field)
@@ -66,7 +68,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         history = ppo.train(ctx, rl, policy, tokenizer, reward_model, reward_tokenizer, prompts)
         model, metrics = policy, last_logged(history, PPO_METRICS)
     else:
-        trainer = _trainer(ctx, rl, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows)
+        trainer = _trainer(ctx, rl, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows, generation)
         output = ctx.train(trainer)
         model, metrics = trainer.model, last_logged(_log_history(ctx, trainer), {"kl": "kl", "reward": "trainReward"})
         if output.training_loss is not None and math.isfinite(output.training_loss):
@@ -83,7 +85,15 @@ PPO_METRICS = {"kl": "kl", "reward": "trainReward", "loss": "trainLoss", "policy
                "value_loss": "valueLoss", "beta": "beta"}
 
 
-def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows):
+def _generation_kwargs(rl: RlSpec) -> dict:
+    import torch
+
+    from ..kernels import generation_kwargs
+
+    return generation_kwargs(rl.generation, cuda=torch.cuda.is_available())
+
+
+def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows, generation: dict):
     from datasets import Dataset
 
     if rl.algorithm == "grpo":
@@ -101,6 +111,7 @@ def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer,
         temperature=rl.temperature,
         beta=rl.beta,
         disable_dropout=True,
+        **generation,  # rl.generation: vllm (colocate) or transformers' generate
     )
     return Trainer(
         model=policy,
@@ -123,7 +134,7 @@ def load_reward_model(ctx: StageContext):
     from ..modeling import load_model
 
     path = ctx.reward_model_dir
-    model = load_model(path, AutoModelForSequenceClassification, num_labels=1)
+    model = load_model(path, AutoModelForSequenceClassification, num_labels=1, **ctx.model_kwargs())
     tokenizer = ctx.load_tokenizer(path)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.requires_grad_(False)
