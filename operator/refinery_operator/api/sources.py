@@ -108,6 +108,16 @@ def parse_source(uri: str) -> SourceRef:
     raise SourceUriError(f"{uri!r}: {UNKNOWN_SCHEME_MESSAGE}")
 
 
+def display_uri(uri: str) -> str:
+    """The URI as messages and status show it: no user:password@ and no query (a presigned URL's
+    signature), which may carry credentials."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rsplit('@', 1)[-1]}{slash}{path.split('?', 1)[0]}"
+
+
 def hub_uri(hub_id: str) -> str:
     """`model.hubId` (`org/name`, optionally `@rev`) as the hf:// URI it stands for."""
     return hub_id if hub_id.startswith("hf://") else f"hf://{hub_id}"
@@ -125,10 +135,14 @@ def source_dir(pipeline_root_dir: str, uri: str) -> str:
 def fetched_path(pipeline_root_dir: str, ref: SourceRef) -> str:
     """What a stage reads for a fetched source: its one file, or the folder of its files."""
     files = PurePosixPath(source_dir(pipeline_root_dir, ref.uri)) / FILES_DIR
-    if ref.single_file:
-        name = ref.uri.rsplit("/", 1)[-1].split("?", 1)[0]
-        return str(files / name)
-    return str(files)
+    return str(files / single_file_name(ref)) if ref.single_file else str(files)
+
+
+def single_file_name(ref: SourceRef) -> str:
+    """Where a single-file source lands below `files/`: its name in the repo, or the key's/URL's last part."""
+    if ref.kind == "hf-dataset":
+        return ref.pattern
+    return ref.uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def matches(ref: SourceRef, name: str) -> bool:
