@@ -165,6 +165,7 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
     status = summarize(stages, gates, spec.suspend, previous, pipeline.metadata.generation, stamp,
                        queued=queued, queue_name=spec.queue_name)
     status.rerun_request = rerun_request
+    status.sources = previous.sources  # what the pipeline's initializer fetched (core/sources.py)
     return Plan(status=status, launches=tuple(launches), stops=tuple(stops),
                 requeue_after=round(min(waits), 3) if waits else None)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from refinery_operator.api.sources import stage_sources
 
 from ..data import Table, preference_columns, read_table
-from ..errors import DataError, ModelError
+from ..errors import DataError, ModelError, SourceError
 from .files import data_files
 
 HEAD_ROWS = 64  # rows of each file read to check its columns (whole files: the stage reads those)
@@ -49,9 +49,9 @@ def local_path(uri: str, data_root: str, fetched: Mapping[str, str]) -> Path:
 
 def check_data(stage, field: str, path: Path) -> None:
     if not path.exists():
-        raise DataError(f"stage {stage.name!r} {field}: {path}: dataset file not found")
+        raise SourceError(f"stage {stage.name!r} {field}: {path}: dataset file not found")
     if not os.access(path, os.R_OK):
-        raise DataError(f"stage {stage.name!r} {field}: {path}: not readable")
+        raise SourceError(f"stage {stage.name!r} {field}: {path}: not readable")
     for f in data_files(path):
         require_columns(stage, head(f, stage.data.text_field))
 
@@ -94,6 +94,8 @@ def require_columns(stage, table: Table) -> None:
 
 
 def check_model(stage, field: str, path: Path) -> None:
+    if not path.exists():
+        raise SourceError(f"stage {stage.name!r} {field}: {path}: model folder not found")
     if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
         raise ModelError(f"stage {stage.name!r} {field}: {path} is not a saved model (no config.json)")
 
