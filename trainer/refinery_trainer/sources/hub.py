@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from refinery_operator.api.sources import SourceRef
+from refinery_operator.api.sources import SourceRef, matches
 
 from ..errors import SourceError
 from .store import Fetched
@@ -34,6 +34,8 @@ def fetch(ref: SourceRef, dest: Path, cache_dir: Path) -> Fetched:
         if path.is_dir():
             continue
         name = path.relative_to(snapshot).as_posix()
+        if name == ".gitattributes" or not matches(ref, name):  # offline, the whole cached snapshot comes back
+            continue
         tag = _verified(ref, name, path)
         _place(path, dest / name)
         fetched.files[name] = (path.stat().st_size, tag)
