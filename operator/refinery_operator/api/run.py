@@ -82,6 +82,9 @@ class FetchRun(ApiModel):
     pipeline_root: str = Field(..., description="Absolute folder of the pipeline; sources go to its sources/ folder.")
     data_root: str = Field(..., description="Absolute folder that relative paths are resolved against.")
     stages: list[Stage] = Field(..., description="The pipeline's stages, whose sources are fetched and checked.")
+    reporter: FileReporter | ConfigMapReporter | None = Field(
+        None, description="Where the FetchResult is also written (a cluster: the pipeline's sources ConfigMap)."
+    )
 
 
 class FetchResult(ApiModel):

@@ -20,6 +20,7 @@ from .base import (  # noqa: F401  (re-exported: the resource's names live here)
     ApiModel, StageType, is_dns_label,
 )
 from .graph import stage_graph_problems
+from .pod import MAX_ENV, EnvFromSource, EnvVar, Volume, VolumeMount
 from .sources import SourceUriError, parse_source
 from .status import (  # noqa: F401  (re-exported: the resource's names live here)
     Checkpoint, Condition, Failure, Phase, PipelineStatus, RestartCounts, StageInputs, StageStatus,
@@ -240,6 +241,16 @@ class Stage(ApiModel):
         None, description="A metric threshold the stage must meet before its dependants start; else the pipeline "
         "fails with reason `GateNotMet`."
     )
+    env: list[EnvVar] | None = Field(
+        None, max_length=MAX_ENV, description="Environment of this stage's pods, after `spec.env` (Kubernetes EnvVar: "
+        "`value` or `valueFrom` a Secret/ConfigMap key). Also given to the pipeline's initializer.",
+    )
+    env_from: list[EnvFromSource] | None = Field(
+        None, max_length=16, description="Secrets/ConfigMaps whose keys become this stage's environment.",
+    )
+    volume_mounts: list[VolumeMount] | None = Field(
+        None, max_length=16, description="Volumes of `spec.volumes` mounted into this stage's pods.",
+    )
 
     @model_validator(mode="after")
     def _inputs_fit_type(self) -> Stage:
@@ -351,6 +362,18 @@ class PipelineSpec(ApiModel):
     checkpoints: CheckpointRetention | None = Field(
         None, description="Retention of finished stages' checkpoints. Default: keep what the trainer's rotation left."
     )
+    env: list[EnvVar] | None = Field(
+        None, max_length=MAX_ENV, description="Environment of every stage pod and of the initializer (Kubernetes "
+        "EnvVar), e.g. HF_TOKEN from a Secret (`valueFrom.secretKeyRef`), AWS_ENDPOINT_URL for an S3-compatible store.",
+    )
+    env_from: list[EnvFromSource] | None = Field(
+        None, max_length=16, description="Secrets/ConfigMaps whose keys become every stage pod's environment "
+        "(e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).",
+    )
+    volumes: list[Volume] | None = Field(
+        None, max_length=16, description="Extra volumes (a shared model cache, a dataset volume) that stages mount "
+        "with `volumeMounts`.",
+    )
 
     @field_validator("stages")
     @classmethod
@@ -369,6 +392,15 @@ class PipelineSpec(ApiModel):
         wide = any(s.resources.nodes > 1 for s in self.stages)
         if claim is not None and wide and "ReadWriteMany" not in claim.access_modes:
             raise ValueError(SHARED_VOLUME_MESSAGE)
+        return self
+
+    @model_validator(mode="after")
+    def _mounts_name_volumes(self) -> PipelineSpec:
+        known = {v.name for v in self.volumes or ()}
+        for i, stage in enumerate(self.stages):
+            for mount in stage.volume_mounts or ():
+                if mount.name not in known:
+                    raise ValueError(f"stages[{i}].volumeMounts: no volume named {mount.name!r} in spec.volumes")
         return self
 
     def stage(self, name: str) -> Stage:

@@ -105,6 +105,19 @@ def run_fetch(run: FetchRun) -> FetchResult:
     return FetchResult(phase="Succeeded", sources=sources)
 
 
+def _report(run: FetchRun, result: FetchResult) -> None:
+    """Also hand the result to the planner's record (the operator reads a ConfigMap, not the pod)."""
+    from ..report import make_sink
+
+    sink = make_sink(run.reporter)
+    if sink is None:
+        return
+    try:
+        sink.write(json.dumps(result.dump()))
+    except Exception as exc:  # noqa: BLE001 - API errors of any kind: the Job's exit code still tells
+        log.warning("cannot write the fetch result to %s: %s", sink, exc)
+
+
 def main(argv: list[str]) -> int:
     from ..cli import write_termination_message
 
@@ -126,6 +139,7 @@ def main(argv: list[str]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result.dump(), indent=2) + "\n")
     write_termination_message(json.dumps(result.dump()))
+    _report(run, result)
     if result.phase == "Succeeded":
         return 0
     print(f"refinery-train fetch: {result.reason}: {result.message}", file=sys.stderr)
