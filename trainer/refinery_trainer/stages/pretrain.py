@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict[str, float]:
+    from . import pretrain_stream
+
+    if pretrain_stream.wants_streaming(ctx.data_file(ctx.data.path)):  # shards, or a file too big to read whole
+        return pretrain_stream.run(ctx)
     train_rows, eval_rows = ctx.load_data(ctx.data.text_field, hint="data.textField")
     field = ctx.data.text_field
     train_texts = [r[field] for r in train_rows.require_text(field).rows]
