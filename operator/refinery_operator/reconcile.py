@@ -229,7 +229,7 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
         return await report_source_failure(cluster, body, initializer.failure, now)
     observed = dataclasses.replace(observed, sources_ready=initializer.ready)
     result = plan(pipeline, observed, root, now)
-    result.status.sources = list(initializer.sources)
+    result.status.sources = list(initializer.sources) or None
     for stop in result.stops:
         await stop_attempt(cluster, pipeline, stop)
 

@@ -95,8 +95,8 @@ class PipelineStatus(ApiModel):
     rerun_request: str | None = Field(
         None, description="The last `refinery.dev/rerun-from` annotation value acted on (a new value triggers a re-run)."
     )
-    sources: list[SourceStatus] = Field(
-        default_factory=list, max_length=128,
+    sources: list[SourceStatus] | None = Field(
+        None, max_length=128,
         description="The remote sources (hf://, s3://, https://) fetched for the stages, with what each resolved to.",
     )
 

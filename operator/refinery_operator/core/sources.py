@@ -64,7 +64,7 @@ def decide_initializer(pipeline: TrainingPipeline, attempts: Sequence[AttemptSta
                        previous: PipelineStatus | None) -> InitializerDecision:
     """Level-based, like plan(): from the initializer Jobs seen and the result it reported."""
     wanted = {ref.uri for ref in remote_sources(pipeline.spec.stages)}
-    recorded = tuple(previous.sources) if previous else ()
+    recorded = tuple(previous.sources or ()) if previous else ()
     if not wanted or (recorded and wanted <= {s.uri for s in recorded}):
         return InitializerDecision(ready=True, sources=recorded)  # fetched before: the folders are complete
     latest = max(attempts, key=lambda a: a.attempt, default=None)
@@ -95,7 +95,7 @@ def source_failure_status(previous: PipelineStatus | None, result: FetchResult, 
     status.phase = Phase.failed
     status.observed_generation = generation
     status.current_stage = None
-    status.sources = list(result.sources)
+    status.sources = list(result.sources) or None
     reason = result.reason or REASON_SOURCE_ERROR
     message = f"inputs checked before any stage trains: {result.message}"
     for type_, value in ((cond.READY, False), (cond.PROGRESSING, False), (cond.FAILED, True)):

@@ -162,7 +162,7 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
         print(f"pipeline {pipeline.metadata.name!r} failed before any stage started ({fetched.reason}): "
               f"{fetched.message}\n  log: {root / '.runs' / 'sources.log'}", file=sys.stderr)
         return False
-    status.sources = fetched.sources
+    status.sources = fetched.sources or None
     on_status(status)
     display = ProgressDisplay([s.name for s in pipeline.spec.stages], enabled=show_progress)
     try:
