@@ -292,3 +292,20 @@ def test_the_cli_writes_the_result_and_exits_by_failure_class(s3_env, tmp_path):
     written = [proc.stdout, proc.stderr] + [p.read_text(errors="replace") for p in tmp_path.rglob("*")
                                              if p.is_file() and p.name != "fetch.json"]
     assert not [w for w in written if secret in w]
+
+
+def test_validate_data_checks_every_input_from_a_workstation(tmp_path):
+    """`refinery validate --data`: the same check as before a run, without training anything."""
+    import yaml
+
+    from refinery_operator.cli import main
+
+    repo = Path(__file__).resolve().parents[2]
+    manifest = yaml.safe_load((repo / "examples" / "tiny-chat.yaml").read_text())
+    manifest["spec"]["stages"][3]["data"]["path"] = "data/prompt.jsonl"  # misspelt
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    args = ["validate", "--data", "--workdir", str(tmp_path / "work"), "--data-root", str(repo / "examples")]
+    assert main([*args, str(repo / "examples" / "tiny-chat.yaml")]) == 0
+    assert main([*args, str(path)]) == 1
+    assert not list((tmp_path / "work").rglob("result.json"))  # nothing trained
