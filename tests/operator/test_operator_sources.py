@@ -129,3 +129,21 @@ async def test_a_misspelt_late_stage_path_fails_before_any_stage_job(emulator, c
     assert failed["message"].endswith("/data/prompt.jsonl: dataset file not found"), failed["message"]
     assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["typo-sources-1-fetch"]  # no stage ever started
     print(f"\na misspelt rlhf data path failed the pipeline {took:.1f}s after it was created")
+
+
+async def test_an_unreachable_store_is_retried_as_infrastructure_then_fails(emulator, cluster, start_operator, kubelet):
+    """Connection refused is transient: the fetch retries, exits 75, the Job's podFailurePolicy
+    files it as infrastructure, and the operator starts the initializer again (3 retries)."""
+    await create_secret(cluster)
+    m = manifest("down", "http://127.0.0.1:9")  # the discard port: nothing listens
+    for stage in m["spec"]["stages"]:
+        stage["data"].pop("evalPath", None)
+    async with start_operator():
+        await create_pipeline(cluster, m)
+        await wait_for(lambda: status_of(emulator, "down").get("phase") == "Failed", 300, interval=0.2,
+                       what="the pipeline to fail")
+    failed = next(c for c in status_of(emulator, "down")["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "SourceError" and "cannot reach the S3 endpoint" in failed["message"], failed
+    assert sorted(stored_all(emulator, "batch/v1/jobs")) == [f"down-sources-{n}-fetch" for n in (1, 2, 3, 4)]
+    job = stored(emulator, "batch/v1/jobs", "down-sources-1-fetch")
+    assert "rule at index 2" in next(c for c in job["status"]["conditions"] if c["type"] == "Failed")["message"]
