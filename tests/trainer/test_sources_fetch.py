@@ -309,3 +309,20 @@ def test_validate_data_checks_every_input_from_a_workstation(tmp_path):
     assert main([*args, str(repo / "examples" / "tiny-chat.yaml")]) == 0
     assert main([*args, str(path)]) == 1
     assert not list((tmp_path / "work").rglob("result.json"))  # nothing trained
+
+
+def test_every_parquet_shard_is_checked_by_its_first_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = tmp_path / "prefs"
+    shards.mkdir()
+    good = {"chosen": ["yes"] * 500, "rejected": ["no"] * 500}
+    pq.write_table(pa.table(good), shards / "part-0.parquet")
+    pq.write_table(pa.table({"chosen": ["yes"] * 500, "rejected_text": ["no"] * 500}), shards / "part-1.parquet")
+    stage = Stage.model_validate({"name": "reward", "type": "reward", "model": {"path": "base"}, "data": {"path": "prefs"}})
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    result = run_fetch(FetchRun(pipeline="p", pipeline_root=str(tmp_path / "p"), data_root=str(tmp_path), stages=[stage]))
+    assert result.reason == "BadData"
+    assert result.message.startswith(f"{shards}/part-1.parquet row 1: missing field 'rejected'"), result.message

@@ -57,8 +57,12 @@ def check_data(stage, field: str, path: Path) -> None:
 
 
 def head(path: Path, text_field: str) -> Table:
-    """The first rows of a data file: JSON lines are read lazily; other formats whole (read_table)."""
-    if path.suffix.lower() != ".jsonl":
+    """The first rows of a data file: JSON lines and Parquet are read lazily; .json and .txt whole
+    (read_table: the formats of small files)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _parquet_head(path)
+    if suffix != ".jsonl":
         return read_table(path, text_field=text_field)
     rows, lines = [], []
     with open(path, encoding="utf-8") as f:
@@ -74,6 +78,18 @@ def head(path: Path, text_field: str) -> Table:
     if not rows:
         raise DataError(f"{path}: the file is empty: no JSON lines")
     return Table(path, rows, lines)
+
+
+def _parquet_head(path: Path) -> Table:
+    import pyarrow.parquet as pq
+
+    try:
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=HEAD_ROWS), None)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
+        raise DataError(f"{path}: cannot read parquet: {exc}") from None
+    if batch is None or batch.num_rows == 0:
+        raise DataError(f"{path}: the file is empty: no rows")
+    return Table(path, batch.to_pylist(), unit="row")
 
 
 def require_columns(stage, table: Table) -> None:
