@@ -110,10 +110,21 @@ def test_an_unreachable_endpoint_is_transient_and_retried(monkeypatch, tmp_path,
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: connection refused
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with pytest.raises(SourceError) as err:
         fetch_source(parse_source("s3://corpus/sft.jsonl"), str(tmp_path), attempts=2, backoff_s=0.01)
-    assert err.value.transient and "cannot reach the S3 endpoint" in str(err.value)
+    assert err.value.transient and str(err.value) == "s3://corpus/sft.jsonl: cannot reach the S3 endpoint: EndpointConnectionError"
     assert "attempt 1 of 2" in caplog.text
+
+
+def test_missing_credentials_are_an_application_error(s3_env, tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(SourceError, match="s3://corpus/sft.jsonl: no AWS credentials: give the pods") as err:
+        fetch_source(parse_source("s3://corpus/sft.jsonl"), str(tmp_path))
+    assert not err.value.transient
 
 
 def test_an_object_replaced_during_the_fetch_is_refused(s3_env, tmp_path):

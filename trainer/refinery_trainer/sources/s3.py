@@ -27,8 +27,9 @@ def client():
     import boto3
     from botocore.config import Config
 
-    # boto3 reads AWS_ENDPOINT_URL(_S3) itself; "standard" retries cover throttling and 5xx.
-    return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 4}))
+    # boto3 reads AWS_ENDPOINT_URL(_S3) itself; "standard" retries cover throttling and 5xx. A new
+    # session each time: the default one keeps the credentials it resolved first.
+    return boto3.session.Session().client("s3", config=Config(retries={"mode": "standard", "max_attempts": 4}))
 
 
 def list_objects(s3, ref: SourceRef) -> dict[str, tuple[int, str, str | None]]:
@@ -49,7 +50,7 @@ def list_objects(s3, ref: SourceRef) -> dict[str, tuple[int, str, str | None]]:
 
 def fetch(ref: SourceRef, dest: Path) -> Fetched:
     """Download the source's objects into `dest` (keys relative to the prefix). Raises SourceError."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
     try:
         s3 = client()
@@ -65,6 +66,9 @@ def fetch(ref: SourceRef, dest: Path) -> Fetched:
         return fetched
     except ClientError as err:
         raise _source_error(ref, err) from None
+    except (NoCredentialsError, PartialCredentialsError):
+        raise SourceError(f"{ref.uri}: no AWS credentials: give the pods AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                          "(spec.envFrom a Secret) or a role") from None
     except BotoCoreError as err:  # no connection, timeout, bad endpoint: worth retrying
         raise SourceError(f"{ref.uri}: cannot reach the S3 endpoint: {type(err).__name__}", transient=True) from None
 
