@@ -16,7 +16,8 @@ Reported per run: peak RSS of the process (`wait4`'s ru_maxrss), seconds from pr
 its first optimiser step (the first progress record with a step past the resume point), and
 wall seconds. Side by side, the baseline: the in-memory path (every document read, tokenized and
 packed in Python lists, the path for a file under 64 MiB) and the streaming path on the same
-`--baseline-mb` corpus. Targets: peak RSS flat in corpus size (`rss_ratio_large_to_small` near
+`--baseline-mb` corpus. Every run evaluates on the same small held-out file (`evalPath`), so
+evaluation costs the same everywhere. Targets: peak RSS flat in corpus size (`rss_ratio_large_to_small` near
 1, against a corpus ratio of 4), and a resumed attempt's first step far sooner than attempt 1's
 (`resume_first_step_ratio` well below 1: no re-tokenization). Timings on a shared machine are
 noisy; RSS is not. The last stdout line is one JSON object of the figures.
@@ -80,14 +81,23 @@ def one_file(folder: Path, path: Path) -> Path:
     return path
 
 
-def run_attempt(work: Path, data: Path, attempt: int, steps: int, save_steps: int) -> dict:
+def make_eval_file(path: Path) -> Path:
+    """A small held-out file (another seed), the same for every run: evaluation costs the same."""
+    if not path.is_file():
+        r = random.Random(12345)
+        path.write_text("\n\n".join(" ".join(f"{r.choice(NAMES)} {r.choice(VERBS)} {r.choice(THINGS)}."
+                                              for _ in range(r.randint(3, 12))) for _ in range(400)) + "\n")
+    return path
+
+
+def run_attempt(work: Path, data: Path, attempt: int, steps: int, save_steps: int, eval_path: Path) -> dict:
     """One `refinery-train run` process; its peak RSS, time to first step and wall time."""
     stage_dir = work / "p" / "pretrain"
     progress = stage_dir / "progress.json"
     run = {
         "pipeline": "p", "attempt": attempt, "stageDir": str(stage_dir), "dataRoot": str(work),
         "reporter": {"kind": "file", "path": str(progress)}, "progressIntervalS": 0.05,
-        "stage": {"name": "pretrain", "type": "pretrain", "model": MODEL, "data": {"path": str(data)},
+        "stage": {"name": "pretrain", "type": "pretrain", "model": MODEL, "data": {"path": str(data), "evalPath": str(eval_path)},
                   "training": {"maxSteps": steps, "batchSize": 8, "seqLen": 128, "saveSteps": save_steps,
                                "loggingSteps": 1, "learningRate": 3e-3}},
     }
@@ -124,11 +134,12 @@ def run_attempt(work: Path, data: Path, attempt: int, steps: int, save_steps: in
 
 
 def measure(name: str, data: Path, root: Path, steps: int) -> dict:
-    work = root / "work" / name
+    work = root / "work" / name.replace(" ", "-")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    first = run_attempt(work, data, 1, steps, save_steps=steps)
-    second = run_attempt(work, data, 2, steps * 2, save_steps=steps)
+    eval_path = make_eval_file(root / "eval.txt")
+    first = run_attempt(work, data, 1, steps, save_steps=steps, eval_path=eval_path)
+    second = run_attempt(work, data, 2, steps * 2, save_steps=steps, eval_path=eval_path)
     print(f"{name:>22}: attempt 1 rss {first['peak_rss_mb']:>7} MB, first step {first['first_step_s']:>7}s | "
           f"resumed rss {second['peak_rss_mb']:>7} MB, first step {second['first_step_s']:>6}s", flush=True)
     return {"attempt1": first, "resumed": second}

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from . import builders_distributed as distributed
+from .builders_pod import user_env, user_env_from, user_mounts, user_volumes  # noqa: F401 (used by builders_sources too)
 from .api.run import PROGRESS_FILE, ConfigMapReporter, StageRun
 from .api.v1alpha1 import API_VERSION, KIND, Stage, TrainingPipeline
 from .core import naming
@@ -370,27 +371,6 @@ def build_env(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> list[
         {"name": "HF_HOME", "value": "/tmp/huggingface"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-
-
-def user_env(pipeline: TrainingPipeline, stages: list[Stage]) -> list[dict[str, Any]]:
-    """`spec.env`, then each stage's `env` (later ones win, as in Kubernetes): after ours."""
-    return [v.dump() for v in [*(pipeline.spec.env or ()), *(v for s in stages for v in s.env or ())]]
-
-
-def user_env_from(pipeline: TrainingPipeline, stages: list[Stage]) -> list[dict[str, Any]]:
-    return [v.dump() for v in [*(pipeline.spec.env_from or ()), *(v for s in stages for v in s.env_from or ())]]
-
-
-def user_mounts(stages: list[Stage]) -> list[dict[str, Any]]:
-    """The stages' `volumeMounts`, once per mount path."""
-    mounts = {m.mount_path: m.dump() for s in stages for m in s.volume_mounts or ()}
-    return list(mounts.values())
-
-
-def user_volumes(pipeline: TrainingPipeline, stages: list[Stage]) -> list[dict[str, Any]]:
-    """The `spec.volumes` these stages mount (only those: a pod never waits on a volume it does not use)."""
-    used = {m.name for s in stages for m in s.volume_mounts or ()}
-    return [v.dump() for v in pipeline.spec.volumes or () if v.name in used]
 
 
 def build_resources(stage: Stage) -> dict[str, Any]:

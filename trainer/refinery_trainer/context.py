@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from refinery_operator.api.run import MODEL_DIR, RESULT_FILE, StageRun
-from refinery_operator.api.sources import FILES_DIR
 from refinery_operator.api.v1alpha1 import Checkpoint, DataSpec, Stage, TrainingSpec
 
 from . import checkpoints as ckpt
@@ -379,17 +378,9 @@ class StageContext:
 
     def lineage(self) -> list[dict]:
         """The remote sources this stage read, as fetched: {uri, resolved, bytes, files, fetchedAt}."""
-        from .sources.store import read_marker
+        from .sources.store import lineage
 
-        out = []
-        for path in self.run.sources.values():
-            folder = Path(path)
-            while folder.name != FILES_DIR and folder != folder.parent:
-                folder = folder.parent
-            marker = read_marker(folder.parent)
-            if marker is not None:
-                out.append(marker.model_dump(by_alias=True, exclude_none=True, exclude={"path", "duration_seconds"}))
-        return out
+        return lineage(self.run.sources.values())
 
     def report(self, *, force: bool = False, **fields: Any) -> bool:
         """Update the progress record (fields of `ProgressRecord`); sent at most every interval."""

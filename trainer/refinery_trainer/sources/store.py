@@ -70,3 +70,16 @@ def commit(folder: Path, tmp: Path, status: SourceStatus, fetched: Fetched) -> S
     record = {**status.dump(), "contents": {name: {"bytes": size, "tag": tag} for name, (size, tag) in sorted(fetched.files.items())}}
     atomic_write_text(folder / SOURCE_MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return status
+
+
+def lineage(fetched_paths) -> list[dict]:
+    """{uri, resolved, bytes, files, fetchedAt} of the sources whose fetched copies a stage read."""
+    out = []
+    for path in fetched_paths:
+        folder = Path(path)
+        while folder.name != FILES_DIR and folder != folder.parent:
+            folder = folder.parent
+        marker = read_marker(folder.parent)
+        if marker is not None:
+            out.append(marker.model_dump(by_alias=True, exclude_none=True, exclude={"path", "duration_seconds"}))
+    return out
