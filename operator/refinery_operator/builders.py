@@ -19,10 +19,12 @@ from typing import Any
 import yaml
 
 from . import builders_distributed as distributed
+from .builders_pod import user_env, user_env_from, user_mounts, user_volumes  # noqa: F401 (used by builders_sources too)
 from .api.run import PROGRESS_FILE, ConfigMapReporter, StageRun
 from .api.v1alpha1 import API_VERSION, KIND, Stage, TrainingPipeline
 from .core import naming
 from .core.plan import Launch
+from .core.sources import initializer_record_name, needs_initializer
 from .core.stage_run import build_stage_run
 
 APP_NAME = "refinery"
@@ -54,6 +56,7 @@ OOM_EXIT_CODE = 137  # SIGKILL: the kernel's OOM killer (or the kubelet under me
 POD_FAILURE_RULES: list[tuple[bool, str]] = [
     (True, "Disrupted"),  # DisruptionTarget: evicted, preempted, node drained or lost
     (True, "OOMKilled"),
+    (True, "SourceUnavailable"),  # the initializer's exit code 75 (builders_sources.py): a 5xx or timeout outlasted its retries
 ]
 
 
@@ -144,6 +147,8 @@ def build_service_account(pipeline: TrainingPipeline) -> dict[str, Any] | None:
 def build_progress_role(pipeline: TrainingPipeline) -> dict[str, Any]:
     """get/patch on this pipeline's progress ConfigMaps only: a pod cannot touch anything else."""
     names = [naming.progress_configmap_name(pipeline.metadata.name, s.name) for s in pipeline.spec.stages]
+    if needs_initializer(pipeline):  # the initializer's FetchResult (builders_sources.py)
+        names.append(initializer_record_name(pipeline.metadata.name))
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -175,6 +180,16 @@ def build_progress_configmap(pipeline: TrainingPipeline, stage: str) -> dict[str
     }
 
 
+def build_initializer_record(pipeline: TrainingPipeline) -> dict[str, Any]:
+    """The ConfigMap the initializer writes its FetchResult to (as stage pods write progress)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(pipeline, initializer_record_name(pipeline.metadata.name), labels(pipeline, COMPONENT_PROGRESS)),
+        "data": {PROGRESS_FILE: ""},
+    }
+
+
 def build_pipeline_objects(pipeline: TrainingPipeline) -> list[dict[str, Any]]:
     """Everything a pipeline needs before its first Job, in creation order."""
     objects = [
@@ -183,6 +198,7 @@ def build_pipeline_objects(pipeline: TrainingPipeline) -> list[dict[str, Any]]:
         build_progress_role(pipeline),
         build_progress_role_binding(pipeline),
         *(build_progress_configmap(pipeline, s.name) for s in pipeline.spec.stages),
+        build_initializer_record(pipeline) if needs_initializer(pipeline) else None,
     ]
     return [o for o in objects if o is not None]
 
@@ -274,6 +290,7 @@ def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> 
             },
             {"name": "tmp", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
+            *user_volumes(pipeline, [stage]),
         ],
     }
     if distributed.is_multi_node(stage):
@@ -317,7 +334,8 @@ def build_trainer_container(pipeline: TrainingPipeline, stage: Stage, launch: La
         "image": pipeline.spec.image,
         "imagePullPolicy": pipeline.spec.image_pull_policy,
         "command": distributed.stage_command(stage, job, naming.stage_service_name(job), RUN_ARGS),
-        "env": env,
+        "env": env + user_env(pipeline, [stage]),
+        **({"envFrom": env_from} if (env_from := user_env_from(pipeline, [stage])) else {}),
         "ports": ports,
         "resources": build_resources(stage),
         "volumeMounts": [
@@ -325,6 +343,7 @@ def build_trainer_container(pipeline: TrainingPipeline, stage: Stage, launch: La
             {"name": "stage-config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
+            *user_mounts([stage]),
         ],
         "securityContext": {
             "runAsNonRoot": True,

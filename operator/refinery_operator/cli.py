@@ -2,6 +2,7 @@
 
     refinery run examples/tiny-chat.yaml            # local mode, no cluster
     refinery validate examples/*.yaml
+    refinery validate --data examples/tiny-chat.yaml   # also fetch every source and check every stage's inputs
     refinery crd > crds/trainingpipelines.refinery.dev.yaml
     refinery operator [--namespace NS ...] [--liveness URL]  # the kopf operator (needs the operator extra)
 
@@ -33,12 +34,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         try:
-            names = [p.metadata.name for p in load_pipelines(path)]
-            print(f"{path}: ok ({', '.join(names)})")
+            pipelines = load_pipelines(path)
         except InvalidManifest as err:
             failed += 1
             print(err, file=sys.stderr)
+            continue
+        problems = [p for p in (check_data(args, path, p) for p in pipelines) if p] if args.data else []
+        if problems:
+            failed += 1
+            print("\n".join(problems), file=sys.stderr)
+        else:
+            print(f"{path}: ok ({', '.join(p.metadata.name for p in pipelines)})" + (", inputs checked" if args.data else ""))
     return 1 if failed else 0
+
+
+def check_data(args: argparse.Namespace, manifest: str, pipeline) -> str | None:
+    """What `refinery run` checks before its first stage: every remote source fetched (into the
+    work folder, where a later run reuses it) and every stage's inputs read. None when all is well."""
+    from .core.naming import pipeline_root
+    from .local.initializer import run_initializer
+    from .local.runner import trainer_environment
+
+    root = Path(pipeline_root(str(Path(args.workdir).resolve()), None, pipeline.metadata.name))
+    data_root = Path(args.data_root or Path(manifest).parent).resolve()
+    result = run_initializer(pipeline, root, data_root, trainer_environment())
+    if result.phase == "Succeeded":
+        return None
+    return f"{manifest}: pipeline {pipeline.metadata.name!r}: {result.reason}: {result.message}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -112,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check manifests without a cluster; print every problem with its field")
     validate.add_argument("files", nargs="+")
+    validate.add_argument("--data", action="store_true",
+                          help="also fetch every remote source and check every stage's inputs (needs the trainer extra)")
+    validate.add_argument("--workdir", default="runs", help="with --data: where sources are fetched to (default: ./runs)")
+    validate.add_argument("--data-root", help="with --data: folder relative paths resolve against (default: the manifest's)")
     validate.set_defaults(func=cmd_validate)
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API models")

@@ -13,6 +13,7 @@ mapping from Job conditions to attempt states is tested without an API.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -23,9 +24,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import builders, metrics
+from . import builders, builders_sources, metrics
 from .api.load import explain
-from .api.run import PROGRESS_FILE, ProgressRecord
+from .api.run import PROGRESS_FILE, FetchResult, ProgressRecord
 from .api.v1alpha1 import PipelineStatus, TrainingPipeline
 from .children import Children
 from .cleanup import launch_cleanup_jobs
@@ -33,6 +34,7 @@ from .core import naming
 from .core.accounting import parse_time
 from .core.events import pipeline_events
 from .core.plan import AttemptState, Launch, Observed, Stop, plan
+from .core.sources import InitializerDecision, decide_initializer, initializer_record_name, source_failure_status
 from .core.summary import invalid_spec_status
 from .core.reruns import RERUN_ANNOTATION
 from .k8s import JOBS, Cluster
@@ -222,18 +224,29 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
     root = naming.pipeline_root(naming.VOLUME_ROOT, namespace, name)
     rerun = ((meta.get("annotations") or {}).get(RERUN_ANNOTATION) or "").strip() or None
     observed = observe(pipeline, jobs, configmaps, rerun)
+    initializer = observe_initializer(pipeline, jobs, configmaps, previous_status(old_status))
+    if initializer.failure is not None:  # an input is missing or unreadable: nothing may train
+        return await report_source_failure(cluster, body, initializer.failure, now)
+    observed = dataclasses.replace(observed, sources_ready=initializer.ready)
     result = plan(pipeline, observed, root, now)
+    result.status.sources = list(initializer.sources) or None
     for stop in result.stops:
         await stop_attempt(cluster, pipeline, stop)
 
     launched = []
-    if result.launches:
+    if result.launches or initializer.launch:
         uid, generation = pipeline.metadata.uid or f"{namespace}/{name}", pipeline.metadata.generation or 0
         if ensured is None or ensured.get(uid) != generation:
             for obj in builders.build_pipeline_objects(pipeline):
                 await cluster.create_if_absent(obj)
             if ensured is not None:
                 ensured[uid] = generation
+        if initializer.launch:
+            await cluster.create_if_absent(builders_sources.build_initializer_config(pipeline, initializer.launch))
+            job, created = await cluster.create_if_absent(builders_sources.build_initializer_job(pipeline, initializer.launch))
+            children.expect(job)
+            if created:
+                launched.append(job["metadata"]["name"])
         for launch in result.launches:
             await cluster.create_if_absent(builders.build_stage_config(pipeline, launch))
             if (service := builders.build_stage_service(pipeline, launch)) is not None:  # multi-node: pod DNS names
@@ -324,6 +337,38 @@ def observe_next_job_latency(pipeline: TrainingPipeline, launch: Launch, status:
         done_times.append(max((m for m in marks if m is not None), default=None))
     if done_times and None not in done_times:
         metrics.observe_next_job_latency((datetime.now(timezone.utc) - max(done_times)).total_seconds())
+
+
+def observe_initializer(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, Any]],
+                        configmaps: Sequence[Mapping[str, Any]], previous: PipelineStatus | None) -> InitializerDecision:
+    """The initializer Jobs (labelled `refinery.dev/initializer`) and the FetchResult it reported."""
+    attempts = [attempt_state(j) for j in jobs
+                if builders_sources.LABEL_INITIALIZER in ((j.get("metadata") or {}).get("labels") or {})]
+    record_name = initializer_record_name(pipeline.metadata.name)
+    record = None
+    for configmap in configmaps:
+        if (configmap.get("metadata") or {}).get("name") != record_name:
+            continue
+        raw = (configmap.get("data") or {}).get(PROGRESS_FILE) or ""
+        if raw.strip():
+            try:
+                record = FetchResult.model_validate_json(raw)
+            except ValidationError as e:
+                log.warning("ignoring an unreadable fetch result in %s: %s", record_name, e)
+    return decide_initializer(pipeline, attempts, record, previous)
+
+
+async def report_source_failure(cluster: Cluster, body: Mapping[str, Any], result: FetchResult, now: datetime) -> Outcome:
+    """Failed with the initializer's reason (SourceError, BadData …) naming the input; no stage starts."""
+    meta = body.get("metadata") or {}
+    old_status = dict(body.get("status") or {})
+    previous = previous_status(old_status)
+    typed = source_failure_status(previous, result, meta.get("generation"), now)
+    status = typed.dump()
+    patched = await cluster.patch_status(meta["namespace"], meta["name"], old_status, status)
+    if patched and (previous is None or previous.phase != typed.phase):
+        await cluster.post_event(body, "Warning", typed.conditions[-1].reason, typed.conditions[-1].message)
+    return Outcome(status=status, status_patched=patched, typed_status=typed)
 
 
 async def report_invalid(cluster: Cluster, body: Mapping[str, Any], message: str, now: datetime) -> Outcome:

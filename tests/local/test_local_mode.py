@@ -249,13 +249,13 @@ def test_killed_run_resumes_from_the_last_complete_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("what", "data", "expected"),
+    ("what", "data", "expected", "reason"),
     [
-        ("missing file", None, "no-such-file.txt"),
-        ("wrong columns", '{"prompt": "2+2=", "answer": "4"}\n', "completion"),
+        ("missing file", None, "no-such-file.txt", "SourceError"),
+        ("wrong columns", '{"prompt": "2+2=", "answer": "4"}\n', "completion", "BadData"),
     ],
 )
-def test_bad_data_fails_the_stage_with_a_clear_message(tmp_path, what, data, expected):
+def test_bad_data_fails_the_pipeline_before_any_stage_with_a_clear_message(tmp_path, what, data, expected, reason):
     manifest = yaml.safe_load(EXAMPLE.read_text())
     stage = manifest["spec"]["stages"][1]  # sft, from pretrain: start it from a config instead
     stage.pop("from")
@@ -275,8 +275,10 @@ def test_bad_data_fails_the_stage_with_a_clear_message(tmp_path, what, data, exp
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, out
     assert "Traceback" not in out
+    # Caught by the inputs check before any stage starts: no stage process ever ran.
     status = json.loads((tmp_path / "work" / "tiny-chat" / "status.json").read_text())
-    failure = stage_of(status, "sft")["lastFailure"]
-    assert failure["class"] == "Application" and expected in failure["message"], failure
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == reason and expected in failed["message"], failed
     assert status["phase"] == "Failed"
+    assert not list((tmp_path / "work" / "tiny-chat" / ".runs").glob("sft-*.log"))
     assert expected in out  # the runner tells the user too

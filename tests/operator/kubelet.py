@@ -2,7 +2,8 @@
 
 It watches Jobs in the emulator and, for each new one, runs its pod as a local process:
 
-- the container's command and env (`valueFrom.fieldRef` for the pod's name and namespace);
+- the container's command and env (`valueFrom.fieldRef` for the pod's name and namespace; Secret and
+  ConfigMap keys through `valueFrom` and `envFrom`, read from the emulator as the kubelet would);
 - volumes mapped to folders of a temp dir: each PVC -> `<root>/pvc/<claimName>` (shared by all
   pods, like a real volume), each emptyDir -> a folder of the pod, each configMap -> its keys
   written as files (fetched from the emulator, as the kubelet would);
@@ -281,6 +282,7 @@ class Kubelet:
         mounts = await self._mount(spec, container, pod)
         hosts = self._pod_hosts(job, spec)
         env = self._env(container, pod, mounts, hosts)
+        env.update(await self._referenced_env(container))
         command = [map_hosts(map_path(expand(arg, env), mounts), hosts)
                    for arg in container.get("command", []) + container.get("args", [])]
         command = self.command_map.get(command[0], [command[0]]) + command[1:]
@@ -332,6 +334,16 @@ class Kubelet:
                 env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
         return env
 
+    def _exit_code_rule(self, pod: Pod) -> int | None:
+        """The index of the Job's podFailurePolicy rule matching the pod's exit code, as the Job controller finds it."""
+        code = 137 if pod.exit_code == -9 else pod.exit_code
+        rules = ((self.job_specs.get(pod.job) or {}).get("podFailurePolicy") or {}).get("rules") or []
+        for i, rule in enumerate(rules):
+            on = rule.get("onExitCodes") or {}
+            if on.get("operator") == "In" and code in on.get("values", []):
+                return i
+        return None
+
     def _final_status(self, pod: Pod) -> dict[str, Any]:
         stamp = now()
         if pod.exit_code == 0 and not pod.evicted:
@@ -342,9 +354,11 @@ class Kubelet:
         if pod.evicted:
             reason = "PodFailurePolicy"
             message = f"Pod {self.namespace}/{pod.name} has condition DisruptionTarget matching FailJob rule at index 0"
-        elif pod.exit_code in (137, -9):
+        elif (index := self._exit_code_rule(pod)) is not None:
             reason = "PodFailurePolicy"
-            message = f"Container trainer for pod {self.namespace}/{pod.name} failed with exit code 137 matching FailJob rule at index 1"
+            code = 137 if pod.exit_code == -9 else pod.exit_code  # SIGKILL reads as 137 in a container
+            message = (f"Container trainer for pod {self.namespace}/{pod.name} failed with exit code {code} matching "
+                       f"FailJob rule at index {index}")
         else:
             reason, message = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
         return {"active": None, "ready": 0, "failed": 1, "conditions": [
@@ -358,6 +372,30 @@ class Kubelet:
     def _log(self, line: str) -> None:
         with open(self.root / "kubelet.log", "a") as log:
             log.write(f"{now()} {line}\n")
+
+    async def _referenced_env(self, container: dict[str, Any]) -> dict[str, str]:
+        """`envFrom` and `valueFrom` Secret/ConfigMap keys, read from the API as the kubelet does
+        (a Secret's data is base64); `envFrom` first, so an explicit `env` entry wins."""
+        env: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            kind, ref = ("secrets", source["secretRef"]) if "secretRef" in source else ("configmaps", source["configMapRef"])
+            for key, value in (await self._get_data(kind, ref["name"])).items():
+                env[source.get("prefix", "") + key] = value
+        for var in container.get("env", []):
+            value_from = var.get("valueFrom") or {}
+            for field_name, kind in (("secretKeyRef", "secrets"), ("configMapKeyRef", "configmaps")):
+                if field_name in value_from:
+                    env[var["name"]] = (await self._get_data(kind, value_from[field_name]["name"]))[value_from[field_name]["key"]]
+        return env
+
+    async def _get_data(self, kind: str, name: str) -> dict[str, str]:
+        import base64
+
+        assert self._session is not None
+        async with self._session.get(f"{self.server}/api/v1/namespaces/{self.namespace}/{kind}/{name}") as resp:
+            resp.raise_for_status()
+            data = (await resp.json()).get("data") or {}
+        return {k: base64.b64decode(v).decode() for k, v in data.items()} if kind == "secrets" else data
 
     async def _get_configmap_data(self, name: str) -> dict[str, str]:
         assert self._session is not None

@@ -5,6 +5,7 @@
     refinery-train stages                      # list the stage types this trainer knows
     refinery-train launch --wait-for HOST -- torchrun ...   # multi-node pods: wait for rank 0, then exec (launch.py)
     refinery-train prune --stage-dir DIR --keep-last N       # checkpoint retention on the volume (prune.py)
+    refinery-train fetch --config fetch.json                 # fetch remote sources once, check every input (sources/)
 
 Exit codes: 0 success (result.json written); 1 the stage failed — a known cause (bad data, NaN
 loss …) prints one message without a traceback, anything else keeps its traceback; 2 the config
@@ -52,6 +53,7 @@ class ConfigError(Exception):
 TOOLS: dict[str, str] = {
     "launch": "refinery_trainer.launch",
     "prune": "refinery_trainer.prune",
+    "fetch": "refinery_trainer.sources.fetch",
 }
 
 
@@ -204,6 +206,7 @@ def write_result(ctx, metrics: dict[str, float]) -> dict:
         "metrics": {k: float(v) for k, v in metrics.items()},
         "output": str(ctx.model_dir),
         "steps": ctx.steps,
+        "sources": ctx.lineage(),
     }
     atomic_write_text(ctx.result_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result

@@ -33,7 +33,8 @@ from refinery_operator.api.v1alpha1 import Checkpoint, DataSpec, Stage, Training
 
 from . import checkpoints as ckpt
 from . import distributed
-from .data import Table, read_table
+from .data import Table
+from .sources.files import read_data
 from .errors import ModelError, TerminatedError
 from .report import Reporter
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 log = logging.getLogger(__name__)
+LINEAGE_FILE = "refinery-lineage.json"  # in model/: the sources (and their revisions) the model was trained from
 
 
 class StageContext:
@@ -103,7 +105,10 @@ class StageContext:
         return self.stage_dir / RESULT_FILE
 
     def resolve(self, path: str) -> Path:
-        """A path from the spec: absolute as is, relative against `run.data_root`."""
+        """A path from the spec: a remote source's fetched copy, an absolute path as is, a relative
+        one against `run.data_root`."""
+        if path in self.run.sources:
+            return Path(self.run.sources[path])
         p = Path(os.path.expanduser(path))
         return p if p.is_absolute() else Path(self.run.data_root) / p
 
@@ -112,7 +117,14 @@ class StageContext:
 
     @property
     def init_model_dir(self) -> Path:
-        """The model this stage starts from (`from`, resolved by the planner). Raises ModelError."""
+        """The model this stage starts from: `from` (resolved by the planner), else its own `model.path` or
+        `model.hubId` (the pipeline's fetched copy of a source URI). Raises ModelError."""
+        own = self.stage.model
+        if self.run.init_model is None and own is not None and (own.path or own.hub_id):
+            from refinery_operator.api.sources import hub_uri
+
+            uri = own.path or hub_uri(own.hub_id)
+            return self._model_path(uri, f"model {uri}")
         return self._model_path(self.run.init_model, "init_model (the `from` stage's model)")
 
     @property
@@ -135,9 +147,9 @@ class StageContext:
         The held-out table is `data.evalPath` when set, else a seeded `data.evalFraction` split.
         """
         spec = self.data
-        train = read_table(self.data_file(spec.path), text_field=spec.text_field)
+        train = read_data(self.data_file(spec.path), text_field=spec.text_field)
         if spec.eval_path:
-            held_out = read_table(self.data_file(spec.eval_path), text_field=spec.text_field)
+            held_out = read_data(self.data_file(spec.eval_path), text_field=spec.text_field)
             return train.require(*columns, hint=hint), held_out.require(*columns, hint=hint)
         # Checked once, whole: both parts of the split are non-empty subsets of checked rows.
         return train.require(*columns, hint=hint).split(spec.eval_fraction, seed=self.training.seed)
@@ -369,6 +381,9 @@ class StageContext:
             model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        lineage = self.lineage()
+        if lineage:  # which revision of which model and data this model was trained from
+            (tmp / LINEAGE_FILE).write_text(json.dumps({"stage": self.stage.name, "sources": lineage}, indent=2) + "\n")
         ckpt.fsync_tree(tmp)
         old = None
         if self.model_dir.exists():  # a re-run: move the old model away first, delete it after
@@ -379,6 +394,12 @@ class StageContext:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.model_dir
+
+    def lineage(self) -> list[dict]:
+        """The remote sources this stage read, as fetched: {uri, resolved, bytes, files, fetchedAt}."""
+        from .sources.store import lineage
+
+        return lineage(self.run.sources.values())
 
     def report(self, *, force: bool = False, **fields: Any) -> bool:
         """Update the progress record (fields of `ProgressRecord`); sent at most every interval."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 REASON_BAD_DATA = "BadData"
 REASON_BAD_MODEL = "BadModel"
 REASON_NAN_LOSS = "NanLoss"
+REASON_SOURCE_ERROR = "SourceError"
 REASON_STAGE_FAILED = "StageFailed"
 REASON_TERMINATED = "Terminated"
 
@@ -52,3 +53,18 @@ class TerminatedError(StageError):
     """SIGTERM (eviction, preemption, a stopped local run): a checkpoint was saved, then training stopped."""
 
     reason = REASON_TERMINATED
+
+
+class SourceError(StageError):
+    """A model or data source cannot be fetched or read; the message names the URI, never a credential.
+
+    `transient` (a 5xx, a timeout, a refused connection) means trying again may work: the
+    pipeline retries it as an infrastructure failure. Otherwise (403, 404, a bad revision, a
+    changed or partial download) it is the user's to fix: an application failure.
+    """
+
+    reason = REASON_SOURCE_ERROR
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient

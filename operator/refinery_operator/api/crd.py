@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .sources import CEL_KNOWN_SCHEME, UNKNOWN_SCHEME_MESSAGE
 from .v1alpha1 import (
     GROUP, KIND, PACKING_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
     VERSION, VLLM_GPU_MESSAGE, PipelineSpec, PipelineStatus,
@@ -121,6 +122,12 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "(has(self.config) ? 1 : 0) + (has(self.path) ? 1 : 0) + (has(self.hubId) ? 1 : 0) == 1",
             "message": "set exactly one of config, path, hubId",
         },
+        *({"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
+           "fieldPath": f".{f}"} for f in ("path", "tokenizer")),
+    ],
+    "DataSpec": [
+        {"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
+         "fieldPath": f".{f}"} for f in ("path", "evalPath")
     ],
     "Storage": [{"rule": "has(self.claimName) != has(self.claim)", "message": "set exactly one of claimName or claim"}],
 }

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .sources import SourceStatus
 from .v1alpha1 import ApiModel, Checkpoint, Stage
 
 RESULT_FILE = "result.json"
@@ -45,6 +46,9 @@ class StageRun(ApiModel):
     init_model: str | None = Field(None, description="Absolute path of the model named by `from` (its model/ folder).")
     reward_model: str | None = Field(None, description="Absolute path of the reward model (rlhf).")
     reporter: FileReporter | ConfigMapReporter | None = Field(None, description="Where progress is reported.")
+    sources: dict[str, str] = Field(
+        default_factory=dict, description="Remote source URI -> its fetched copy on the volume (a file or a folder)."
+    )
     progress_interval_s: float = Field(2.0, gt=0, description="Least seconds between two periodic progress reports.")
 
 
@@ -64,3 +68,30 @@ class ProgressRecord(ApiModel):
     message: str | None = Field(None, description="Why the stage failed, when it did.")
     failure_reason: str | None = Field(None, description="CamelCase reason when failed, e.g. `BadData`, `NanLoss`.")
     update_time: str | None = None
+
+
+FETCH_RESULT_FILE = "sources.json"  # in <pipeline>/sources/: what `refinery-train fetch` found or fetched
+
+
+class FetchRun(ApiModel):
+    """What `refinery-train fetch --config FILE` reads: fetch every remote source of the pipeline
+    once, then check every stage's inputs (fetched or on the volume) before any stage trains."""
+
+    pipeline: str = Field(..., description="Pipeline name (for logs).")
+    namespace: str | None = Field(None, description="Pipeline namespace (cluster mode).")
+    pipeline_root: str = Field(..., description="Absolute folder of the pipeline; sources go to its sources/ folder.")
+    data_root: str = Field(..., description="Absolute folder that relative paths are resolved against.")
+    stages: list[Stage] = Field(..., description="The pipeline's stages, whose sources are fetched and checked.")
+    reporter: FileReporter | ConfigMapReporter | None = Field(
+        None, description="Where the FetchResult is also written (a cluster: the pipeline's sources ConfigMap)."
+    )
+
+
+class FetchResult(ApiModel):
+    """What the fetch wrote to `sources/sources.json` (and the termination message)."""
+
+    phase: Literal["Succeeded", "Failed"]
+    sources: list[SourceStatus] = Field(default_factory=list)
+    reason: str | None = Field(None, description="CamelCase reason when failed: `SourceError`, `BadData`, `BadModel`.")
+    message: str | None = Field(None, description="Why it failed, naming the source (never a credential).")
+    transient: bool = Field(False, description="A failure worth retrying (5xx, timeout): an infrastructure failure.")

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import ApiModel
+from .sources import SourceStatus
 
 
 class Phase(StrEnum):
@@ -93,6 +94,10 @@ class PipelineStatus(ApiModel):
     stages: list[StageStatus] = Field(default_factory=list)
     rerun_request: str | None = Field(
         None, description="The last `refinery.dev/rerun-from` annotation value acted on (a new value triggers a re-run)."
+    )
+    sources: list[SourceStatus] | None = Field(
+        None, max_length=128,
+        description="The remote sources (hf://, s3://, https://) fetched for the stages, with what each resolved to.",
     )
 
     def stage(self, name: str) -> StageStatus | None:

@@ -20,6 +20,8 @@ from .base import (  # noqa: F401  (re-exported: the resource's names live here)
     ApiModel, StageType, is_dns_label,
 )
 from .graph import stage_graph_problems
+from .pod import MAX_ENV, EnvFromSource, EnvVar, Volume, VolumeMount
+from .sources import SourceUriError, parse_source
 from .status import (  # noqa: F401  (re-exported: the resource's names live here)
     Checkpoint, Condition, Failure, Phase, PipelineStatus, RestartCounts, StageInputs, StageStatus,
 )
@@ -54,7 +56,9 @@ class ModelSource(ApiModel):
 
     config: ModelConfig | None = Field(None, description="Build a fresh model from this configuration (random weights).")
     path: str | None = Field(
-        None, max_length=1024, description="A model saved with save_pretrained, as a path on the volume (relative to /workspace)."
+        None, max_length=1024,
+        description="A model saved with save_pretrained: a path on the volume (relative to /workspace), or a source "
+        "URI fetched once per pipeline: hf://<org>/<name>[@<revision>], s3://<bucket>/<prefix>/, https://….",
     )
     hub_id: str | None = Field(
         None, max_length=256, description="A model id on the Hugging Face Hub, downloaded by the stage pod."
@@ -62,8 +66,8 @@ class ModelSource(ApiModel):
     tokenizer: str | None = Field(
         None,
         max_length=1024,
-        description="A tokenizer path on the volume or hub id. Default: the model's own; with `config`, a BPE "
-        "tokenizer is trained on the stage's corpus.",
+        description="A tokenizer path on the volume, a hub id, or a source URI (hf://, s3://, https://). Default: the "
+        "model's own; with `config`, a BPE tokenizer is trained on the stage's corpus.",
     )
     vocab_size: int = Field(
         512, ge=64, le=1048576, description="Vocabulary size of a tokenizer trained on the corpus (with `config`)."
@@ -76,6 +80,21 @@ class ModelSource(ApiModel):
             raise ValueError("set exactly one of config, path, hubId")
         return self
 
+    @field_validator("path", "tokenizer")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        return _checked_source(value)
+
+
+def _checked_source(value: str | None) -> str | None:
+    """A source URI with a known scheme and shape (api/sources.py), or a plain path."""
+    if value is not None:
+        try:
+            parse_source(value)
+        except SourceUriError as err:
+            raise ValueError(str(err)) from None
+    return value
+
 
 class DataSpec(ApiModel):
     """A dataset on the volume. Column names follow TRL's conventions."""
@@ -86,7 +105,9 @@ class DataSpec(ApiModel):
         max_length=1024,
         description="Training data: a .txt file (pretrain: one document per blank-line-separated block), "
         ".jsonl/.json or .parquet. Relative paths are resolved against /workspace (local mode: the "
-        "manifest's folder).",
+        "manifest's folder). Or a source URI fetched once per pipeline: "
+        "hf://datasets/<org>/<name>[@<revision>]/<file or glob>, s3://<bucket>/<key, prefix/ or glob>, "
+        "https://… (a prefix or glob: every .jsonl/.json/.parquet/.txt file of it, in name order).",
     )
     eval_path: str | None = Field(
         None, max_length=1024, description="Held-out data in the same format. Default: `evalFraction` of `path`."
@@ -102,6 +123,11 @@ class DataSpec(ApiModel):
     )
     chosen_field: str = Field("chosen", max_length=63, description="Column with the preferred response (reward, dpo).")
     rejected_field: str = Field("rejected", max_length=63, description="Column with the dispreferred response (reward, dpo).")
+
+    @field_validator("path", "eval_path")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        return _checked_source(value)
 
 
 class Toleration(ApiModel):
@@ -222,6 +248,16 @@ class Stage(ApiModel):
         None, description="A metric threshold the stage must meet before its dependants start; else the pipeline "
         "fails with reason `GateNotMet`."
     )
+    env: list[EnvVar] | None = Field(
+        None, max_length=MAX_ENV, description="Environment of this stage's pods, after `spec.env` (Kubernetes EnvVar: "
+        "`value` or `valueFrom` a Secret/ConfigMap key). Also given to the pipeline's initializer.",
+    )
+    env_from: list[EnvFromSource] | None = Field(
+        None, max_length=16, description="Secrets/ConfigMaps whose keys become this stage's environment.",
+    )
+    volume_mounts: list[VolumeMount] | None = Field(
+        None, max_length=16, description="Volumes of `spec.volumes` mounted into this stage's pods.",
+    )
 
     @model_validator(mode="after")
     def _inputs_fit_type(self) -> Stage:
@@ -337,6 +373,18 @@ class PipelineSpec(ApiModel):
     checkpoints: CheckpointRetention | None = Field(
         None, description="Retention of finished stages' checkpoints. Default: keep what the trainer's rotation left."
     )
+    env: list[EnvVar] | None = Field(
+        None, max_length=MAX_ENV, description="Environment of every stage pod and of the initializer (Kubernetes "
+        "EnvVar), e.g. HF_TOKEN from a Secret (`valueFrom.secretKeyRef`), AWS_ENDPOINT_URL for an S3-compatible store.",
+    )
+    env_from: list[EnvFromSource] | None = Field(
+        None, max_length=16, description="Secrets/ConfigMaps whose keys become every stage pod's environment "
+        "(e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).",
+    )
+    volumes: list[Volume] | None = Field(
+        None, max_length=16, description="Extra volumes (a shared model cache, a dataset volume) that stages mount "
+        "with `volumeMounts`.",
+    )
 
     @field_validator("stages")
     @classmethod
@@ -355,6 +403,15 @@ class PipelineSpec(ApiModel):
         wide = any(s.resources.nodes > 1 for s in self.stages)
         if claim is not None and wide and "ReadWriteMany" not in claim.access_modes:
             raise ValueError(SHARED_VOLUME_MESSAGE)
+        return self
+
+    @model_validator(mode="after")
+    def _mounts_name_volumes(self) -> PipelineSpec:
+        known = {v.name for v in self.volumes or ()}
+        for i, stage in enumerate(self.stages):
+            for mount in stage.volume_mounts or ():
+                if mount.name not in known:
+                    raise ValueError(f"stages[{i}].volumeMounts: no volume named {mount.name!r} in spec.volumes")
         return self
 
     def stage(self, name: str) -> Stage:

@@ -77,6 +77,7 @@ class Observed:
     attempts: Mapping[str, Sequence[AttemptState]] = field(default_factory=dict)  # every attempt, per stage
     records: Mapping[str, ProgressRecord] = field(default_factory=dict)  # latest record, per stage
     rerun_request: str | None = None  # the `refinery.dev/rerun-from` annotation
+    sources_ready: bool = True  # the pipeline's initializer fetched and checked every input (core/sources.py)
 
     def latest(self, stage: str, first_attempt: int = 1) -> AttemptState | None:
         attempts = [a for a in self.attempts.get(stage) or () if a.attempt >= first_attempt]
@@ -131,7 +132,7 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
         # the upstream outputs, so a status that lost them (or never had them) gets them back.
         status = by_name[stage.name] = by_name[stage.name].model_copy(update={"inputs": resolve_inputs(stage, by_name, pipeline_root)})
         attempt = next_attempt(status, observed.latest(stage.name, status.first_attempt))
-        if attempt is None or failed_for_good or spec.suspend:
+        if attempt is None or failed_for_good or spec.suspend or not observed.sources_ready:
             continue
         busy = [a.attempt for a in observed.attempts.get(stage.name) or () if not a.pods_gone]
         if busy:
@@ -165,6 +166,7 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
     status = summarize(stages, gates, spec.suspend, previous, pipeline.metadata.generation, stamp,
                        queued=queued, queue_name=spec.queue_name)
     status.rerun_request = rerun_request
+    status.sources = previous.sources  # what the pipeline's initializer fetched (core/sources.py)
     return Plan(status=status, launches=tuple(launches), stops=tuple(stops),
                 requeue_after=round(min(waits), 3) if waits else None)
 

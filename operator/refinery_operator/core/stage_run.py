@@ -6,6 +6,7 @@ from ..api.run import ConfigMapReporter, FileReporter, StageRun
 from ..api.v1alpha1 import TrainingPipeline
 from .naming import stage_dir
 from .plan import Launch
+from .sources import stage_source_paths
 
 
 def build_stage_run(
@@ -15,14 +16,16 @@ def build_stage_run(
     data_root: str,
     reporter: FileReporter | ConfigMapReporter | None,
 ) -> StageRun:
+    stage = pipeline.spec.stage(launch.stage)
     return StageRun(
         pipeline=pipeline.metadata.name,
         namespace=pipeline.metadata.namespace,
-        stage=pipeline.spec.stage(launch.stage),
+        stage=stage,
         attempt=launch.attempt,
         stage_dir=stage_dir(pipeline_root, launch.stage, launch.run),
         data_root=data_root,
         init_model=launch.inputs.model if launch.inputs else None,
         reward_model=launch.inputs.reward_model if launch.inputs else None,
         reporter=reporter,
+        sources=stage_source_paths(stage, pipeline_root),
     )

@@ -34,8 +34,10 @@ from ..api.run import METRICS_PORT_ENV, PROGRESS_FILE, RESULT_FILE, FileReporter
 from ..api.v1alpha1 import Phase, PipelineStatus, StageStatus, TrainingPipeline
 from ..core.naming import pipeline_root, stage_dir
 from ..core.plan import AttemptState, Observed, plan, rfc3339
+from ..core.sources import source_failure_status
 from ..core.stage_run import build_stage_run
 from .display import ProgressDisplay, summary_table
+from .initializer import run_initializer
 from .summary import write_summary_plot
 
 POLL_SECONDS = 0.2
@@ -152,6 +154,15 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
     local = LocalPipeline(pipeline, root, data_root.resolve())
     status = continue_from(root, pipeline, local)
     on_status = on_status or (lambda status: None)
+    fetched = run_initializer(pipeline, root, data_root.resolve(), trainer_environment())
+    if fetched.phase == "Failed":  # nothing trains on a pipeline whose inputs are not all there
+        status = source_failure_status(status, fetched, None, datetime.now(timezone.utc))
+        write_status(root, status)
+        on_status(status)
+        print(f"pipeline {pipeline.metadata.name!r} failed before any stage started ({fetched.reason}): "
+              f"{fetched.message}\n  log: {root / '.runs' / 'sources.log'}", file=sys.stderr)
+        return False
+    status.sources = fetched.sources or None
     on_status(status)
     display = ProgressDisplay([s.name for s in pipeline.spec.stages], enabled=show_progress)
     try:

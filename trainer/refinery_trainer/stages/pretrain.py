@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext) -> dict[str, float]:
+    from . import pretrain_stream
+
+    if pretrain_stream.wants_streaming(ctx.data_file(ctx.data.path)):  # shards, or a file too big to read whole
+        return pretrain_stream.run(ctx)
     train_rows, eval_rows = ctx.load_data(ctx.data.text_field, hint="data.textField")
     field = ctx.data.text_field
     train_texts = [r[field] for r in train_rows.require_text(field).rows]
@@ -99,8 +103,10 @@ def _model_location(ctx: StageContext) -> str:
         return str(ctx.init_model_dir)
     if source.path:
         return str(ctx.resolve(source.path))
-    if source.hub_id:
-        return source.hub_id
+    if source.hub_id:  # the copy the pipeline's fetch made, else the hub id (downloaded here, as before)
+        from refinery_operator.api.sources import hub_uri
+
+        return str(ctx.resolve(hub_uri(source.hub_id))) if hub_uri(source.hub_id) in ctx.run.sources else source.hub_id
     raise StageError("pretrain: the model source has neither path nor hubId")
 
 

@@ -1,0 +1,121 @@
+"""Check every input of every stage before the first one trains: a typo in the last stage's data
+path fails the pipeline in seconds, not after the stages before it have trained for hours.
+
+For each data source (fetched, or a path on the volume): it exists, it is readable, and its
+first rows have the columns its stage reads — the same `Table` checks, and so the same BadData
+messages, as the stage itself. For each model source: a saved model (config.json) is there.
+Inputs that another stage produces (`from`, `rewardModel`) do not exist yet and are not checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from itertools import islice
+from pathlib import Path
+
+from refinery_operator.api.sources import stage_sources
+
+from ..data import Table, preference_columns, read_table
+from ..errors import DataError, ModelError, SourceError
+from .files import data_files
+
+HEAD_ROWS = 64  # rows of each file read to check its columns (whole files: the stage reads those)
+
+
+def check_pipeline(stages, data_root: str, fetched: Mapping[str, str]) -> list[str]:
+    """Check every stage's sources; return what was checked (one line each). Raises DataError/ModelError."""
+    checked = []
+    for stage in stages:
+        for source in stage_sources(stage):
+            path = local_path(source.ref.uri, data_root, fetched)
+            if source.field.startswith("data."):
+                check_data(stage, source.field, path)
+            elif source.field in ("model.path", "model.hubId"):
+                check_model(stage, source.field, path)
+            elif source.ref.remote or path.exists():  # a tokenizer that is neither may be a hub id (as before)
+                check_tokenizer(stage, path)
+            checked.append(f"{stage.name} {source.field}: {path}")
+    return checked
+
+
+def local_path(uri: str, data_root: str, fetched: Mapping[str, str]) -> Path:
+    if uri in fetched:
+        return Path(fetched[uri])
+    p = Path(os.path.expanduser(uri))
+    return p if p.is_absolute() else Path(data_root) / p
+
+
+def check_data(stage, field: str, path: Path) -> None:
+    if not path.exists():
+        raise SourceError(f"stage {stage.name!r} {field}: {path}: dataset file not found")
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"stage {stage.name!r} {field}: {path}: not readable")
+    for f in data_files(path):
+        require_columns(stage, head(f, stage.data.text_field))
+
+
+def head(path: Path, text_field: str) -> Table:
+    """The first rows of a data file: JSON lines and Parquet are read lazily; .json and .txt whole
+    (read_table: the formats of small files)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _parquet_head(path)
+    if suffix != ".jsonl":
+        return read_table(path, text_field=text_field)
+    rows, lines = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in islice(((n, l) for n, l in enumerate(f, start=1) if l.strip()), HEAD_ROWS):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+            lines.append(number)
+    if not rows:
+        raise DataError(f"{path}: the file is empty: no JSON lines")
+    return Table(path, rows, lines)
+
+
+def _parquet_head(path: Path) -> Table:
+    import pyarrow.parquet as pq
+
+    try:
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=HEAD_ROWS), None)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
+        raise DataError(f"{path}: cannot read parquet: {exc}") from None
+    if batch is None or batch.num_rows == 0:
+        raise DataError(f"{path}: the file is empty: no rows")
+    return Table(path, batch.to_pylist(), unit="row")
+
+
+def require_columns(stage, table: Table) -> None:
+    """The columns `stage` reads, checked as the stage itself checks them."""
+    spec = stage.data
+    if stage.type == "pretrain":
+        table.require(spec.text_field, hint="data.textField").require_text(spec.text_field)
+    elif stage.type == "sft":
+        if table.has_column(spec.messages_field):
+            table.require(spec.messages_field, hint="data.messagesField").require_messages(spec.messages_field)
+        else:
+            columns = (spec.prompt_field, spec.completion_field)
+            table.require(*columns, hint="data.promptField/data.completionField").require_text(*columns)
+    elif stage.type in ("reward", "dpo"):
+        preference_columns(spec, table, table)
+    elif stage.type == "rlhf":
+        table.require(spec.prompt_field, hint="data.promptField").require_text(spec.prompt_field)
+
+
+def check_model(stage, field: str, path: Path) -> None:
+    if not path.exists():
+        raise SourceError(f"stage {stage.name!r} {field}: {path}: model folder not found")
+    if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+        raise ModelError(f"stage {stage.name!r} {field}: {path} is not a saved model (no config.json)")
+
+
+def check_tokenizer(stage, path: Path) -> None:
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise ModelError(f"stage {stage.name!r} model.tokenizer: {path} has no tokenizer (tokenizer.json)")

@@ -1,0 +1,115 @@
+"""s3:// sources with boto3: one object, every object under a prefix, or those matching a glob.
+
+The endpoint and credentials come from boto3's own configuration: `AWS_ENDPOINT_URL_S3` or
+`AWS_ENDPOINT_URL` (MinIO, Ceph, GCS interop), `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, a
+profile or an IAM role. Each object is listed first, then read with `IfMatch` on the listed
+ETag, so an object replaced between the listing and the read fails the fetch instead of
+mixing two versions; a single-part object's ETag is its MD5, which is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from refinery_operator.api.sources import SourceRef, matches
+
+from ..errors import SourceError
+from .store import Fetched
+
+_NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "Forbidden"}
+_CHANGED = {"412", "PreconditionFailed"}
+CHUNK = 1 << 20
+
+
+def client():
+    import boto3
+    from botocore.config import Config
+
+    # boto3 reads AWS_ENDPOINT_URL(_S3) itself; "standard" retries cover throttling and 5xx. A new
+    # session each time: the default one keeps the credentials it resolved first.
+    return boto3.session.Session().client("s3", config=Config(retries={"mode": "standard", "max_attempts": 4}))
+
+
+def list_objects(s3, ref: SourceRef) -> dict[str, tuple[int, str, str | None]]:
+    """key → (size, ETag, version id) of every object the source names. Raises SourceError."""
+    if ref.single_file:
+        head = s3.head_object(Bucket=ref.bucket, Key=ref.key)
+        return {ref.key: (head["ContentLength"], head["ETag"].strip('"'), head.get("VersionId"))}
+    prefix = _prefix(ref.key)
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=ref.bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if matches(ref, obj["Key"]) and not obj["Key"].endswith("/"):
+                found[obj["Key"]] = (obj["Size"], obj["ETag"].strip('"'), None)
+    if not found:
+        raise SourceError(f"{ref.uri}: no objects match (bucket {ref.bucket!r}, prefix {prefix!r})")
+    return found
+
+
+def fetch(ref: SourceRef, dest: Path) -> Fetched:
+    """Download the source's objects into `dest` (keys relative to the prefix). Raises SourceError."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+    try:
+        s3 = client()
+        objects = list_objects(s3, ref)
+        prefix = _prefix(ref.key)
+        base = prefix[: prefix.rfind("/") + 1]  # files keep their names below the prefix's folder
+        fetched = Fetched(resolved="")
+        for key, (size, etag, version) in sorted(objects.items()):
+            name = key.rsplit("/", 1)[-1] if ref.single_file else key[len(base):]
+            _download(s3, ref, key, size, etag, dest / name)
+            fetched.files[name] = (size, version or etag)
+        fetched.resolved = _resolved(fetched)
+        return fetched
+    except ClientError as err:
+        raise _source_error(ref, err) from None
+    except (NoCredentialsError, PartialCredentialsError):
+        raise SourceError(f"{ref.uri}: no AWS credentials: give the pods AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                          "(spec.envFrom a Secret) or a role") from None
+    except BotoCoreError as err:  # no connection, timeout, bad endpoint: worth retrying
+        raise SourceError(f"{ref.uri}: cannot reach the S3 endpoint: {type(err).__name__}", transient=True) from None
+
+
+def _prefix(key: str) -> str:
+    """The literal start of a key or glob: what S3 can list by."""
+    return key.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+
+
+def _download(s3, ref: SourceRef, key: str, size: int, etag: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = s3.get_object(Bucket=ref.bucket, Key=key, IfMatch=f'"{etag}"')["Body"]
+    md5, got = hashlib.md5(usedforsecurity=False), 0
+    with open(path, "wb") as out:
+        while chunk := body.read(CHUNK):
+            out.write(chunk)
+            md5.update(chunk)
+            got += len(chunk)
+    if got != size:
+        raise SourceError(f"{ref.uri}: partial download of s3://{ref.bucket}/{key}: {got} of {size} bytes", transient=True)
+    if "-" not in etag and md5.hexdigest() != etag:  # multipart ETags are not an MD5 of the whole object
+        raise SourceError(f"{ref.uri}: s3://{ref.bucket}/{key} does not match its ETag {etag} (MD5 {md5.hexdigest()})")
+
+
+def _resolved(fetched: Fetched) -> str:
+    """One object: its ETag (or version id). Several: a hash over their names and ETags."""
+    if len(fetched.files) == 1:
+        return next(iter(fetched.files.values()))[1]
+    digest = hashlib.sha256("\n".join(f"{k} {t}" for k, (_, t) in sorted(fetched.files.items())).encode())
+    return f"sha256:{digest.hexdigest()[:16]} of {len(fetched.files)} ETags"
+
+
+def _source_error(ref: SourceRef, err) -> SourceError:
+    code = str(err.response.get("Error", {}).get("Code", ""))
+    status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in _NOT_FOUND or status == 404:
+        return SourceError(f"{ref.uri}: not found (S3 {code or status}): check the bucket and key")
+    if code in _DENIED or status == 403:
+        return SourceError(f"{ref.uri}: access denied (S3 {code or status}): the pod's AWS credentials (env/envFrom) "
+                           "may not read it")
+    if code in _CHANGED or status == 412:
+        return SourceError(f"{ref.uri}: an object changed while it was being fetched; fetch again for a consistent copy")
+    transient = status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable")
+    return SourceError(f"{ref.uri}: S3 error {code or status}", transient=transient)
