@@ -143,7 +143,7 @@ def build_service_account(pipeline: TrainingPipeline) -> dict[str, Any] | None:
 
 def build_progress_role(pipeline: TrainingPipeline) -> dict[str, Any]:
     """get/patch on this pipeline's progress ConfigMaps only: a pod cannot touch anything else."""
-    names = [naming.progress_configmap_name(pipeline.metadata.name, s.name) for s in pipeline.spec.stages]
+    names = [naming.progress_configmap_name(pipeline.metadata.name, s.name) for s in pipeline.spec.run_stages]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -182,7 +182,7 @@ def build_pipeline_objects(pipeline: TrainingPipeline) -> list[dict[str, Any]]:
         build_service_account(pipeline),
         build_progress_role(pipeline),
         build_progress_role_binding(pipeline),
-        *(build_progress_configmap(pipeline, s.name) for s in pipeline.spec.stages),
+        *(build_progress_configmap(pipeline, s.name) for s in pipeline.spec.run_stages),
     ]
     return [o for o in objects if o is not None]
 

@@ -55,6 +55,7 @@ class StageContext:
         self.resumed_from: Checkpoint | None = None
         self.train_started = False  # set by the callbacks once a resume has loaded (see train())
         self.stop_requested = False  # set on SIGTERM: checkpoint at the end of this step, then stop
+        self.output: str | None = None  # what result.json names as the stage's output; default its model/
 
     # ---- the run -----------------------------------------------------------------------------
 

@@ -50,7 +50,12 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         },
     ],
     "Stage": [
-        {"rule": "has(self.from) != has(self.model)", "message": "set exactly one of `from` (a stage) or `model`"},
+        {"rule": "self.type == 'eval' || has(self.from) != has(self.model)", "message": "set exactly one of `from` (a stage) or `model`"},
+        {"rule": "self.type == 'eval' || has(self.data)", "message": "`data` is required (every stage type but eval trains on a dataset)"},
+        {"rule": "self.type != 'eval' || (has(self.eval) && !has(self.from) && !has(self.model) && !has(self.data))",
+         "message": "an eval stage needs `eval` and trains nothing: no `from`, `model` or `data`"},
+        {"rule": "self.type == 'eval' || !has(self.eval)", "message": "`eval` is only valid on eval stages"},
+        {"rule": "self.type != 'export'", "message": "stages[].type `export` is not written as a stage: set spec.export instead"},
         {
             "rule": "self.type != 'pretrain' || !has(self.training) || !has(self.training.lora)",
             "message": "`training.lora` is not valid on pretrain stages: pretraining trains every weight",
@@ -87,7 +92,7 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "has(self.rewardModel) == has(oldSelf.rewardModel) && (!has(self.rewardModel) || self.rewardModel == oldSelf.rewardModel)",
             "message": "a stage's `rewardModel` cannot change; add a stage with a new name instead",
         },
-        {"rule": "self.data == oldSelf.data", "message": "a stage's `data` cannot change; add a stage with a new name instead"},
+        {"rule": "has(self.data) == has(oldSelf.data) && (!has(self.data) || self.data == oldSelf.data)", "message": "a stage's `data` cannot change; add a stage with a new name instead"},
     ],
     "RlSpec": [
         {

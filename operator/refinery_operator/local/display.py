@@ -65,3 +65,27 @@ def summary_table(status: PipelineStatus) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return f"\npipeline {status.phase}\n" + "\n".join(lines)
+
+
+# An eval stage's scores, in reading order; harness metrics (`task/metric`) follow, sorted.
+EVAL_SCORES = ("exactMatch", "contains", "meanReward", "winRate", "meanCompletionLength", "emptyFraction")
+
+
+def eval_table(status: PipelineStatus) -> str:
+    """One table per eval stage: a row per evaluated model, a column per score ("" when none)."""
+    out = []
+    for stage in status.stages:
+        rows: dict[str, dict[str, float]] = {}
+        for key, value in stage.metrics.items():
+            model, dot, score = key.partition(".")
+            if dot:
+                rows.setdefault(model, {})[score] = value
+        if not rows:
+            continue
+        seen = {k for r in rows.values() for k in r}
+        scores = [k for k in EVAL_SCORES if k in seen] + sorted(seen - set(EVAL_SCORES))
+        table = [["MODEL", *scores], *([m, *(f"{r[k]:.4f}" if k in r else "-" for k in scores)] for m, r in rows.items())]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+        out.append(f"\neval {stage.name} (held out)\n" + "\n".join(lines))
+    return "".join(out)
