@@ -34,9 +34,12 @@ class ChatSession:
     @classmethod
     def load(cls, model_dir: Path, **kwargs) -> ChatSession:
         """Refuses (ModelError) a folder without config, weights or tokenizer."""
+        from transformers.utils import logging as hf_logging
+
         from .modeling import load_model
         from .tokenizer import load_tokenizer
 
+        hf_logging.disable_progress_bar()  # "Loading weights" bars would mix with the conversation
         check_complete(model_dir)
         return cls(load_model(model_dir).eval(), load_tokenizer(model_dir), **kwargs)
 

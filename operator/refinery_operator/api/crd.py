@@ -48,6 +48,10 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
                     "&& self.storage.claim.accessModes.exists(m, m == 'ReadWriteMany'))",
             "message": SHARED_VOLUME_MESSAGE,  # no fieldPath: the same line as the operator's own check
         },
+        {
+            "rule": "!has(self.export) || self.stages.exists(t, t.name == self.export.stage)",
+            "message": "spec.export.stage must name a stage of this pipeline",
+        },
     ],
     "Stage": [
         {"rule": "self.type == 'eval' || has(self.from) != has(self.model)", "message": "set exactly one of `from` (a stage) or `model`"},
@@ -106,6 +110,7 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "message": "set exactly one of config, path, hubId",
         },
     ],
+    "Gate": [{"rule": "has(self.value) != has(self.valueFrom)", "message": "a gate needs exactly one of `value` or `valueFrom`"}],
     "Storage": [{"rule": "has(self.claimName) != has(self.claim)", "message": "set exactly one of claimName or claim"}],
 }
 
