@@ -92,3 +92,16 @@ def test_reward_hacking_raises_a_warning_condition_and_an_event(metrics, reason)
     assert (after.status, after.reason) == ("True", reason) and "'rlhf'" in after.message
     events = pipeline_events(running.status, hacked.status)
     assert [e.type for e in events if e.reason == "RewardHacking"] == ["Warning"]
+
+
+def test_eval_scores_and_hacking_signals_are_prometheus_gauges():
+    from refinery_operator.api.v1alpha1 import StageStatus
+    from refinery_operator.metrics import StageSnapshot, stage_samples
+
+    status = StageStatus(name="eval", metrics={"rlhf.exactMatch": 1.0, "sft.animal_sounds/acc": 0.6})
+    samples = {(n, tuple(l)): v for n, l, v in stage_samples(("ns", "p", "eval"), StageSnapshot(status), 0.0)}
+    assert samples[("refinery_eval_score", ("ns", "p", "eval", "rlhf", "exactMatch"))] == 1.0
+    assert samples[("refinery_eval_score", ("ns", "p", "eval", "sft", "animal_sounds/acc"))] == 0.6
+    rlhf = StageStatus(name="rlhf", metrics={"completionsCollapsed": 1.0, "meanReward": 4.8})
+    samples = {(n, tuple(l)): v for n, l, v in stage_samples(("ns", "p", "rlhf"), StageSnapshot(rlhf), 0.0)}
+    assert samples[("refinery_stage_reward_hacking", ("ns", "p", "rlhf", "completionsCollapsed"))] == 1.0

@@ -35,8 +35,8 @@ def flatten_results(results: dict[str, dict]) -> dict[str, float]:
         for key, value in metrics.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 continue
-            metric, _, filter_name = key.partition(",")
-            if "_stderr" in metric:
+            metric, comma, filter_name = key.partition(",")
+            if not comma or "_stderr" in metric:  # bookkeeping (sample_len, ...) and standard errors
                 continue
             name = metric if filter_name in ("", "none") else f"{metric}_{filter_name}"
             out[f"{task}/{name}"] = float(value)
