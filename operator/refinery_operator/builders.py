@@ -20,7 +20,7 @@ import yaml
 
 from . import builders_distributed as distributed
 from .api.run import PROGRESS_FILE, ConfigMapReporter, StageRun
-from .api.v1alpha1 import API_VERSION, KIND, Stage, TrainingPipeline
+from .api.v1alpha1 import API_VERSION, KIND, Stage, StageType, TrainingPipeline
 from .core import naming
 from .core.plan import Launch
 from .core.stage_run import build_stage_run
@@ -265,7 +265,7 @@ def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> 
         # The trainer reports progress with this token; our ServiceAccount does not mount it by default.
         "automountServiceAccountToken": True,
         "securityContext": build_pod_security_context(),
-        "containers": [build_trainer_container(pipeline, stage, launch)],
+        "containers": [with_export_credentials(pipeline, stage, build_trainer_container(pipeline, stage, launch))],
         "volumes": [
             {"name": "workspace", "persistentVolumeClaim": {"claimName": claim_name(pipeline)}},
             {
@@ -281,6 +281,15 @@ def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> 
         spec.update(distributed.multi_node_pod_spec(naming.stage_service_name(job)))
     spec.update(build_placement(stage))
     return spec
+
+
+def with_export_credentials(pipeline: TrainingPipeline, stage: Stage, container: dict[str, Any]) -> dict[str, Any]:
+    """The export step's container gets `spec.export.credentialsSecret` as its environment (S3 keys,
+    HF_TOKEN): by reference, so no credential is ever in the Job, its ConfigMap or the status."""
+    export = pipeline.spec.export
+    if stage.type == StageType.export and export is not None and export.credentials_secret:
+        container = {**container, "envFrom": [*container.get("envFrom", []), {"secretRef": {"name": export.credentials_secret}}]}
+    return container
 
 
 def build_pod_security_context() -> dict[str, Any]:

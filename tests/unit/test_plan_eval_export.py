@@ -105,3 +105,18 @@ def test_eval_scores_and_hacking_signals_are_prometheus_gauges():
     rlhf = StageStatus(name="rlhf", metrics={"completionsCollapsed": 1.0, "meanReward": 4.8})
     samples = {(n, tuple(l)): v for n, l, v in stage_samples(("ns", "p", "rlhf"), StageSnapshot(rlhf), 0.0)}
     assert samples[("refinery_stage_reward_hacking", ("ns", "p", "rlhf", "completionsCollapsed"))] == 1.0
+
+
+def test_the_export_job_gets_its_credentials_by_secret_reference():
+    from refinery_operator.builders import build_stage_job
+
+    pipeline = evaluated()
+    export = pipeline.spec.export.model_copy(update={"credentials_secret": "model-store"})
+    pipeline = pipeline.model_copy(update={"spec": pipeline.spec.model_copy(update={"export": export})})
+    launch = eval_done({"sft.exactMatch": 0.5, "rlhf.exactMatch": 0.9}).launches[0]
+    container = build_stage_job(pipeline, launch)["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "model-store"}} in container["envFrom"]
+    assert all("value" not in e or "model-store" not in e["value"] for e in container.get("env", []))
+    # Stages that train never see it.
+    rlhf = next(l for l in run(evaluated(), {"pretrain": ok(), "sft": ok(), "reward": ok()}).launches)
+    assert "envFrom" not in build_stage_job(pipeline, rlhf)["spec"]["template"]["spec"]["containers"][0]
