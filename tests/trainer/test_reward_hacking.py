@@ -14,7 +14,8 @@ from .conftest import read_json, write_config, write_jsonl
 from .example_task import DATA, example_run, example_sft, model_dir, run_stage
 
 pytestmark = pytest.mark.slow
-RL = {"numGenerations": 4, "maxCompletionLength": 4, "beta": 0.05, "evalPrompts": 64}
+# Sampled hot enough that an empty answer (EOS first: 0.02% of samples at temperature 1, 0.6% at 2) turns up.
+RL = {"numGenerations": 8, "maxCompletionLength": 4, "beta": 0.05, "evalPrompts": 64, "temperature": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +32,10 @@ def hacked_judge(tmp_path_factory):
     return ws
 
 
-def hacking_run(ws, judge_ws, name: str, rl: dict | None = None, steps: int = 40) -> dict:
+def hacking_run(ws, judge_ws, name: str, rl: dict | None = None, steps: int = 60) -> dict:
     return example_run(ws, name, "rlhf", from_="sft", stage={"rewardModel": "empty-judge", "rl": {**RL, **(rl or {})}},
                        initModel=str(model_dir(judge_ws, "sft")), rewardModel=str(model_dir(judge_ws, "empty-judge")),
-                       training={"maxSteps": steps, "saveSteps": steps, "loggingSteps": 5})
+                       training={"maxSteps": steps, "saveSteps": steps, "loggingSteps": 5, "learningRate": 3e-3})
 
 
 def test_a_reward_model_that_prefers_empty_answers_is_flagged(hacked_judge, workspace):
@@ -48,10 +49,10 @@ def test_a_reward_model_that_prefers_empty_answers_is_flagged(hacked_judge, work
 
 
 def test_stop_on_hacking_fails_the_stage_with_reward_hacking(hacked_judge, workspace):
-    run = hacking_run(workspace, hacked_judge, "stopped", rl={"stopOnHacking": True}, steps=60)
+    run = hacking_run(workspace, hacked_judge, "stopped", rl={"stopOnHacking": True}, steps=90)
     assert cli.main(["run", "--config", str(write_config(workspace / "stopped.yaml", run))]) == 1
     progress = read_json(workspace / "p" / "stopped" / "progress.json")
     assert progress["phase"] == "Failed" and progress["failureReason"] == "RewardHacking"
     assert "completions collapsed" in progress["message"] and progress["metrics"]["completionsCollapsed"] == 1.0
-    assert progress["step"] < 60  # stopped early
+    assert progress["step"] < 90  # stopped early
     assert not (workspace / "p" / "stopped" / "model").exists()

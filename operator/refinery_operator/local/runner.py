@@ -182,9 +182,9 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
             logs = sorted((root / ".runs").glob(f"{stage.name}-*.log"))
             print(f"\nstage {stage.name!r} failed: {stage.message}\n  log: {logs[-1] if logs else '-'}", file=sys.stderr)
     plot = write_summary_plot(root, pipeline, status)
-    print(f"status: {root / STATUS_FILE}")
+    print(f"status: {shown(root / STATUS_FILE)}")
     if plot is not None:
-        print(f"plots: {plot}")
+        print(f"plots: {shown(plot)}")
     if status.phase == Phase.succeeded:
         print(next_steps(pipeline, status, root))
     return status.phase == Phase.succeeded
@@ -195,11 +195,17 @@ def next_steps(pipeline: TrainingPipeline, status: PipelineStatus, root: Path) -
     lines = []
     export = status.stage("export") if pipeline.spec.export else None
     if export is not None and export.output:
-        lines.append(f"exported: {pipeline.spec.export.stage} -> {export.output}")
-    rel = os.path.relpath(root) if not os.path.relpath(root).startswith("..") else str(root)
+        where = export.output if "://" in export.output else shown(Path(export.output))
+        lines.append(f"exported: {pipeline.spec.export.stage} -> {where}")
     stage = pipeline.spec.export.stage if pipeline.spec.export else None
-    lines.append(f"chat with it: refinery chat {rel}" + (f" --stage {stage}" if stage else ""))
+    lines.append(f"chat with it: refinery chat {shown(root)}" + (f" --stage {stage}" if stage else ""))
     return "\n".join(lines)
+
+
+def shown(path: Path) -> str:
+    """A path as a person would type it here: relative when under the current folder."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 def continue_from(root: Path, pipeline: TrainingPipeline, local: LocalPipeline) -> PipelineStatus:
