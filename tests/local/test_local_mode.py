@@ -306,7 +306,7 @@ def test_the_eval_stage_scores_sft_and_rlhf_side_by_side(example_run):
     # RLHF fixed what the sloppy demonstrations taught, on prompts no stage trained on; the gate held.
     assert scores["rlhf.exactMatch"] > scores["sft.exactMatch"] and scores["rlhf.meanReward"] > scores["sft.meanReward"]
     assert scores["rlhf.winRate"] > 0.5 and scores["rlhf.emptyFraction"] == 0.0
-    table = out[out.index("eval eval (held out)"):].splitlines()
+    table = out[out.index("\neval (held out)\n") + 1:].splitlines()
     assert table[1].split()[:5] == ["MODEL", "exactMatch", "contains", "meanReward", "winRate"]
     assert [row.split()[0] for row in table[2:4]] == ["sft", "rlhf"]
     assert f"{scores['rlhf.exactMatch']:.4f}" in table[3]
@@ -430,3 +430,52 @@ def test_interactive_chat_through_a_pseudo_terminal(example_run):
     text = seen.decode(errors="replace").replace("\r", "")
     answers = [line.removeprefix("model>").strip() for line in text.splitlines() if line.startswith("model>")]
     assert answers == ["moo", "hoot"], text
+
+
+def readme_run_output() -> list[str]:
+    """The lines of the README's block that shows what `refinery run examples/tiny-chat.yaml` printed."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("```\npipeline Succeeded\n") + 4
+    return text[start:text.index("```", start)].splitlines()
+
+
+def close(readme: float, run: float, metric: str) -> bool:
+    """One run of the tiny CPU pipeline against another: scores in [0, 1] within 0.1, others within
+    15% (thread scheduling on a shared CPU changes the last digits of a training run, not its story)."""
+    if metric.split(".")[-1] in ("exactMatch", "contains", "winRate", "emptyFraction", "evalAccuracy"):
+        return abs(readme - run) <= 0.1
+    return abs(readme - run) <= 0.15 * max(abs(run), 0.05)
+
+
+def test_the_readme_figures_are_the_examples(example_run):
+    """Every figure of the README's quick start is what the example produces (so they stay true)."""
+    _, out, status, _, _ = example_run
+    lines = readme_run_output()
+    header = lines[1].split()
+    assert header[:5] == ["STAGE", "PHASE", "STEPS", "ATTEMPT", "CKPTS"]
+    for row in lines[2:2 + 6]:
+        cells = row.split()
+        stage = stage_of(status, cells[0])
+        assert cells[1] == stage["phase"] and int(cells[2]) == (stage.get("step") or 0), row
+        for name, cell in zip(header[5:], cells[5:]):
+            if cell != "-":
+                assert close(float(cell), stage["metrics"][name], name), (cells[0], name, cell, stage["metrics"][name])
+    scores = stage_of(status, "eval")["metrics"]
+    at = lines.index("eval (held out)")
+    columns = lines[at + 1].split()
+    for row in lines[at + 2:at + 4]:
+        model, *cells = row.split()
+        for name, cell in zip(columns[1:], cells):
+            assert close(float(cell), scores[f"{model}.{name}"], name), (model, name, cell)
+    # The prose quotes the same run.
+    text = (REPO / "README.md").read_text()
+    prose = re.search(r"exact match (\d\.\d\d) → (\d\.\d\d), mean reward (-?\d+\.\d\d) → (-?\d+\.\d\d), "
+                      r"win rate (\d\.\d\d)", text)
+    assert prose, "the quick start's sentence of eval figures"
+    for figure, key in zip(prose.groups(), ("sft.exactMatch", "rlhf.exactMatch", "sft.meanReward", "rlhf.meanReward",
+                                            "rlhf.winRate")):
+        assert close(float(figure), scores[key], key), (key, figure, scores[key])
+    rlhf = stage_of(status, "rlhf")["metrics"]
+    trained = re.search(r"held-out mean reward (-?\d+\.\d\d) → (-?\d+\.\d\d)", text)
+    assert trained and close(float(trained.group(1)), rlhf["baselineMeanReward"], "r") \
+        and close(float(trained.group(2)), rlhf["meanReward"], "r")

@@ -43,9 +43,12 @@ def test_a_reward_model_that_prefers_empty_answers_is_flagged(hacked_judge, work
     assert metrics["meanReward"] > metrics["baselineMeanReward"]  # the reward rose ...
     assert metrics["heldOutEmptyFraction"] >= 0.9  # ... while the policy learned to say nothing
     assert metrics["completionsCollapsed"] == 1.0
-    # Live, in the training logs the progress record carried: the empty share climbed to the top.
-    logs = [json.loads(line) for line in (workspace / "p" / "hacked" / "attempt-1" / "metrics.jsonl").read_text().splitlines()]
-    assert logs[-1]["completions/mean_length"] < logs[0]["completions/mean_length"]
+    # Live, while it trained: most sampled completions were empty by the end, and TRL's mean
+    # completion length (EOS included: 1 is an empty answer) fell towards 1.
+    assert metrics["emptyFraction"] > 0.5
+    text = (workspace / "p" / "hacked" / "attempt-1" / "metrics.jsonl").read_text()
+    lengths = [entry["completions/mean_length"] for entry in map(json.loads, text.splitlines()) if "completions/mean_length" in entry]
+    assert lengths[-1] < 1.5 < lengths[0]
 
 
 def test_stop_on_hacking_fails_the_stage_with_reward_hacking(hacked_judge, workspace):

@@ -176,7 +176,7 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
         print(f"\ninterrupted; run the same command again to resume ({root / STATUS_FILE})", file=sys.stderr)
         return False
     display.close()
-    print(summary_table(status) + eval_table(status))
+    print(summary_table(status) + eval_table(status, pipeline))
     for stage in status.stages:
         if stage.phase == Phase.failed:
             logs = sorted((root / ".runs").glob(f"{stage.name}-*.log"))
