@@ -119,6 +119,10 @@ class StageContext:
     def reward_model_dir(self) -> Path:
         return self._model_path(self.run.reward_model, "reward_model (the `rewardModel` stage's model)")
 
+    def model_path(self, value: str | None, what: str) -> Path:
+        """A saved model's folder from the run (resolved); ModelError naming `what` when it is none."""
+        return self._model_path(value, what)
+
     def _model_path(self, value: str | None, what: str) -> Path:
         if not value:
             raise ModelError(f"stage {self.stage.name!r}: the run has no {what}")

@@ -60,7 +60,7 @@ def model_paths(ctx: StageContext, spec: EvalSpec) -> dict:
     missing = [name for name in spec.referenced_stages if name not in given]
     if missing:
         raise ModelError(f"stage {ctx.stage.name!r}: the run names no model for {', '.join(missing)}")
-    return {name: ctx._model_path(given[name], f"the model of stage {name!r}") for name in spec.referenced_stages}
+    return {name: ctx.model_path(given[name], f"the model of stage {name!r}") for name in spec.referenced_stages}
 
 
 def load_prompts(ctx: StageContext, gen: GenerateEval) -> Table:
@@ -81,12 +81,17 @@ def generative_scores(ctx: StageContext, spec: EvalSpec, paths: dict, answers: l
     table = load_prompts(ctx, gen)
     prompts = [r[gen.prompt_field] for r in table.rows]
     references = [r[gen.reference_field] for r in table.rows]
-    judge = load_reward_model_from(ctx, paths[gen.reward_model]) if gen.reward_model else None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    judge = None
+    if gen.reward_model:
+        reward_model, reward_tokenizer = load_reward_model_from(ctx, paths[gen.reward_model])
+        judge = (reward_model.to(device), reward_tokenizer)
     rewards: dict[str, list[float]] = {}
     metrics: dict[str, float] = {}
     names = [*spec.models, *([gen.baseline] if gen.baseline and gen.baseline not in spec.models else [])]
     for i, name in enumerate(names):
         model, tokenizer = ctx.load_causal_lm(paths[name])
+        model.to(device)
         tokenizer.padding_side = "left"
         random.seed(gen.seed)
         torch.manual_seed(gen.seed)
