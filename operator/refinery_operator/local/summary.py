@@ -83,6 +83,7 @@ class StageCurves:
     type: str
     history: History
     metrics: dict[str, float] = field(default_factory=dict)  # the stage's final figures (status)
+    models: tuple[str, ...] = ()  # an eval stage's `eval.models`: the order of its bars
 
 
 def read_history(stage_folder: Path) -> History:
@@ -132,7 +133,8 @@ def draw_eval_panel(ax, stage: StageCurves) -> None:
         model, dot, score = key.partition(".")
         if dot:
             rows.setdefault(model, {})[score] = value
-    ax.set_title(f"{stage.name} (eval, held out)")
+    ax.set_title(f"{stage.name} (held out)")
+    rows = {m: rows[m] for m in [*(m for m in stage.models if m in rows), *(m for m in rows if m not in stage.models)]}
     scores = [s for s in EVAL_BARS if any(s in r for r in rows.values())]
     if not rows or not scores:
         ax.text(0.5, 0.5, "no eval scores", ha="center", va="center", transform=ax.transAxes, color="gray")
@@ -201,7 +203,8 @@ def write_summary_plot(root: Path, pipeline: TrainingPipeline, status: PipelineS
         if {"baselineMeanReward", "meanReward"} <= current.metrics.keys() and current.step:
             # Held-out reward before and after training (greedy, on the same prompts), beside the training reward.
             history[HELD_OUT_REWARD] = [(0, current.metrics["baselineMeanReward"]), (current.step, current.metrics["meanReward"])]
-        stages.append(StageCurves(stage.name, str(stage.type), history, dict(current.metrics)))
+        models = tuple(stage.eval_.models) if stage.eval_ else ()
+        stages.append(StageCurves(stage.name, str(stage.type), history, dict(current.metrics), models))
     try:
         fig = summary_figure(stages, title=f"{pipeline.metadata.name}: {status.phase}")
     except ImportError as exc:
