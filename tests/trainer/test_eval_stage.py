@@ -5,6 +5,7 @@ custom task (tests/trainer/harness_tasks) with its metrics reported like any sta
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,33 @@ def test_an_unknown_harness_task_fails_with_a_clear_message(example, workspace):
     assert cli.main(["run", "--config", str(config)]) == 1
     progress = read_json(workspace / "p" / "eval" / "progress.json")
     assert progress["failureReason"] == "HarnessFailed" and "no_such_task" in progress["message"]
+
+
+def test_harness_metrics_reach_the_pipeline_status_in_local_mode(example, tmp_path):
+    """The same offline task as the eval stage of a pipeline run with `refinery run`: status.json has them."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    manifest = {
+        "apiVersion": "refinery.dev/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": "harnessed"},
+        "spec": {"storage": {"claim": {"size": "1Gi"}}, "stages": [
+            {"name": "sft", "type": "sft", "model": {"path": str(model_dir(example, "sft"))},
+             "data": {"path": str(DATA / "sft.jsonl"), "evalPath": str(DATA / "sft_eval.jsonl")},
+             "training": {"maxSteps": 2, "batchSize": 8, "seqLen": 64, "saveSteps": 2}},
+            {"name": "eval", "type": "eval",
+             "eval": {"models": ["sft"], "harness": {"tasks": ["animal_sounds"], "taskDir": str(TASKS)}},
+             "gate": {"metric": "sft.animal_sounds/acc", "operator": ">", "value": 0.1}},
+        ]},
+    }
+    path = tmp_path / "harnessed.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    proc = subprocess.run([sys.executable, "-m", "refinery_operator.cli", "run", str(path), "--workdir",
+                           str(tmp_path / "runs"), "--quiet", "--metrics-port", "0"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    status = json.loads((tmp_path / "runs" / "harnessed" / "status.json").read_text())
+    evaluated = next(s for s in status["stages"] if s["name"] == "eval")
+    assert evaluated["metrics"]["sft.animal_sounds/acc"] > 0.5  # chance: 0.1
+    assert "animal_sounds/acc" in proc.stdout  # the summary's eval table
