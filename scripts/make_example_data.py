@@ -19,6 +19,7 @@ It is built to show what each stage of the classic recipe is for:
   reward model learns what is right even where the demonstrations were wrong.
 - `prompts.jsonl`: prompts only, for RLHF. The `*_eval.jsonl` files hold prompts (and pairs)
   whose exact wording appears in none of the training files.
+- `answers_eval.jsonl`: held-out prompts with their reference answer, for the eval stage.
 
 Standard library only, fixed seed, byte-for-byte deterministic.
 """
@@ -170,6 +171,8 @@ def generate(out: Path) -> dict[str, int]:
         "preferences_eval.jsonl": preferences(rng, eval_prompts, rounds=2),
         "prompts.jsonl": [{"prompt": rng.choice(train_prompts)} for _ in range(1000)],
         "prompts_eval.jsonl": [{"prompt": p} for p in rng.sample(eval_prompts, 256)],
+        # The eval stage's held-out prompts with reference answers (drawn last: the files above stay as they were).
+        "answers_eval.jsonl": [{"prompt": p, "reference": answer(animal_of(p))} for p in rng.sample(eval_prompts, 128)],
     }
     for name, rows in files.items():
         write_jsonl(out / name, rows)

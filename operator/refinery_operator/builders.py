@@ -21,7 +21,7 @@ import yaml
 from . import builders_distributed as distributed
 from .builders_pod import user_env, user_env_from, user_mounts, user_volumes  # noqa: F401 (used by builders_sources too)
 from .api.run import PROGRESS_FILE, ConfigMapReporter, StageRun
-from .api.v1alpha1 import API_VERSION, KIND, Stage, TrainingPipeline
+from .api.v1alpha1 import API_VERSION, KIND, Stage, StageType, TrainingPipeline
 from .core import naming
 from .core.plan import Launch
 from .core.sources import initializer_record_name, needs_initializer
@@ -146,7 +146,7 @@ def build_service_account(pipeline: TrainingPipeline) -> dict[str, Any] | None:
 
 def build_progress_role(pipeline: TrainingPipeline) -> dict[str, Any]:
     """get/patch on this pipeline's progress ConfigMaps only: a pod cannot touch anything else."""
-    names = [naming.progress_configmap_name(pipeline.metadata.name, s.name) for s in pipeline.spec.stages]
+    names = [naming.progress_configmap_name(pipeline.metadata.name, s.name) for s in pipeline.spec.run_stages]
     if needs_initializer(pipeline):  # the initializer's FetchResult (builders_sources.py)
         names.append(initializer_record_name(pipeline.metadata.name))
     return {
@@ -197,7 +197,7 @@ def build_pipeline_objects(pipeline: TrainingPipeline) -> list[dict[str, Any]]:
         build_service_account(pipeline),
         build_progress_role(pipeline),
         build_progress_role_binding(pipeline),
-        *(build_progress_configmap(pipeline, s.name) for s in pipeline.spec.stages),
+        *(build_progress_configmap(pipeline, s.name) for s in pipeline.spec.run_stages),
         build_initializer_record(pipeline) if needs_initializer(pipeline) else None,
     ]
     return [o for o in objects if o is not None]
@@ -281,7 +281,7 @@ def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> 
         # The trainer reports progress with this token; our ServiceAccount does not mount it by default.
         "automountServiceAccountToken": True,
         "securityContext": build_pod_security_context(),
-        "containers": [build_trainer_container(pipeline, stage, launch)],
+        "containers": [with_export_credentials(pipeline, stage, build_trainer_container(pipeline, stage, launch))],
         "volumes": [
             {"name": "workspace", "persistentVolumeClaim": {"claimName": claim_name(pipeline)}},
             {
@@ -298,6 +298,15 @@ def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> 
         spec.update(distributed.multi_node_pod_spec(naming.stage_service_name(job)))
     spec.update(build_placement(stage))
     return spec
+
+
+def with_export_credentials(pipeline: TrainingPipeline, stage: Stage, container: dict[str, Any]) -> dict[str, Any]:
+    """The export step's container gets `spec.export.credentialsSecret` as its environment (S3 keys,
+    HF_TOKEN): by reference, so no credential is ever in the Job, its ConfigMap or the status."""
+    export = pipeline.spec.export
+    if stage.type == StageType.export and export is not None and export.credentials_secret:
+        container = {**container, "envFrom": [*container.get("envFrom", []), {"secretRef": {"name": export.credentials_secret}}]}
+    return container
 
 
 def build_pod_security_context() -> dict[str, Any]:

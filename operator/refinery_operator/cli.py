@@ -5,6 +5,9 @@
     refinery validate --data examples/tiny-chat.yaml   # also fetch every source and check every stage's inputs
     refinery crd > crds/trainingpipelines.refinery.dev.yaml
     refinery operator [--namespace NS ...] [--liveness URL]  # the kopf operator (needs the operator extra)
+    refinery export runs/tiny-chat --stage rlhf --to exports/tiny-chat   # model + model card (or s3://, hf://)
+    refinery chat runs/tiny-chat [--stage rlhf] [--prompt "What does the cow say?"]
+    refinery serve-manifest s3://models/tiny-chat [--kserve]           # vLLM Deployment + Service YAML
 
 Heavy imports (kopf, torch) happen only inside the subcommand that needs them.
 """
@@ -118,6 +121,81 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .local.finished import FinishedRun, NotARun
+
+    try:
+        run = FinishedRun.load(Path(args.run))
+        stage = args.stage or run.default_stage()
+        run.model_of(stage)  # refuses a stage without a final model
+    except NotARun as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from refinery_trainer.errors import StageError
+    from refinery_trainer.stages.export import export_model
+
+    to = args.to if "://" in args.to else str(Path(args.to).resolve())
+    try:
+        figures, where = export_model(run.pipeline.metadata.name, run.pipeline.spec, stage, run.outputs(), run.data_root, to,
+                               run.root, private=not args.public)
+    except StageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported {stage} ({int(figures['files'])} files, {int(figures['bytes'])} bytes) to {where}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .local.finished import FinishedRun, NotARun
+
+    folder = Path(args.folder)
+    template = args.template
+    try:
+        if (folder / "status.json").exists():
+            run = FinishedRun.load(folder)
+            stage = args.stage or run.default_stage()
+            model_dir, name = run.model_of(stage), f"{run.pipeline.metadata.name}/{stage}"
+            if template == "auto":
+                template = "chat" if run.trained_on_chats(stage) else "plain"
+        else:
+            model_dir, name = folder, str(folder)
+            template = "chat" if template == "auto" else template
+    except NotARun as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from refinery_trainer.chat import ChatSession, interactive
+    from refinery_trainer.errors import ModelError
+
+    try:
+        session = ChatSession.load(model_dir, template=template, max_new_tokens=args.max_new_tokens,
+                                   temperature=args.temperature)
+    except ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.prompt is not None:
+        session.reply(args.prompt, stream=sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    return interactive(session, name)
+
+
+def cmd_serve_manifest(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .serving import ServeOptions, kserve_manifest, vllm_manifests
+
+    opts = ServeOptions(name=args.name, model_uri=args.model_uri, namespace=args.namespace, gpus=args.gpus,
+                        credentials_secret=args.credentials_secret, service_account=args.service_account,
+                        max_model_len=args.max_model_len, **({"image": args.image} if args.image else {}))
+    try:
+        objects = [kserve_manifest(opts)] if args.kserve else vllm_manifests(opts)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refinery", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +221,37 @@ def build_parser() -> argparse.ArgumentParser:
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API models")
     crd.add_argument("-o", "--output", help="write to this file instead of stdout")
     crd.set_defaults(func=cmd_crd)
+
+    export = sub.add_parser("export", help="copy a local run's stage model with a generated model card")
+    export.add_argument("run", help="a local run's pipeline folder (the one holding status.json), e.g. runs/tiny-chat")
+    export.add_argument("--stage", help="the stage to export (default: spec.export.stage, else the last model stage)")
+    export.add_argument("--to", required=True, help="a folder, s3://bucket/prefix or hf://org/name")
+    export.add_argument("--public", action="store_true", help="hf://: create the repo public (default: private)")
+    export.set_defaults(func=cmd_export)
+
+    chat = sub.add_parser("chat", help="talk to a stage's model in the terminal")
+    chat.add_argument("folder", help="a local run's pipeline folder (e.g. runs/tiny-chat) or a model folder")
+    chat.add_argument("--stage", help="the stage whose model answers (default: the exported stage, else the last model stage)")
+    chat.add_argument("--prompt", help="answer this one prompt and exit (scriptable)")
+    chat.add_argument("--template", choices=("auto", "chat", "plain"), default="auto",
+                      help="chat: the tokenizer's chat template, multi-turn; plain: the text as is, as models trained "
+                           "on plain prompts saw it; auto (default): chat when the stage's lineage trained on chats "
+                           "(`messages`), else plain")
+    chat.add_argument("--max-new-tokens", type=int, default=64)
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    chat.set_defaults(func=cmd_chat)
+
+    serve = sub.add_parser("serve-manifest", help="print a vLLM Deployment + Service (or KServe InferenceService) YAML")
+    serve.add_argument("model_uri", help="the exported model: s3://bucket/prefix, hf://org/name or pvc://claim/path")
+    serve.add_argument("--name", default="refinery-model", help="Deployment/Service name and served model name")
+    serve.add_argument("--namespace")
+    serve.add_argument("--gpus", type=int, default=1, help="nvidia.com/gpu per replica (default 1)")
+    serve.add_argument("--image", help="the vLLM image (default: a pinned vllm/vllm-openai)")
+    serve.add_argument("--max-model-len", type=int)
+    serve.add_argument("--credentials-secret", help="a Secret whose keys (AWS_*, HF_TOKEN) become the pod's environment")
+    serve.add_argument("--service-account", help="--kserve: the ServiceAccount holding storage credentials")
+    serve.add_argument("--kserve", action="store_true", help="print a KServe InferenceService instead")
+    serve.set_defaults(func=cmd_serve_manifest)
 
     op = sub.add_parser("operator", help="run the Kubernetes operator (the operator image's entrypoint)")
     scope = op.add_mutually_exclusive_group()

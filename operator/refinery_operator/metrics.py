@@ -44,6 +44,7 @@ FAILURE_CLASSES = ("application", "infrastructure")  # label values; the spec's 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 STAGE_LABELS = ("namespace", "pipeline", "stage")
+HACKING_SIGNALS = ("completionsCollapsed", "klExceeded")  # rlhf metrics (refinery_trainer/evaluation/hacking.py)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,12 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("refinery_stage_lost_gpu_seconds_total", "counter", STAGE_LABELS,
               "GPU-seconds of work lost to failures: GPUs x time from the newest checkpoint to each failure "
               "(status.lostGpuSeconds)."),
+    MetricDef("refinery_eval_score", "gauge", (*STAGE_LABELS, "model", "score"),
+              "An eval stage's final score of one evaluated model (status metric `<model>.<score>`: exactMatch, "
+              "contains, meanReward, winRate, ..., or `<task>/<metric>` of lm-evaluation-harness)."),
+    MetricDef("refinery_stage_reward_hacking", "gauge", (*STAGE_LABELS, "signal"),
+              "1 while an rlhf stage reports reward hacking: signal `completionsCollapsed` (the reward rose while "
+              "completions came out empty or truncated) or `klExceeded` (KL above rl.maxKl); 0 otherwise."),
     MetricDef("refinery_checkpoint_status_latency_seconds", "histogram", (),
               "Time from a checkpoint's completion (its marker time) to the operator writing it into .status."),
     MetricDef("refinery_next_job_latency_seconds", "histogram", (),
@@ -158,7 +165,7 @@ class OperatorMetrics(Collector):
     @staticmethod
     def _stage_snapshot(status: StageStatus, spec: PipelineSpec | None) -> StageSnapshot:
         snap = StageSnapshot(status=status.model_copy(deep=True))
-        stage = next((s for s in spec.stages if s.name == status.name), None) if spec else None
+        stage = next((s for s in spec.run_stages if s.name == status.name), None) if spec else None
         if stage is not None:
             snap.type = str(stage.type)
             snap.gpus = accounting.gpus_of(stage)
@@ -222,6 +229,12 @@ def stage_samples(key: tuple[str, str, str], snap: StageSnapshot, now: float) ->
         yield "refinery_stage_duration_seconds", labels, duration
     yield "refinery_stage_gpu_seconds_total", labels, float(s.gpu_seconds)
     yield "refinery_stage_lost_gpu_seconds_total", labels, float(s.lost_gpu_seconds)
+    for key, value in sorted(s.metrics.items()):
+        model, dot, score = key.partition(".")
+        if dot:  # an eval stage's `<model>.<score>`
+            yield "refinery_eval_score", [*labels, model, score], float(value)
+        elif key in HACKING_SIGNALS:
+            yield "refinery_stage_reward_hacking", [*labels, key], float(value)
 
 
 def _help(name: str) -> str:

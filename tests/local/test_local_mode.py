@@ -101,7 +101,8 @@ def test_example_pipeline_succeeds(example_run):
     code, out, status, _, _ = example_run
     assert code == 0, out
     assert status["phase"] == "Succeeded"
-    assert [s["phase"] for s in status["stages"]] == ["Succeeded"] * 4
+    assert [s["name"] for s in status["stages"]] == ["pretrain", "sft", "reward", "rlhf", "eval", "export"]
+    assert [s["phase"] for s in status["stages"]] == ["Succeeded"] * 6
     assert "pipeline Succeeded" in out and "STAGE" in out  # the summary table
 
 
@@ -175,7 +176,7 @@ def test_the_summary_plots_every_stages_curves(example_run):
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
-    assert (width, height) == (1280, 760)  # four panels, two per row, at 100 dpi
+    assert (width, height) == (1280, 1140)  # five panels (the export draws none), two per row, at 100 dpi
     assert len(data) > 30_000  # curves and text, not an empty canvas
 
     # What the panels are drawn from: every training log of every stage, at full resolution.
@@ -282,3 +283,201 @@ def test_bad_data_fails_the_pipeline_before_any_stage_with_a_clear_message(tmp_p
     assert status["phase"] == "Failed"
     assert not list((tmp_path / "work" / "tiny-chat" / ".runs").glob("sft-*.log"))
     assert expected in out  # the runner tells the user too
+
+
+# ----------------------------------------------------------------------------------------------
+# the evaluated assistant: eval stage, export, chat
+
+ROOT_STAGES = ("pretrain", "sft", "reward", "rlhf", "eval")
+
+
+def example_data():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_example_data", REPO / "scripts" / "make_example_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_eval_stage_scores_sft_and_rlhf_side_by_side(example_run):
+    _, out, status, workdir, _ = example_run
+    scores = stage_of(status, "eval")["metrics"]
+    for model in ("sft", "rlhf"):
+        assert {f"{model}.{k}" for k in ("exactMatch", "contains", "meanReward", "winRate", "emptyFraction")} <= set(scores)
+    # RLHF fixed what the sloppy demonstrations taught, on prompts no stage trained on; the gate held.
+    assert scores["rlhf.exactMatch"] > scores["sft.exactMatch"] and scores["rlhf.meanReward"] > scores["sft.meanReward"]
+    assert scores["rlhf.winRate"] > 0.5 and scores["rlhf.emptyFraction"] == 0.0
+    table = out[out.index("\neval (held out)\n") + 1:].splitlines()
+    assert table[1].split()[:5] == ["MODEL", "exactMatch", "contains", "meanReward", "winRate"]
+    assert [row.split()[0] for row in table[2:4]] == ["sft", "rlhf"]
+    assert f"{scores['rlhf.exactMatch']:.4f}" in table[3]
+    assert "chat with it: refinery chat " in out and "--stage rlhf" in out
+    assert "RewardHacking" in {c["type"] for c in status["conditions"]}
+    assert next(c for c in status["conditions"] if c["type"] == "RewardHacking")["status"] == "False"
+
+
+def test_the_export_loads_and_its_card_lists_every_stage_and_metric(example_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, _, status, workdir, _ = example_run
+    exported = workdir / "exports" / "tiny-chat"
+    assert stage_of(status, "export")["output"] == str(exported)
+    assert (exported / "model.safetensors").is_file()
+    model = AutoModelForCausalLM.from_pretrained(exported)
+    tokenizer = AutoTokenizer.from_pretrained(exported)
+    assert tokenizer.chat_template and model.config.num_hidden_layers == 2
+    card = (exported / "README.md").read_text()
+    for name in ROOT_STAGES:
+        assert f"`{name}`" in card
+        for metric in stage_of(status, name)["metrics"]:
+            assert metric.partition(".")[2 if name == "eval" else 0] in card, (name, metric)
+    assert "ghcr.io/refinery-dev/refinery-trainer:0.1.0" in card and "Refinery 0.1.0" in card
+    assert "sha256 `" in card and "`pretrain` → `sft` → `reward` → `rlhf`" in card
+
+
+def test_refinery_export_copies_the_model_to_s3(example_run, tmp_path):
+    import boto3
+    from transformers import AutoModelForCausalLM
+
+    from tests.s3server import S3_ENV, start_moto_server
+
+    _, _, _, workdir, _ = example_run
+    server, url = start_moto_server()
+    try:
+        env = {**S3_ENV, "AWS_ENDPOINT_URL": url}
+        client = boto3.client("s3", endpoint_url=url, **{k.lower(): v for k, v in S3_ENV.items() if k != "AWS_DEFAULT_REGION"},
+                              region_name=S3_ENV["AWS_DEFAULT_REGION"])
+        client.create_bucket(Bucket="models")
+        proc = subprocess.run([sys.executable, "-m", "refinery_operator.cli", "export", str(workdir / "tiny-chat"),
+                               "--stage", "rlhf", "--to", "s3://models/tiny-chat/rlhf"],
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "to s3://models/tiny-chat/rlhf" in proc.stdout
+        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="models")["Contents"])
+        assert keys == sorted(f"tiny-chat/rlhf/{p.name}" for p in (workdir / "exports" / "tiny-chat").iterdir())
+        for key in keys:
+            client.download_file("models", key, str(tmp_path / key.rsplit("/", 1)[1]))
+    finally:
+        server.stop()
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config.model_type == "llama"
+    assert "## Evaluation (stage `eval`)" in (tmp_path / "README.md").read_text()
+
+
+def test_refinery_export_refuses_a_stage_without_a_model(example_run, tmp_path):
+    _, _, _, workdir, _ = example_run
+    proc = subprocess.run([sys.executable, "-m", "refinery_operator.cli", "export", str(workdir / "tiny-chat"),
+                           "--stage", "reward", "--to", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is a reward stage, not a language model" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_chat_prompt_answers_from_the_rlhf_model(example_run):
+    _, _, _, workdir, _ = example_run
+    checker = example_data()
+    prompts = [json.loads(line)["prompt"] for line in (REPO / "examples/data/answers_eval.jsonl").read_text().splitlines()]
+    for prompt in prompts[:3]:
+        proc = subprocess.run([sys.executable, "-m", "refinery_operator.cli", "chat", str(workdir / "tiny-chat"),
+                               "--stage", "rlhf", "--prompt", prompt], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert checker.is_correct(prompt, proc.stdout), (prompt, proc.stdout)
+
+
+def test_chat_refuses_an_incomplete_model_folder(example_run, tmp_path):
+    _, _, _, workdir, _ = example_run
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "config.json").write_text((workdir / "tiny-chat" / "rlhf" / "model" / "config.json").read_text())
+    proc = subprocess.run([sys.executable, "-m", "refinery_operator.cli", "chat", str(broken), "--prompt", "hi"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "is not a complete model folder: no weights (*.safetensors), tokenizer" in proc.stderr
+
+
+def test_interactive_chat_through_a_pseudo_terminal(example_run):
+    import pty
+    import select
+
+    _, _, _, workdir, _ = example_run
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "refinery_operator.cli", "chat", str(workdir / "tiny-chat")],
+                            stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True)
+    os.close(secondary)
+    seen = b""
+
+    def read_until(marker: bytes, count: int, timeout: float = 120) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while seen.count(marker) < count and time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 1)
+            if ready:
+                try:
+                    seen += os.read(primary, 4096)
+                except OSError:
+                    break
+        assert seen.count(marker) >= count, seen.decode(errors="replace")
+
+    try:
+        read_until(b"you> ", 1)
+        os.write(primary, b"What does the sleepy cow say?\n")
+        read_until(b"you> ", 2)
+        os.write(primary, b"What does the owl say?\n")
+        read_until(b"you> ", 3)
+        os.write(primary, b"/exit\n")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+    text = seen.decode(errors="replace").replace("\r", "")
+    answers = [line.removeprefix("model>").strip() for line in text.splitlines() if line.startswith("model>")]
+    assert answers == ["moo", "hoot"], text
+
+
+def readme_run_output() -> list[str]:
+    """The lines of the README's block that shows what `refinery run examples/tiny-chat.yaml` printed."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("```\npipeline Succeeded\n") + 4
+    return text[start:text.index("```", start)].splitlines()
+
+
+def close(readme: float, run: float, metric: str) -> bool:
+    """One run of the tiny CPU pipeline against another: scores in [0, 1] within 0.1, others within
+    15% (thread scheduling on a shared CPU changes the last digits of a training run, not its story)."""
+    if metric.split(".")[-1] in ("exactMatch", "contains", "winRate", "emptyFraction", "evalAccuracy"):
+        return abs(readme - run) <= 0.1
+    return abs(readme - run) <= 0.15 * max(abs(run), 0.05)
+
+
+def test_the_readme_figures_are_the_examples(example_run):
+    """Every figure of the README's quick start is what the example produces (so they stay true)."""
+    _, out, status, _, _ = example_run
+    lines = readme_run_output()
+    header = lines[1].split()
+    assert header[:5] == ["STAGE", "PHASE", "STEPS", "ATTEMPT", "CKPTS"]
+    for row in lines[2:2 + 6]:
+        cells = row.split()
+        stage = stage_of(status, cells[0])
+        assert cells[1] == stage["phase"] and int(cells[2]) == (stage.get("step") or 0), row
+        for name, cell in zip(header[5:], cells[5:]):
+            if cell != "-":
+                assert close(float(cell), stage["metrics"][name], name), (cells[0], name, cell, stage["metrics"][name])
+    scores = stage_of(status, "eval")["metrics"]
+    at = lines.index("eval (held out)")
+    columns = lines[at + 1].split()
+    for row in lines[at + 2:at + 4]:
+        model, *cells = row.split()
+        for name, cell in zip(columns[1:], cells):
+            assert close(float(cell), scores[f"{model}.{name}"], name), (model, name, cell)
+    # The prose quotes the same run.
+    text = (REPO / "README.md").read_text()
+    prose = re.search(r"exact match (\d\.\d\d) → (\d\.\d\d), mean reward (-?\d+\.\d\d) → (-?\d+\.\d\d), "
+                      r"win rate (\d\.\d\d)", text)
+    assert prose, "the quick start's sentence of eval figures"
+    for figure, key in zip(prose.groups(), ("sft.exactMatch", "rlhf.exactMatch", "sft.meanReward", "rlhf.meanReward",
+                                            "rlhf.winRate")):
+        assert close(float(figure), scores[key], key), (key, figure, scores[key])
+    rlhf = stage_of(status, "rlhf")["metrics"]
+    trained = re.search(r"held-out mean reward (-?\d+\.\d\d) → (-?\d+\.\d\d)", text)
+    assert trained and close(float(trained.group(1)), rlhf["baselineMeanReward"], "r") \
+        and close(float(trained.group(2)), rlhf["meanReward"], "r")

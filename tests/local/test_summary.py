@@ -83,7 +83,7 @@ def test_the_summary_has_one_panel_per_stage_with_its_curves():
 
     assert legend(by_title["base (pretrain)"]) == ["train loss", "eval loss"]
     assert legend(by_title["rm (reward)"]) == ["train loss", "eval loss", "eval accuracy"]
-    assert legend(by_title["policy (rlhf)"]) == ["mean reward", "KL"]
+    assert legend(by_title["policy (rlhf)"]) == ["training reward (sampled)", "KL"]
     assert by_title["prefs (dpo)"].get_legend() is None  # nothing logged: says so instead
     assert [t.get_text() for t in by_title["prefs (dpo)"].texts] == ["no training logs"]
 
@@ -92,7 +92,7 @@ def test_the_summary_has_one_panel_per_stage_with_its_curves():
     assert by_title["base (pretrain)"].get_yscale() == "log"  # losses
     assert by_title["policy (rlhf)"].get_yscale() == "linear"
     # KL and accuracy have their own y axis: not on the panel's own axes
-    assert [l.get_label() for l in by_title["policy (rlhf)"].get_lines()] == ["mean reward"]
+    assert [l.get_label() for l in by_title["policy (rlhf)"].get_lines()] == ["training reward (sampled)"]
 
 
 @pytest.mark.parametrize(("count", "grid"), [(1, (1, 1)), (2, (1, 2)), (4, (2, 2)), (5, (3, 2))])
@@ -113,3 +113,25 @@ def test_the_plot_is_written_next_to_status_json(tmp_path):
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE)
     assert not list(root.glob(".*.tmp"))
+
+
+def test_rlhf_shows_held_out_reward_beside_training_reward_and_kl_from_zero():
+    steps = [25, 50, 75]
+    history = {"reward": [(s, 1 + s / 25) for s in steps], "kl": [(s, 0.27 + 0.01 * (s % 2)) for s in steps],
+               "held_out_reward": [(0, 0.88), (75, 4.41)]}
+    fig = summary_figure([StageCurves("rlhf", "rlhf", history)])
+    (panel,) = panels(fig).values()
+    assert legend(panel) == ["training reward (sampled)", "held-out reward (greedy)", "KL"]
+    kl_axis = next(ax for ax in fig.axes if ax is not panel)
+    low, high = kl_axis.get_ylim()
+    assert low == 0 and high >= 0.5  # a KL of 0.27 +- 0.01 is a flat line, not a swing
+
+
+def test_the_eval_panel_has_a_bar_per_model_and_score_in_eval_order():
+    metrics = {"rlhf.exactMatch": 1.0, "rlhf.meanReward": 4.69, "rlhf.winRate": 0.68,
+               "sft.exactMatch": 0.64, "sft.meanReward": 1.09, "sft.winRate": 0.5}
+    fig = summary_figure([StageCurves("eval", "eval", {}, metrics, ("sft", "rlhf"))])
+    (panel,) = panels(fig).values()
+    assert panel.get_title() == "eval (held out)" and legend(panel) == ["exactMatch", "winRate"]
+    assert [t.get_text() for t in panel.get_xticklabels()] == ["sft\nreward 1.09", "rlhf\nreward 4.69"]
+    assert [round(p.get_height(), 2) for p in panel.patches] == [0.64, 1.0, 0.5, 0.68]

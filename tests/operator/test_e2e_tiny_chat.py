@@ -1,4 +1,5 @@
-"""End to end: examples/tiny-chat.yaml (pretrain -> sft -> reward -> rlhf) through the real operator.
+"""End to end: examples/tiny-chat.yaml (pretrain -> sft -> reward -> rlhf -> eval, then the export)
+through the real operator.
 
 The real kopf operator runs in-process against kmock's Kubernetes emulator (see conftest.py for
 what kmock does not emulate); the test kubelet (kubelet.py) runs each Job's pod as a local
@@ -31,9 +32,10 @@ from .conftest import NAMESPACE, create_pipeline, stored, stored_all, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "examples" / "tiny-chat.yaml"
-STAGES = ["pretrain", "sft", "reward", "rlhf"]
+STAGES = ["pretrain", "sft", "reward", "rlhf"]  # the stages that train
+ALL_STAGES = [*STAGES, "eval", "export"]
 PIPELINES_KEY = "refinery.dev/v1alpha1/trainingpipelines"
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
 
 def status_of(emulator) -> dict:
@@ -84,7 +86,7 @@ async def test_tiny_chat_runs_end_to_end(emulator, cluster, start_operator, kube
             await wait_for(lambda: "tiny-chat-sft-1" in kubelet.pods, 150, interval=0.2, what="the sft Job")
         requests_before_restart = len(list(emulator))
         async with start_operator():  # a new operator while sft trains
-            await wait_for(lambda: status_of(emulator).get("phase") in ("Succeeded", "Failed"), 200, interval=0.2,
+            await wait_for(lambda: status_of(emulator).get("phase") in ("Succeeded", "Failed"), 300, interval=0.2,
                            what="the pipeline to finish")
         operator_done = time.monotonic() - started
         assert await asyncio.wait_for(local.wait(), 120) == 0, (tmp_path / "local" / "local.log").read_text()[-3000:]
@@ -99,7 +101,7 @@ async def test_tiny_chat_runs_end_to_end(emulator, cluster, start_operator, kube
 
     # Jobs: deterministic names, one per stage (the restart created none twice), owned, on GPUs.
     jobs = stored_all(emulator, "batch/v1/jobs")
-    assert sorted(jobs) == sorted(f"tiny-chat-{s}-1" for s in STAGES)
+    assert sorted(jobs) == sorted(f"tiny-chat-{s}-1" for s in ALL_STAGES)
     posted_after_restart = [r.data["metadata"]["name"] for r in list(emulator)[requests_before_restart:]
                             if r.action == kmock.action.CREATE and r.resource == kmock.resource("batch/v1/jobs")]
     assert "tiny-chat-sft-1" not in posted_after_restart and "tiny-chat-pretrain-1" not in posted_after_restart
@@ -123,11 +125,15 @@ async def test_tiny_chat_runs_end_to_end(emulator, cluster, start_operator, kube
         assert stage["output"].endswith(f"{NAMESPACE}/tiny-chat/{name}/model")
         assert Path(stage["output"], "config.json").exists()  # on the (mapped) volume
     assert stages["rlhf"]["inputs"] == {"model": stages["sft"]["output"], "rewardModel": stages["reward"]["output"]}
+    # The eval stage scored sft and rlhf; its gate held, so the export wrote the rlhf model to the volume.
+    assert stages["eval"]["metrics"]["rlhf.exactMatch"] >= stages["eval"]["metrics"]["sft.exactMatch"]
+    exported = kubelet.claim_dir(claim) / "exports" / "tiny-chat"
+    assert (exported / "model.safetensors").is_file() and "`rlhf`" in (exported / "README.md").read_text()
 
     # Same pipeline, same trainer, same plan(): local mode reports the same metrics per stage.
     local_status = json.loads((tmp_path / "local" / "tiny-chat" / "status.json").read_text())
     local_metrics = {s["name"]: set(s["metrics"]) for s in local_status["stages"]}
-    assert {n: set(stages[n]["metrics"]) for n in STAGES} == local_metrics
+    assert {n: set(stages[n]["metrics"]) for n in ALL_STAGES} == local_metrics
 
     assert latencies, "no checkpoint was observed"
     assert max(latencies) < 2.0, latencies  # design target: 1 s p99 on an idle machine

@@ -21,7 +21,7 @@ def test_committed_data_is_regenerated_byte_for_byte(tmp_path):
 
 def test_held_out_prompts_are_unseen_and_preferences_are_right():
     train = {r["prompt"] for name in ("sft.jsonl", "preferences.jsonl", "prompts.jsonl") for r in read_jsonl(name)}
-    for name in ("sft_eval.jsonl", "preferences_eval.jsonl", "prompts_eval.jsonl"):
+    for name in ("sft_eval.jsonl", "preferences_eval.jsonl", "prompts_eval.jsonl", "answers_eval.jsonl"):
         assert not train & {r["prompt"] for r in read_jsonl(name)}, name
     for row in read_jsonl("preferences.jsonl") + read_jsonl("preferences_eval.jsonl"):
         assert example_data.is_correct(row["prompt"], row["chosen"])
@@ -43,3 +43,9 @@ def test_is_correct():
     assert not example_data.is_correct("What does the sleepy cow say?", " baa")
     assert not example_data.is_correct("What does the sleepy cow say?", "")
     assert not example_data.is_correct("What is the weather?", " moo")
+
+
+def test_reference_answers_are_right():
+    rows = read_jsonl("answers_eval.jsonl")
+    assert len(rows) == 128
+    assert all(example_data.is_correct(r["prompt"], r["reference"]) for r in rows)

@@ -33,6 +33,8 @@ STAGES: dict[str, str] = {
     "reward": "refinery_trainer.stages.reward",
     "rlhf": "refinery_trainer.stages.rlhf",
     "dpo": "refinery_trainer.stages.dpo",
+    "eval": "refinery_trainer.stages.eval",
+    "export": "refinery_trainer.stages.export",
 }
 
 EXIT_FAILED = 1
@@ -204,7 +206,7 @@ def write_result(ctx, metrics: dict[str, float]) -> dict:
         "type": ctx.stage.type,
         "attempt": ctx.attempt,
         "metrics": {k: float(v) for k, v in metrics.items()},
-        "output": str(ctx.model_dir),
+        "output": ctx.output or str(ctx.model_dir),
         "steps": ctx.steps,
         "sources": ctx.lineage(),
     }

@@ -58,6 +58,7 @@ class StageContext:
         self.train_started = False  # set by the callbacks once a resume has loaded (see train())
         self.stop_requested = False  # set on SIGTERM: checkpoint at the end of this step, then stop
         self.throughput: dict[str, float] = {}  # tokensPerSecond (and mfu) of the training steps (ThroughputCallback)
+        self.output: str | None = None  # what result.json names as the stage's output; default its model/
 
     # ---- the run -----------------------------------------------------------------------------
 
@@ -130,6 +131,10 @@ class StageContext:
     @property
     def reward_model_dir(self) -> Path:
         return self._model_path(self.run.reward_model, "reward_model (the `rewardModel` stage's model)")
+
+    def model_path(self, value: str | None, what: str) -> Path:
+        """A saved model's folder from the run (resolved); ModelError naming `what` when it is none."""
+        return self._model_path(value, what)
 
     def _model_path(self, value: str | None, what: str) -> Path:
         if not value:

@@ -74,6 +74,36 @@ def generate(
     return completions
 
 
+def generate_counted(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    *,
+    temperature: float | None = None,
+) -> tuple[list[str], list[int]]:
+    """Like `generate`, plus each completion's length in tokens up to (not counting) its EOS: a
+    completion as long as `max_new_tokens` never ended on its own (truncated)."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {"do_sample": False}
+    texts: list[str] = []
+    counts: list[int] = []
+    for i in range(0, len(prompts), BATCH):
+        batch = tokenizer(prompts[i : i + BATCH], return_tensors="pt", padding=True, padding_side="left")
+        with torch.inference_mode():
+            out = model.generate(**batch.to(device), max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, **sampling)
+        new = out[:, batch["input_ids"].shape[1] :]
+        for row in new.tolist():
+            ends = [j for j, t in enumerate(row) if t == tokenizer.eos_token_id]
+            counts.append(ends[0] if ends else len(row))
+        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return texts, counts
+
+
 def pairwise_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict]) -> float:
     """Share of `{prompt, chosen, rejected}` rows where the chosen response scores strictly higher."""
     prompts = [r.get("prompt", "") for r in rows]

@@ -42,6 +42,8 @@ class StageType(StrEnum):
     reward = "reward"
     rlhf = "rlhf"
     dpo = "dpo"
+    eval = "eval"  # scores other stages' models; never trains (api/evaluation.py)
+    export = "export"  # spec.export's own step, after every stage; not written in stages[]
 
 
 def is_dns_label(value: str) -> bool:

@@ -50,9 +50,18 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
                     "&& self.storage.claim.accessModes.exists(m, m == 'ReadWriteMany'))",
             "message": SHARED_VOLUME_MESSAGE,  # no fieldPath: the same line as the operator's own check
         },
+        {
+            "rule": "!has(self.export) || self.stages.exists(t, t.name == self.export.stage)",
+            "message": "spec.export.stage must name a stage of this pipeline",
+        },
     ],
     "Stage": [
-        {"rule": "has(self.from) != has(self.model)", "message": "set exactly one of `from` (a stage) or `model`"},
+        {"rule": "self.type == 'eval' || has(self.from) != has(self.model)", "message": "set exactly one of `from` (a stage) or `model`"},
+        {"rule": "self.type == 'eval' || has(self.data)", "message": "`data` is required (every stage type but eval trains on a dataset)"},
+        {"rule": "self.type != 'eval' || (has(self.eval) && !has(self.from) && !has(self.model) && !has(self.data))",
+         "message": "an eval stage needs `eval` and trains nothing: no `from`, `model` or `data`"},
+        {"rule": "self.type == 'eval' || !has(self.eval)", "message": "`eval` is only valid on eval stages"},
+        {"rule": "self.type != 'export'", "message": "stages[].type `export` is not written as a stage: set spec.export instead"},
         # A stage naming itself: per stage and constant cost (the graph walks stay the operator's).
         {"rule": "!has(self.from) || self.from != self.name", "message": "a stage cannot start `from` itself",
          "fieldPath": ".from"},
@@ -105,7 +114,7 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "has(self.rewardModel) == has(oldSelf.rewardModel) && (!has(self.rewardModel) || self.rewardModel == oldSelf.rewardModel)",
             "message": "a stage's `rewardModel` cannot change; add a stage with a new name instead",
         },
-        {"rule": "self.data == oldSelf.data", "message": "a stage's `data` cannot change; add a stage with a new name instead"},
+        {"rule": "has(self.data) == has(oldSelf.data) && (!has(self.data) || self.data == oldSelf.data)", "message": "a stage's `data` cannot change; add a stage with a new name instead"},
     ],
     "RlSpec": [
         {
@@ -129,6 +138,7 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         {"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
          "fieldPath": f".{f}"} for f in ("path", "evalPath")
     ],
+    "Gate": [{"rule": "has(self.value) != has(self.valueFrom)", "message": "a gate needs exactly one of `value` or `valueFrom`"}],
     "Storage": [{"rule": "has(self.claimName) != has(self.claim)", "message": "set exactly one of claimName or claim"}],
 }
 

@@ -22,6 +22,7 @@ def stage_graph_problems(stages: list[Stage]) -> list[str]:
     for i, s in enumerate(stages):
         refs = [("from", s.from_), ("rewardModel", s.reward_model)]
         refs += [(f"dependsOn[{j}]", d) for j, d in enumerate(s.depends_on or [])]
+        refs += eval_references(s)
         for field, ref in refs:
             if ref is None:
                 continue
@@ -31,14 +32,42 @@ def stage_graph_problems(stages: list[Stage]) -> list[str]:
                 problems.append(f"stages[{i}].{field}: a stage cannot depend on itself")
         if s.reward_model in by_name and by_name[s.reward_model].type != StageType.reward:
             problems.append(f"stages[{i}].rewardModel: stage {s.reward_model!r} is not a reward stage")
+        problems += eval_type_problems(i, s, by_name)
         if s.depends_on is not None:
-            for field, ref in refs[:2]:
+            for field, ref in refs[:2] + eval_references(s):
                 if ref and ref not in s.depends_on:
                     problems.append(f"stages[{i}].dependsOn: must include {ref!r} (named in {field})")
     if not problems:
         cycle = _find_cycle({s.name: s.dependencies for s in stages})
         if cycle:
             problems.append("stages: dependency cycle " + " -> ".join(cycle))
+    return problems
+
+
+def eval_references(stage: Stage) -> list[tuple[str, str]]:
+    """(field, stage name) of every stage an eval stage reads a model of."""
+    spec = stage.eval_
+    if spec is None:
+        return []
+    refs = [(f"eval.models[{j}]", m) for j, m in enumerate(spec.models)]
+    if spec.generate is not None:
+        refs += [(f"eval.generate.{f}", v) for f, v in (("rewardModel", spec.generate.reward_model),
+                                                        ("baseline", spec.generate.baseline)) if v]
+    return refs
+
+
+def eval_type_problems(i: int, stage: Stage, by_name: dict) -> list[str]:
+    """An eval stage scores language models, judged by a reward stage."""
+    problems = []
+    for field, ref in eval_references(stage):
+        other = by_name.get(ref)
+        if other is None:
+            continue
+        wants_reward = field == "eval.generate.rewardModel"
+        if wants_reward and other.type != StageType.reward:
+            problems.append(f"stages[{i}].{field}: stage {ref!r} is not a reward stage")
+        elif not wants_reward and other.type in (StageType.reward, StageType.eval):
+            problems.append(f"stages[{i}].{field}: stage {ref!r} is a {other.type} stage, not a language model")
     return problems
 
 

@@ -174,9 +174,13 @@ def stage_sources(stage) -> list[StageSource]:
             found.append(("model.hubId", hub_uri(stage.model.hub_id)))
         if stage.model.tokenizer:
             found.append(("model.tokenizer", stage.model.tokenizer))
-    found.append(("data.path", stage.data.path))
-    if stage.data.eval_path:
-        found.append(("data.evalPath", stage.data.eval_path))
+    if stage.data is not None:  # an eval stage trains on nothing
+        found.append(("data.path", stage.data.path))
+        if stage.data.eval_path:
+            found.append(("data.evalPath", stage.data.eval_path))
+    generate = stage.eval_.generate if getattr(stage, "eval_", None) is not None else None
+    if generate is not None:  # an eval stage's held-out prompts and reference answers
+        found.append(("eval.generate.path", generate.path))
     return [StageSource(stage.name, f, parse_source(uri)) for f, uri in found]
 
 

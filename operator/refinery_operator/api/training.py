@@ -102,6 +102,15 @@ class RlSpec(ApiModel):
     target_kl: float | None = Field(
         None, gt=0, le=100, description="ppo: adapt `beta` towards this KL per completion (adaptive KL controller); fixed when unset."
     )
+    max_kl: float | None = Field(
+        None, gt=0, le=1000,
+        description="Raise the pipeline's RewardHacking warning when the logged KL to the initial policy exceeds this.",
+    )
+    stop_on_hacking: bool = Field(
+        False,
+        description="Stop (fail) the stage with reason RewardHacking instead of only warning, when the reward rises while "
+        "completions collapse (nearly all empty or all truncated) or KL exceeds maxKl.",
+    )
 
     @model_validator(mode="after")
     def _group_baselines_need_groups(self) -> RlSpec:

@@ -19,6 +19,7 @@ from .base import (  # noqa: F401  (re-exported: the resource's names live here)
     API_VERSION, DNS_LABEL, GROUP, KIND, MAX_STAGES, PLURAL, SHORT_NAMES, SINGULAR, STAGE_NAME_MAX, VERSION,
     ApiModel, StageType, is_dns_label,
 )
+from .evaluation import EXPORT_STAGE, EvalSpec, ExportSpec
 from .graph import stage_graph_problems
 from .pod import MAX_ENV, EnvFromSource, EnvVar, Volume, VolumeMount
 from .sources import SourceUriError, parse_source
@@ -198,31 +199,51 @@ class Retries(ApiModel):
 
 
 GateOperator = Literal[">=", ">", "<=", "<"]
+GATE_METRIC = r"^[A-Za-z][A-Za-z0-9_./,-]*$"  # dots and slashes: an eval stage's `rlhf.animals/acc`
 
 
 class Gate(ApiModel):
-    """A threshold the stage's final metrics must meet before the stages that depend on it start."""
+    """A threshold the stage's final metrics must meet before the stages that depend on it start.
+
+    `value` is a fixed threshold; `valueFrom` names another metric of the same stage instead (an
+    eval stage: `{metric: rlhf.exactMatch, operator: ">=", valueFrom: sft.exactMatch}`)."""
 
     metric: str = Field(
-        ..., min_length=1, max_length=63, pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
-        description="A final metric of the stage, e.g. `evalAccuracy` (reward), `evalLoss`, `meanReward`.",
+        ..., min_length=1, max_length=127, pattern=GATE_METRIC,
+        description="A final metric of the stage, e.g. `evalAccuracy` (reward), `evalLoss`, `meanReward`, or an eval "
+        "stage's `<model>.<score>` such as `rlhf.exactMatch`.",
     )
     operator: GateOperator = Field(">=", description="How the metric compares with `value`: >=, >, <=, <.")
-    value: float = Field(..., description="The threshold.")
+    value: float | None = Field(None, description="The threshold.")
+    value_from: str | None = Field(
+        None, max_length=127, pattern=GATE_METRIC, description="Instead of `value`: another final metric of the stage."
+    )
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> Gate:
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError("a gate needs exactly one of `value` or `valueFrom`")
+        return self
+
+    def threshold(self, metrics: dict[str, float]) -> float | None:
+        return self.value if self.value_from is None else metrics.get(self.value_from)
 
     def holds(self, metrics: dict[str, float]) -> bool | None:
-        """Whether the metrics meet the gate; None when the metric was not reported."""
-        got = metrics.get(self.metric)
-        if got is None:
+        """Whether the metrics meet the gate; None when a metric it reads was not reported."""
+        got, limit = metrics.get(self.metric), self.threshold(metrics)
+        if got is None or limit is None:
             return None
-        return {">=": got >= self.value, ">": got > self.value, "<=": got <= self.value, "<": got < self.value}[self.operator]
+        return {">=": got >= limit, ">": got > limit, "<=": got <= limit, "<": got < limit}[self.operator]
+
+    def describe(self) -> str:
+        return f"{self.metric} {self.operator} {self.value_from if self.value_from else format(self.value, 'g')}"
 
 
 class Stage(ApiModel):
     """One step of the recipe, run as a Job of the trainer image."""
 
     name: str = Field(..., min_length=1, max_length=STAGE_NAME_MAX, pattern=DNS_LABEL, description="Unique DNS label.")
-    type: StageType = Field(..., description="pretrain | sft | reward | rlhf | dpo.")
+    type: StageType = Field(..., description="pretrain | sft | reward | rlhf | dpo | eval.")
     from_: str | None = Field(
         None,
         alias="from",
@@ -237,13 +258,14 @@ class Stage(ApiModel):
     depends_on: list[Annotated[str, Field(max_length=STAGE_NAME_MAX, pattern=DNS_LABEL)]] | None = Field(
         None, max_length=MAX_STAGES, description="Stages that must succeed first. Default: the stages named in from/rewardModel."
     )
-    data: DataSpec = Field(..., description="The stage's dataset.")
+    data: DataSpec | None = Field(None, description="The stage's dataset (every type but eval).")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     rl: RlSpec | None = Field(None, description="rlhf only: algorithm, sampling and KL settings.")
     dpo: DpoSpec | None = Field(None, description="dpo only: beta and loss type.")
     deepspeed: DeepSpeedSpec | None = Field(None, description="Run the stage's trainer under DeepSpeed ZeRO.")
     resources: Resources = Field(default_factory=Resources, description="Pod resources (cluster only).")
     retries: Retries = Field(default_factory=Retries, description="Retry budgets per failure class.")
+    eval_: EvalSpec | None = Field(None, alias="eval", description="eval only: the models to score and how.")
     gate: Gate | None = Field(
         None, description="A metric threshold the stage must meet before its dependants start; else the pipeline "
         "fails with reason `GateNotMet`."
@@ -261,6 +283,14 @@ class Stage(ApiModel):
 
     @model_validator(mode="after")
     def _inputs_fit_type(self) -> Stage:
+        if self.type == StageType.export:
+            return self  # built by PipelineSpec.export_stage, never written by hand
+        if self.type == StageType.eval:
+            return self._eval_fits()
+        if self.eval_ is not None:
+            raise ValueError("`eval` is only valid on eval stages")
+        if self.data is None:
+            raise ValueError("`data` is required (every stage type but eval trains on a dataset)")
         if (self.from_ is None) == (self.model is None):
             raise ValueError("set exactly one of `from` (a stage) or `model`")
         if self.type == StageType.rlhf and (self.from_ is None or self.reward_model is None):
@@ -283,11 +313,24 @@ class Stage(ApiModel):
             raise ValueError(PPO_ONE_PROCESS_MESSAGE)
         return self
 
+    def _eval_fits(self) -> Stage:
+        if self.eval_ is None:
+            raise ValueError("an eval stage needs `eval` (models, and generate and/or harness)")
+        misplaced = [f for f, v in (("from", self.from_), ("model", self.model), ("data", self.data),
+                                    ("rewardModel", self.reward_model), ("rl", self.rl), ("dpo", self.dpo),
+                                    ("deepspeed", self.deepspeed)) if v is not None]
+        if misplaced:
+            raise ValueError(f"an eval stage trains nothing: remove {', '.join(misplaced)} (the models to score go in "
+                             "eval.models, the judge in eval.generate.rewardModel)")
+        return self
+
     @property
     def dependencies(self) -> list[str]:
         """Stages that must succeed before this one starts."""
         if self.depends_on is not None:
             return list(dict.fromkeys(self.depends_on))
+        if self.eval_ is not None:
+            return self.eval_.referenced_stages
         return [s for s in (self.from_, self.reward_model) if s]
 
 
@@ -385,6 +428,9 @@ class PipelineSpec(ApiModel):
         None, max_length=16, description="Extra volumes (a shared model cache, a dataset volume) that stages mount "
         "with `volumeMounts`.",
     )
+    export: ExportSpec | None = Field(
+        None, description="Copy one stage's model with a generated model card once every stage (and gate) succeeded."
+    )
 
     @field_validator("stages")
     @classmethod
@@ -414,8 +460,40 @@ class PipelineSpec(ApiModel):
                     raise ValueError(f"stages[{i}].volumeMounts: no volume named {mount.name!r} in spec.volumes")
         return self
 
+    @model_validator(mode="after")
+    def _export_fits(self) -> PipelineSpec:
+        names = {s.name: s for s in self.stages}
+        if any(s.type == StageType.export for s in self.stages):
+            raise ValueError("stages[].type `export` is not written as a stage: set spec.export instead")
+        if self.export is None:
+            return self
+        if EXPORT_STAGE in names:
+            raise ValueError(f"spec.export: a stage named {EXPORT_STAGE!r} clashes with the export's own step; rename it")
+        target = names.get(self.export.stage)
+        if target is None:
+            raise ValueError(f"spec.export.stage: no stage named {self.export.stage!r}")
+        if target.type in (StageType.reward, StageType.eval):
+            raise ValueError(f"spec.export.stage: {self.export.stage!r} is a {target.type} stage; export a language "
+                             "model (pretrain, sft, rlhf or dpo)")
+        return self
+
+    def export_stage(self) -> Stage | None:
+        """spec.export as the step the planner runs last: it depends on every stage, so it starts only
+        after all of them (and their gates) succeeded; it reads the exported stage's model (`from`)."""
+        if self.export is None:
+            return None
+        return Stage(name=EXPORT_STAGE, type=StageType.export, from_=self.export.stage,
+                     depends_on=[s.name for s in self.stages], resources=Resources(gpus=0),
+                     retries=Retries(application=1, infrastructure=3))
+
+    @property
+    def run_stages(self) -> list[Stage]:
+        """Everything the planner runs: the stages, then the export step when there is one."""
+        export = self.export_stage()
+        return [*self.stages, export] if export else list(self.stages)
+
     def stage(self, name: str) -> Stage:
-        return next(s for s in self.stages if s.name == name)
+        return next(s for s in self.run_stages if s.name == name)
 
 
 class ObjectMeta(ApiModel):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..api.v1alpha1 import Phase, PipelineStatus, StageStatus
 from . import conditions as cond
+from .hacking import REWARD_HACKING
 
 NORMAL, WARNING = "Normal", "Warning"
 
@@ -32,6 +33,8 @@ def pipeline_events(old: PipelineStatus | None, new: PipelineStatus) -> list[Eve
     now = lambda type_, reason=None: _is_true(new, type_, reason)  # noqa: E731
     if now(cond.FAILED, cond.REASON_GATE_NOT_MET) and not was(cond.FAILED, cond.REASON_GATE_NOT_MET):
         events.append(Event(WARNING, cond.REASON_GATE_NOT_MET, cond.get_condition(new.conditions, cond.FAILED).message))
+    if now(REWARD_HACKING) and not was(REWARD_HACKING):
+        events.append(Event(WARNING, REWARD_HACKING, cond.get_condition(new.conditions, REWARD_HACKING).message))
     if new.phase == Phase.succeeded and old.phase != Phase.succeeded:
         events.append(Event(NORMAL, cond.REASON_SUCCEEDED, f"all {len(new.stages)} stages succeeded"))
     if now(cond.SUSPENDED, cond.REASON_SUSPENDED) and not was(cond.SUSPENDED, cond.REASON_SUSPENDED):

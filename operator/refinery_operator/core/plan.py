@@ -40,12 +40,13 @@ from typing import Literal
 
 from ..api.run import ProgressRecord
 from ..api.v1alpha1 import (
-    Failure, Phase, PipelineStatus, Stage, StageInputs, StageStatus, TrainingPipeline,
+    Failure, Phase, PipelineStatus, Stage, StageInputs, StageStatus, StageType, TrainingPipeline,
 )
 from .conditions import rfc3339
 from .accounting import gpu_seconds, lost_gpu_seconds, parse_time, restart_counts
 from .naming import job_name, model_dir
 from .reruns import downstream, requested_stage, spec_hash
+from .hacking import set_hacking_condition
 from .summary import summarize
 
 AttemptPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
@@ -120,12 +121,12 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
     stops: list[Stop] = []
     prev_by_name, rerun_request = start_reruns(pipeline, previous, observed, stops)
 
-    by_name = {s.name: observe_stage(s, prev_by_name[s.name], observed, pipeline.metadata.name, stamp) for s in spec.stages}
-    gates = {s.name: msg for s in spec.stages if (msg := gate_problem(s, by_name[s.name]))}
+    by_name = {s.name: observe_stage(s, prev_by_name[s.name], observed, pipeline.metadata.name, stamp) for s in spec.run_stages}
+    gates = {s.name: msg for s in spec.run_stages if (msg := gate_problem(s, by_name[s.name]))}
     failed_for_good = bool(gates) or any(s.phase == Phase.failed for s in by_name.values())
     launches: list[Launch] = []
     waits: list[float] = []
-    for stage in spec.stages:
+    for stage in spec.run_stages:
         if not all(by_name[d].phase == Phase.succeeded and d not in gates for d in stage.dependencies):
             continue
         # Recomputed on every call, not remembered from the launch: the inputs are a function of
@@ -150,7 +151,7 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
         ))
 
     queued: list[str] = []  # stages whose Job waits for Kueue to admit it
-    for stage in spec.stages:
+    for stage in spec.run_stages:
         status = by_name[stage.name]
         latest = observed.latest(stage.name, status.first_attempt)
         waits += control_attempt(pipeline, stage, status, latest, now, stops)
@@ -162,11 +163,12 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
         if gates.get(stage.name):
             status.message = gates[stage.name]
 
-    stages = [by_name[s.name] for s in spec.stages]
+    stages = [by_name[s.name] for s in spec.run_stages]
     status = summarize(stages, gates, spec.suspend, previous, pipeline.metadata.generation, stamp,
                        queued=queued, queue_name=spec.queue_name)
     status.rerun_request = rerun_request
     status.sources = previous.sources  # what the pipeline's initializer fetched (core/sources.py)
+    set_hacking_condition(pipeline, status, stamp)
     return Plan(status=status, launches=tuple(launches), stops=tuple(stops),
                 requeue_after=round(min(waits), 3) if waits else None)
 
@@ -179,7 +181,7 @@ def start_reruns(pipeline: TrainingPipeline, previous: PipelineStatus, observed:
                  stops: list[Stop]) -> tuple[dict[str, StageStatus], str | None]:
     """Previous stage statuses, with a new run started for every stage to re-run; stops the
     attempts those runs replace. Returns them and the rerun request now handled."""
-    stages = pipeline.spec.stages
+    stages = pipeline.spec.run_stages
     prev = {s.name: previous.stage(s.name) or StageStatus(name=s.name) for s in stages}
     roots = {s.name for s in stages if prev[s.name].spec_hash and prev[s.name].spec_hash != spec_hash(s)}
     request = previous.rerun_request
@@ -329,9 +331,13 @@ def gate_problem(stage: Stage, status: StageStatus) -> str | None:
     if held:
         return None
     if held is None:
+        missing = [m for m in (gate.metric, gate.value_from) if m and m not in status.metrics]
         reported = ", ".join(sorted(status.metrics)) or "none"
-        return f"gate {gate.metric} {gate.operator} {gate.value:g} not met: the stage did not report {gate.metric} (reported: {reported})"
-    return f"gate {gate.metric} {gate.operator} {gate.value:g} not met: {gate.metric} = {status.metrics[gate.metric]:g}"
+        return f"gate {gate.describe()} not met: the stage did not report {', '.join(missing)} (reported: {reported})"
+    got = f"{gate.metric} = {status.metrics[gate.metric]:g}"
+    if gate.value_from:
+        got += f", {gate.value_from} = {status.metrics[gate.value_from]:g}"
+    return f"gate {gate.describe()} not met: {got}"
 
 
 def fold_record(status: StageStatus, record: ProgressRecord) -> None:
@@ -387,11 +393,19 @@ def next_attempt(status: StageStatus, latest: AttemptState | None) -> int | None
 
 
 def resolve_inputs(stage: Stage, stages: Mapping[str, StageStatus], pipeline_root: str) -> StageInputs | None:
-    """Hand each stage its upstream stages' final models, by the path the upstream reported."""
+    """Hand each stage its upstream stages' final models, by the path the upstream reported.
+    An eval stage gets every model it scores (`models`), its judge as `rewardModel`; the export
+    step gets every stage's model (its lineage) and the exported one as `model`."""
     def output_of(name: str | None) -> str | None:
         if name is None:
             return None
         return stages[name].output or model_dir(pipeline_root, name, stages[name].run)
 
-    inputs = StageInputs(model=output_of(stage.from_), reward_model=output_of(stage.reward_model))
-    return inputs if inputs.model or inputs.reward_model else None
+    reward = stage.eval_.generate.reward_model if stage.eval_ and stage.eval_.generate else stage.reward_model
+    models = None
+    if stage.eval_ is not None:
+        models = {name: output_of(name) for name in stage.eval_.referenced_stages}
+    elif stage.type == StageType.export:
+        models = {name: output_of(name) for name in stage.dependencies}
+    inputs = StageInputs(model=output_of(stage.from_), reward_model=output_of(reward), models=models)
+    return inputs if inputs.model or inputs.reward_model or inputs.models else None

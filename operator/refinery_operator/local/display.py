@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..api.v1alpha1 import Phase, PipelineStatus
+from ..api.v1alpha1 import Phase, PipelineStatus, TrainingPipeline
 
 # The metrics worth a column in the summary, in the order a reader wants them.
 SUMMARY_METRICS = ("initialEvalLoss", "evalLoss", "evalAccuracy", "baselineMeanReward", "meanReward", "kl",
@@ -68,3 +68,31 @@ def summary_table(status: PipelineStatus) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return f"\npipeline {status.phase}\n" + "\n".join(lines)
+
+
+# An eval stage's scores, in reading order; harness metrics (`task/metric`) follow, sorted.
+EVAL_SCORES = ("exactMatch", "contains", "meanReward", "winRate", "meanCompletionLength", "emptyFraction")
+
+
+def eval_table(status: PipelineStatus, pipeline: TrainingPipeline | None = None) -> str:
+    """One table per eval stage: a row per evaluated model (in `eval.models` order when the
+    pipeline is given), a column per score ("-" when none)."""
+    order = {s.name: s.eval_.models for s in pipeline.spec.stages if s.eval_} if pipeline else {}
+    out = []
+    for stage in status.stages:
+        rows: dict[str, dict[str, float]] = {}
+        for key, value in stage.metrics.items():
+            model, dot, score = key.partition(".")
+            if dot:
+                rows.setdefault(model, {})[score] = value
+        if not rows:
+            continue
+        models = [m for m in order.get(stage.name, []) if m in rows]
+        rows = {m: rows[m] for m in [*models, *(m for m in rows if m not in models)]}
+        seen = {k for r in rows.values() for k in r}
+        scores = [k for k in EVAL_SCORES if k in seen] + sorted(seen - set(EVAL_SCORES))
+        table = [["MODEL", *scores], *([m, *(f"{r[k]:.4f}" if k in r else "-" for k in scores)] for m, r in rows.items())]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+        out.append(f"\n\n{stage.name} (held out)\n" + "\n".join(lines))
+    return "".join(out)

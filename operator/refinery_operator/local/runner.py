@@ -36,12 +36,13 @@ from ..core.naming import pipeline_root, stage_dir
 from ..core.plan import AttemptState, Observed, plan, rfc3339
 from ..core.sources import source_failure_status
 from ..core.stage_run import build_stage_run
-from .display import ProgressDisplay, summary_table
+from .display import ProgressDisplay, eval_table, summary_table
 from .initializer import run_initializer
 from .summary import write_summary_plot
 
 POLL_SECONDS = 0.2
 STATUS_FILE = "status.json"
+PIPELINE_FILE = "pipeline.json"
 
 
 @dataclass
@@ -88,7 +89,7 @@ class LocalPipeline:
 
     def read_records(self, status: PipelineStatus) -> dict[str, ProgressRecord]:
         records = {}
-        for stage in self.pipeline.spec.stages:
+        for stage in self.pipeline.spec.run_stages:
             run = (status.stage(stage.name) or StageStatus(name=stage.name)).run
             path = self.progress_file(stage.name, run)
             try:
@@ -152,6 +153,7 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
     root = Path(pipeline_root(str(workdir.resolve()), None, pipeline.metadata.name))
     root.mkdir(parents=True, exist_ok=True)
     local = LocalPipeline(pipeline, root, data_root.resolve())
+    write_pipeline(root, pipeline, data_root.resolve())
     status = continue_from(root, pipeline, local)
     on_status = on_status or (lambda status: None)
     fetched = run_initializer(pipeline, root, data_root.resolve(), trainer_environment())
@@ -164,7 +166,7 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
         return False
     status.sources = fetched.sources or None
     on_status(status)
-    display = ProgressDisplay([s.name for s in pipeline.spec.stages], enabled=show_progress)
+    display = ProgressDisplay([s.name for s in pipeline.spec.run_stages], enabled=show_progress)
     try:
         while True:
             current = pipeline.model_copy(update={"status": status})
@@ -185,16 +187,36 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
         print(f"\ninterrupted; run the same command again to resume ({root / STATUS_FILE})", file=sys.stderr)
         return False
     display.close()
-    print(summary_table(status))
+    print(summary_table(status) + eval_table(status, pipeline))
     for stage in status.stages:
         if stage.phase == Phase.failed:
             logs = sorted((root / ".runs").glob(f"{stage.name}-*.log"))
             print(f"\nstage {stage.name!r} failed: {stage.message}\n  log: {logs[-1] if logs else '-'}", file=sys.stderr)
     plot = write_summary_plot(root, pipeline, status)
-    print(f"status: {root / STATUS_FILE}")
+    print(f"status: {shown(root / STATUS_FILE)}")
     if plot is not None:
-        print(f"plots: {plot}")
+        print(f"plots: {shown(plot)}")
+    if status.phase == Phase.succeeded:
+        print(next_steps(pipeline, status, root))
     return status.phase == Phase.succeeded
+
+
+def next_steps(pipeline: TrainingPipeline, status: PipelineStatus, root: Path) -> str:
+    """What to do with the result: where the export went, and how to chat with the model."""
+    lines = []
+    export = status.stage("export") if pipeline.spec.export else None
+    if export is not None and export.output:
+        where = export.output if "://" in export.output else shown(Path(export.output))
+        lines.append(f"exported: {pipeline.spec.export.stage} -> {where}")
+    stage = pipeline.spec.export.stage if pipeline.spec.export else None
+    lines.append(f"chat with it: refinery chat {shown(root)}" + (f" --stage {stage}" if stage else ""))
+    return "\n".join(lines)
+
+
+def shown(path: Path) -> str:
+    """A path as a person would type it here: relative when under the current folder."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 def continue_from(root: Path, pipeline: TrainingPipeline, local: LocalPipeline) -> PipelineStatus:
@@ -204,7 +226,7 @@ def continue_from(root: Path, pipeline: TrainingPipeline, local: LocalPipeline) 
         previous = PipelineStatus.model_validate_json((root / STATUS_FILE).read_text())
     except (FileNotFoundError, ValueError):
         return PipelineStatus()
-    known = {s.name for s in pipeline.spec.stages}
+    known = {s.name for s in pipeline.spec.run_stages}
     stages = []
     for stage in previous.stages:
         if stage.name not in known:
@@ -218,6 +240,15 @@ def continue_from(root: Path, pipeline: TrainingPipeline, local: LocalPipeline) 
             stage = stage.model_copy(update={"phase": Phase.pending, "attempt": stage.attempt + 1, "completion_time": None})
         stages.append(stage)
     return PipelineStatus(stages=stages)
+
+
+def write_pipeline(root: Path, pipeline: TrainingPipeline, data_root: Path) -> None:
+    """The manifest the run follows (and the folder its data paths resolve against), beside its
+    status: `refinery export` and `refinery chat` read a finished run from these two files."""
+    tmp = root / f".{PIPELINE_FILE}.tmp"
+    manifest = pipeline.model_copy(update={"status": None}).dump()
+    tmp.write_text(json.dumps({"dataRoot": str(data_root), "pipeline": manifest}, indent=2) + "\n")
+    os.replace(tmp, root / PIPELINE_FILE)
 
 
 def write_status(root: Path, status: PipelineStatus) -> None:

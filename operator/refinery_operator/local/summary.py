@@ -26,7 +26,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +56,7 @@ class Panel:
     right_ylabel: str | None
     curves: tuple[Curve, ...]
     log_scale: bool = False  # losses: a fall from 8 to 0.3 and the last 10% of it both stay visible
+    right_from_zero: float | None = None  # the right axis spans 0 to at least this: KL noise is no swing
 
 
 _LOSS = (Curve("loss", "train loss"), Curve("eval_loss", "eval loss", evaluation=True))
@@ -65,12 +66,15 @@ PANELS: dict[str, Panel] = {
     "dpo": Panel("loss", None, _LOSS, log_scale=True),
     "reward": Panel("loss", "accuracy", (*_LOSS, Curve("eval_accuracy", "eval accuracy", right=True, evaluation=True)),
                     log_scale=True),
-    "rlhf": Panel("mean reward", "KL", (
-        Curve("reward", "mean reward"),
+    "rlhf": Panel("mean reward", "KL (from 0)", (
+        Curve("reward", "training reward (sampled)"),
         Curve("eval_reward", "eval mean reward", evaluation=True),
+        Curve("held_out_reward", "held-out reward (greedy)", evaluation=True),
         Curve("kl", "KL", right=True),
-    )),
+    ), right_from_zero=0.5),
 }
+HELD_OUT_REWARD = "held_out_reward"  # not a log key: the stage's baselineMeanReward and meanReward
+EVAL_BARS = ("exactMatch", "contains", "winRate", "emptyFraction")  # the eval panel's 0-1 scores
 
 
 @dataclass
@@ -78,6 +82,8 @@ class StageCurves:
     name: str
     type: str
     history: History
+    metrics: dict[str, float] = field(default_factory=dict)  # the stage's final figures (status)
+    models: tuple[str, ...] = ()  # an eval stage's `eval.models`: the order of its bars
 
 
 def read_history(stage_folder: Path) -> History:
@@ -120,8 +126,35 @@ def summary_figure(stages: list[StageCurves], title: str = "") -> Figure:
     return fig
 
 
+def draw_eval_panel(ax, stage: StageCurves) -> None:
+    """An eval stage: grouped bars of the 0-1 scores per model; mean reward under each model's name."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in stage.metrics.items():
+        model, dot, score = key.partition(".")
+        if dot:
+            rows.setdefault(model, {})[score] = value
+    ax.set_title(f"{stage.name} (held out)")
+    rows = {m: rows[m] for m in [*(m for m in stage.models if m in rows), *(m for m in rows if m not in stage.models)]}
+    scores = [s for s in EVAL_BARS if any(s in r for r in rows.values())]
+    if not rows or not scores:
+        ax.text(0.5, 0.5, "no eval scores", ha="center", va="center", transform=ax.transAxes, color="gray")
+        return
+    width = 0.8 / len(scores)
+    for j, score in enumerate(scores):
+        xs = [i + (j - (len(scores) - 1) / 2) * width for i in range(len(rows))]
+        ax.bar(xs, [r.get(score, 0.0) for r in rows.values()], width, label=score, color=f"C{j}")
+    ax.set_xticks(range(len(rows)), [m + (f"\nreward {r['meanReward']:.2f}" if "meanReward" in r else "")
+                                     for m, r in rows.items()])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share of prompts")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=len(scores), fontsize="small", frameon=False)
+
+
 def draw_panel(ax, stage: StageCurves) -> None:
     """A stage's curves on `ax` (and on a twin axis for the `right` ones), titled with the stage."""
+    if stage.type == "eval":
+        return draw_eval_panel(ax, stage)
     panel = PANELS.get(stage.type, PANELS["pretrain"])
     ax.set_title(stage.name if stage.name == stage.type else f"{stage.name} ({stage.type})")
     ax.set_xlabel("step")
@@ -149,6 +182,8 @@ def draw_panel(ax, stage: StageCurves) -> None:
             style = {"marker": "." if len(points) <= 50 else None}
         (line,) = (right if curve.right else ax).plot(steps, values, label=curve.label, color=f"C{color}", **style)
         lines.append(line)
+        if curve.right and panel.right_from_zero is not None:
+            right.set_ylim(0, max(panel.right_from_zero, 1.25 * max(values)))
     if lines:  # below the panel: never over a curve of either axis
         ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=len(lines), fontsize="small",
                   frameon=False)
@@ -163,7 +198,13 @@ def write_summary_plot(root: Path, pipeline: TrainingPipeline, status: PipelineS
     for stage in pipeline.spec.stages:
         run = (status.stage(stage.name) or StageStatus(name=stage.name)).run
         folder = Path(stage_dir(str(root), stage.name, run))
-        stages.append(StageCurves(stage.name, str(stage.type), read_history(folder)))
+        current = status.stage(stage.name) or StageStatus(name=stage.name)
+        history = read_history(folder)
+        if {"baselineMeanReward", "meanReward"} <= current.metrics.keys() and current.step:
+            # Held-out reward before and after training (greedy, on the same prompts), beside the training reward.
+            history[HELD_OUT_REWARD] = [(0, current.metrics["baselineMeanReward"]), (current.step, current.metrics["meanReward"])]
+        models = tuple(stage.eval_.models) if stage.eval_ else ()
+        stages.append(StageCurves(stage.name, str(stage.type), history, dict(current.metrics), models))
     try:
         fig = summary_figure(stages, title=f"{pipeline.metadata.name}: {status.phase}")
     except ImportError as exc:

@@ -30,7 +30,7 @@ def check_pipeline(stages, data_root: str, fetched: Mapping[str, str]) -> list[s
     for stage in stages:
         for source in stage_sources(stage):
             path = local_path(source.ref.uri, data_root, fetched)
-            if source.field.startswith("data."):
+            if source.field.startswith("data.") or source.field == "eval.generate.path":
                 check_data(stage, source.field, path)
             elif source.field in ("model.path", "model.hubId"):
                 check_model(stage, source.field, path)
@@ -53,7 +53,7 @@ def check_data(stage, field: str, path: Path) -> None:
     if not os.access(path, os.R_OK):
         raise SourceError(f"stage {stage.name!r} {field}: {path}: not readable")
     for f in data_files(path):
-        require_columns(stage, head(f, stage.data.text_field))
+        require_columns(stage, head(f, stage.data.text_field if stage.data is not None else "text"))
 
 
 def head(path: Path, text_field: str) -> Table:
@@ -95,7 +95,11 @@ def _parquet_head(path: Path) -> Table:
 def require_columns(stage, table: Table) -> None:
     """The columns `stage` reads, checked as the stage itself checks them."""
     spec = stage.data
-    if stage.type == "pretrain":
+    if stage.type == "eval":
+        gen = stage.eval_.generate
+        columns = (gen.prompt_field, gen.reference_field)
+        table.require(*columns, hint="eval.generate.promptField / referenceField").require_text(*columns)
+    elif stage.type == "pretrain":
         table.require(spec.text_field, hint="data.textField").require_text(spec.text_field)
     elif stage.type == "sft":
         if table.has_column(spec.messages_field):

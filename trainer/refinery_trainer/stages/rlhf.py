@@ -68,17 +68,33 @@ def run(ctx: StageContext) -> dict[str, float]:
         history = ppo.train(ctx, rl, policy, tokenizer, reward_model, reward_tokenizer, prompts)
         model, metrics = policy, last_logged(history, PPO_METRICS)
     else:
-        trainer = _trainer(ctx, rl, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows, generation)
+        from ..evaluation.hacking import EmptyCompletionWatch, HackingWatch
+
+        watch = HackingWatch(ctx, rl, EmptyCompletionWatch(), rl.max_completion_length)
+        trainer = _trainer(ctx, rl, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows, generation, watch)
         output = ctx.train(trainer)
-        model, metrics = trainer.model, last_logged(_log_history(ctx, trainer), {"kl": "kl", "reward": "trainReward"})
+        watch.raise_if_stopped(ctx.stage.name)  # rl.stopOnHacking
+        model, metrics = trainer.model, last_logged(_log_history(ctx, trainer), TRL_METRICS)
         if output.training_loss is not None and math.isfinite(output.training_loss):
             metrics["trainLoss"] = float(output.training_loss)
-    metrics.update(baselineMeanReward=baseline,
-                   meanReward=mean_reward(model, tokenizer, reward_model, reward_tokenizer, eval_prompts, rl))
+    final, stats = held_out_scores(model, tokenizer, reward_model, reward_tokenizer, eval_prompts, rl)
+    metrics.update(baselineMeanReward=baseline, meanReward=final, **{HELD_OUT_STATS[k]: v for k, v in stats.items()})
+    live = ctx.reporter.record.metrics  # the training logs' latest figures and flags (HackingWatch)
+    if "emptyFraction" in live:
+        metrics["emptyFraction"] = live["emptyFraction"]
+    metrics.update(held_out_verdict(baseline, final, stats, metrics, live, rl))
     log.info("rlhf: mean held-out reward %.4f -> %.4f", baseline, metrics["meanReward"])
     ctx.save_final(model, tokenizer)
     return metrics
 
+
+# TRL log keys → metric names (the last logging window): reward, KL and what the completions look like.
+TRL_METRICS = {"kl": "kl", "reward": "trainReward", "completions/mean_length": "meanCompletionLength",
+               "completions/clipped_ratio": "truncatedFraction"}
+
+# The held-out greedy completions' statistics (evaluation/completions.py) → metric names.
+HELD_OUT_STATS = {"meanCompletionLength": "heldOutMeanLength", "emptyFraction": "heldOutEmptyFraction",
+                  "truncatedFraction": "heldOutTruncatedFraction"}
 
 # ppo log keys → metric names (the loop's last logging window).
 PPO_METRICS = {"kl": "kl", "reward": "trainReward", "loss": "trainLoss", "policy_loss": "policyLoss",
@@ -93,7 +109,28 @@ def _generation_kwargs(rl: RlSpec) -> dict:
     return generation_kwargs(rl.generation, cuda=torch.cuda.is_available())
 
 
-def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows, generation: dict):
+def held_out_scores(policy, tokenizer, reward_model, reward_tokenizer, prompts: list[str], rl: RlSpec):
+    """(mean reward, completion statistics) of the policy's greedy completions of the held-out prompts."""
+    from ..evaluation.completions import completion_stats
+    from ..scoring import generate_counted, score
+
+    texts, counts = generate_counted(policy, tokenizer, prompts, rl.max_completion_length)
+    rewards = score(reward_model, reward_tokenizer, prompts, texts)
+    return sum(rewards) / len(rewards), completion_stats(counts, rl.max_completion_length, texts)
+
+
+def held_out_verdict(baseline: float, final: float, stats: dict, metrics: dict, live: dict, rl: RlSpec) -> dict[str, float]:
+    """The reward-hacking flags (1.0 / 0.0): seen in the training logs (`live`), or on the held-out
+    greedy completions, whose reward rose over the initial policy's while they collapsed."""
+    from ..evaluation.hacking import hacking_verdict
+
+    verdict = hacking_verdict(first_reward=baseline, reward=final, empty=stats.get("emptyFraction"),
+                              truncated=stats.get("truncatedFraction"), kl=metrics.get("kl"), max_kl=rl.max_kl)
+    names = ["completionsCollapsed", *(["klExceeded"] if rl.max_kl is not None else [])]
+    return {name: float(bool(verdict.get(name) or live.get(name))) for name in names}
+
+
+def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows, generation: dict, watch):
     from datasets import Dataset
 
     if rl.algorithm == "grpo":
@@ -112,16 +149,18 @@ def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer,
         beta=rl.beta,
         disable_dropout=True,
         **generation,  # rl.generation: vllm (colocate) or transformers' generate
+        reward_weights=[1.0, 0.0],
     )
     return Trainer(
         model=policy,
-        reward_funcs=reward_model,
+        # The watch has weight 0: it only counts empty completions (evaluation/hacking.py).
+        reward_funcs=[reward_model, watch.empty_watch],
         args=config,
         train_dataset=Dataset.from_list(train_rows.select(columns)),
         eval_dataset=Dataset.from_list(eval_rows.select(columns)) if periodic_eval else None,
         processing_class=tokenizer,
-        reward_processing_classes=reward_tokenizer,
-        callbacks=ctx.callbacks(),
+        reward_processing_classes=[reward_tokenizer, None],
+        callbacks=[*ctx.callbacks(), watch],
         # LoRA: only the adapters train; the KL reference is the same model with them switched off.
         peft_config=ctx.lora_config("causal"),  # None unless training.lora
     )
@@ -129,11 +168,15 @@ def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer,
 
 def load_reward_model(ctx: StageContext):
     """(model, tokenizer) of the reward stage's `model/`: a one-output sequence classifier, frozen."""
+    return load_reward_model_from(ctx, ctx.reward_model_dir)
+
+
+def load_reward_model_from(ctx: StageContext, path):
+    """(model, tokenizer) of a reward model folder, frozen (rlhf, and eval's judge)."""
     from transformers import AutoModelForSequenceClassification
 
     from ..modeling import load_model
 
-    path = ctx.reward_model_dir
     model = load_model(path, AutoModelForSequenceClassification, num_labels=1, **ctx.model_kwargs())
     tokenizer = ctx.load_tokenizer(path)
     model.config.pad_token_id = tokenizer.pad_token_id
