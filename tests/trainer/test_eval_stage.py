@@ -90,12 +90,13 @@ def test_harness_metrics_reach_the_pipeline_status_in_local_mode(example, tmp_pa
     manifest = {
         "apiVersion": "refinery.dev/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": "harnessed"},
         "spec": {"storage": {"claim": {"size": "1Gi"}}, "stages": [
-            {"name": "sft", "type": "sft", "model": {"path": str(model_dir(example, "sft"))},
-             "data": {"path": str(DATA / "sft.jsonl"), "evalPath": str(DATA / "sft_eval.jsonl")},
-             "training": {"maxSteps": 2, "batchSize": 8, "seqLen": 64, "saveSteps": 2}},
+            # Two more steps of language modelling from the example's sft model (a stage that starts from a path).
+            {"name": "tuned", "type": "pretrain", "model": {"path": str(model_dir(example, "sft"))},
+             "data": {"path": str(DATA / "pretrain.txt")},
+             "training": {"maxSteps": 2, "batchSize": 8, "seqLen": 64, "saveSteps": 2, "learningRate": 1e-5}},
             {"name": "eval", "type": "eval",
-             "eval": {"models": ["sft"], "harness": {"tasks": ["animal_sounds"], "taskDir": str(TASKS)}},
-             "gate": {"metric": "sft.animal_sounds/acc", "operator": ">", "value": 0.1}},
+             "eval": {"models": ["tuned"], "harness": {"tasks": ["animal_sounds"], "taskDir": str(TASKS)}},
+             "gate": {"metric": "tuned.animal_sounds/acc", "operator": ">", "value": 0.1}},
         ]},
     }
     path = tmp_path / "harnessed.yaml"
@@ -106,5 +107,5 @@ def test_harness_metrics_reach_the_pipeline_status_in_local_mode(example, tmp_pa
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     status = json.loads((tmp_path / "runs" / "harnessed" / "status.json").read_text())
     evaluated = next(s for s in status["stages"] if s["name"] == "eval")
-    assert evaluated["metrics"]["sft.animal_sounds/acc"] > 0.5  # chance: 0.1
+    assert evaluated["metrics"]["tuned.animal_sounds/acc"] > 0.5  # chance: 0.1
     assert "animal_sounds/acc" in proc.stdout  # the summary's eval table
