@@ -337,17 +337,15 @@ def test_the_export_loads_and_its_card_lists_every_stage_and_metric(example_run)
 
 
 def test_refinery_export_copies_the_model_to_s3(example_run, tmp_path):
-    import boto3
     from transformers import AutoModelForCausalLM
 
-    from tests.s3server import S3_ENV, start_moto_server
+    from tests.s3server import start_moto_server
 
     _, _, _, workdir, _ = example_run
-    server, url = start_moto_server()
+    server = start_moto_server()
     try:
-        env = {**S3_ENV, "AWS_ENDPOINT_URL": url}
-        client = boto3.client("s3", endpoint_url=url, **{k.lower(): v for k, v in S3_ENV.items() if k != "AWS_DEFAULT_REGION"},
-                              region_name=S3_ENV["AWS_DEFAULT_REGION"])
+        env = server.env()
+        client = server.client()
         client.create_bucket(Bucket="models")
         proc = subprocess.run([sys.executable, "-m", "refinery_operator.cli", "export", str(workdir / "tiny-chat"),
                                "--stage", "rlhf", "--to", "s3://models/tiny-chat/rlhf"],
