@@ -3,9 +3,9 @@
 `find_control_plane()` locates the launcher: `$REFINERY_K8S_CONTROL_PLANE` (a script with the same
 `up DIR` / `down DIR` interface), else `<repo>/../shared/k8s/control-plane` (CI clones the
 repository with `../shared` beside it). The launcher brings etcd, kube-apiserver and
-kube-controller-manager; a bare envtest `KUBEBUILDER_ASSETS` folder (setup-envtest) has no
-kube-controller-manager, and without its job controller no Job ever gets a status, so it is not
-used on its own: `missing_reason()` says so instead of half-running the tests.
+kube-controller-manager. Not supported: starting from a bare envtest `KUBEBUILDER_ASSETS` folder
+(setup-envtest): it has no kube-controller-manager, and without its job controller no Job ever
+gets a status; the skip reason says so when the variable is set.
 
 `ControlPlane` wraps one running control plane: its kubeconfig (cluster-admin), and the faults the
 tests inject — `restart_apiserver()` stops kube-apiserver and starts it again with the same
@@ -39,8 +39,12 @@ def find_control_plane() -> tuple[Path | None, str]:
     path = REPO.parent / "shared" / "k8s" / "control-plane"
     if os.access(path, os.X_OK):
         return path, ""
-    return None, (f"no Kubernetes control plane: {path} is missing; set ${LAUNCHER_ENV} to a launcher "
-                  f"with the same `up DIR`/`down DIR` interface")
+    why = (f"no Kubernetes control plane: {path} is missing; set ${LAUNCHER_ENV} to a launcher "
+           f"with the same `up DIR`/`down DIR` interface")
+    if os.environ.get("KUBEBUILDER_ASSETS"):
+        why += (" ($KUBEBUILDER_ASSETS alone is not enough: envtest's folder has no kube-controller-manager, "
+                "whose job controller these tests need)")
+    return None, why
 
 
 

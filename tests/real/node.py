@@ -100,6 +100,13 @@ class Node:
         self.started: list[str] = []  # pod names, in start order
         self.errors = 0  # API errors seen (the API server restarting)
 
+    def oom_kill(self, pod_prefix: str) -> str:
+        """SIGKILL the running pod whose name starts with `pod_prefix`, as the kernel's OOM killer
+        ends a container: exit code 137, reason OOMKilled. Returns the pod's name."""
+        pod = next(p for p in self.pods.values() if p.name.startswith(pod_prefix) and p.exit_code is None)
+        kill_pod(pod)  # type: ignore[arg-type]
+        return pod.name
+
     def claim_dir(self, namespace: str, claim: str) -> Path:
         return self.root / "pvc" / namespace / claim
 
