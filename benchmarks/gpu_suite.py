@@ -33,6 +33,7 @@ a few layers, seconds per part). Prints a table; the last stdout line is one JSO
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -84,11 +85,11 @@ def write_corpus(path: Path, words: int, seed: int = 0) -> Path:
     rng = random.Random(seed)
     syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "ba", "do", "fu", "gi", "ha", "jo", "pe"]
     lexicon = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(50_000)]
-    weights = [1 / (i + 1) for i in range(len(lexicon))]
+    cumulative = list(itertools.accumulate(1 / (i + 1) for i in range(len(lexicon))))  # Zipf, summed once
     docs, left = [], words
     while left > 0:
         n = min(left, rng.randint(200, 2000))
-        docs.append(" ".join(rng.choices(lexicon, weights, k=n)) + ".")
+        docs.append(" ".join(rng.choices(lexicon, cum_weights=cumulative, k=n)) + ".")
         left -= n
     path.write_text("\n\n".join(docs) + "\n")
     return path
@@ -110,11 +111,23 @@ def write_chat_data(folder: Path) -> dict:
 # ---- refinery-train in this process -------------------------------------------------------------
 
 
+def free_memory() -> None:
+    """Drop what the previous run left on the GPU (its trainer is garbage by now)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_stage(work: Path, name: str, type_: str, spec: dict, **resolved) -> dict:
     """One StageRun through refinery-train's `run_stage`; its result.json metrics."""
     from refinery_operator.api.run import StageRun
     from refinery_trainer import cli
 
+    free_memory()
     stage_dir = work / name
     run = StageRun.model_validate({
         "pipeline": "gpu-suite", "stageDir": str(stage_dir), "dataRoot": str(DATA),
@@ -141,6 +154,7 @@ def plain_loop(model_dir: Path, corpus: Path, size: dict, steps: int, device: st
     from refinery_trainer.stages.pretrain import pack, tokenize_documents
     from refinery_trainer.tokenizer import load_tokenizer
 
+    free_memory()
     tokenizer = load_tokenizer(model_dir)
     texts = [t for t in corpus.read_text().split("\n\n") if t.strip()]
     blocks = pack(tokenize_documents(tokenizer, texts), size["seq_len"])

@@ -37,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("pretrain", "sft", "reward", "rlhf")
 FIRST_STEP = "effective batch size"
+SHOWN_METRICS = ("tokensPerSecond", "mfu", "evalLoss", "evalAccuracy", "baselineMeanReward", "meanReward")
 THREADS = 1  # torch threads per stage process (--threads): on a shared machine more threads spin and wait
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
@@ -131,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                        for s in summary.values()))
     print(f"{'pipeline':<10}" + "".join(f"{s['pipeline_s']:>19.1f}s{'':>20}" for s in summary.values()))
     for name, runs in results.items():
-        shown = {stage: {k: round(v, 4) for k, v in m.items() if k in ("tokensPerSecond", "mfu", "evalLoss", "meanReward")}
-                 for stage, m in runs[-1]["metrics"].items()}
+        shown = {stage: {k: round(v, 4) for k, v in m.items() if k in SHOWN_METRICS} for stage, m in runs[-1]["metrics"].items()}
         print(f"{name} final metrics: {json.dumps(shown)}")
     figures = {"runs": args.runs, "baseline": args.baseline, "threads": args.threads, "load_average": os.getloadavg(), **summary}
     if "baseline" in summary:
