@@ -51,3 +51,19 @@ def test_a_pretrain_process_never_imports_deepspeed_or_datasets(tmp_path):
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out == {"code": 0, "loaded": []}, done.stderr[-2000:]
     assert "Setting accelerator to CPU" not in done.stderr  # DeepSpeed's import-time warning
+
+
+def test_a_pretrain_stage_reads_parquet_with_datasets_hidden(tmp_path):
+    """Parquet is read with pyarrow, so hiding `datasets` from a pretrain stage costs it no format."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from refinery_trainer.data import read_table
+
+    path = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"text": ["the cow says moo", "the cat says meow"]}), path)
+    hidden = hide_unused_packages(stage(type="pretrain", model={"config": {}}, **{"from": None}))
+    try:
+        assert [r["text"] for r in read_table(path).rows] == ["the cow says moo", "the cat says meow"]
+    finally:
+        restore(hidden)

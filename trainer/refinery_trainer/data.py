@@ -199,10 +199,11 @@ def _read_json(path: Path) -> Table:
 
 
 def _read_parquet(path: Path) -> Table:
-    import datasets  # heavy; only parquet needs it
+    # pyarrow directly, not `datasets`: a pretrain stage runs with `datasets` hidden (startup.py).
+    import pyarrow.parquet as pq
 
     try:
-        ds = datasets.Dataset.from_parquet(str(path))
+        rows = pq.read_table(path).to_pylist()
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
         raise DataError(f"{path}: cannot read parquet: {exc}") from None
-    return Table(path, ds.to_list(), unit="row")
+    return Table(path, rows, unit="row")
