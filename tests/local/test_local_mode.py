@@ -117,6 +117,13 @@ def test_every_stage_learns(example_run):
     assert "kl" in rlhf
 
 
+def test_every_stage_reports_its_throughput_and_no_mfu_on_a_cpu(example_run):
+    _, out, status, _, _ = example_run
+    for stage in status["stages"]:
+        assert stage["metrics"]["tokensPerSecond"] > 0 and "mfu" not in stage["metrics"], stage["name"]
+    assert "tokensPerSecond" in out  # a column of the summary table
+
+
 def test_outputs_are_handed_from_stage_to_stage(example_run):
     _, _, status, workdir, _ = example_run
     root = workdir / "tiny-chat"
