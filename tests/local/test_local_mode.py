@@ -217,6 +217,7 @@ def pretrain_only(tmp_path: Path, max_steps: int, save_steps: int) -> Path:
     stage = manifest["spec"]["stages"][0]
     stage["training"].update(maxSteps=max_steps, saveSteps=save_steps)
     manifest["spec"]["stages"] = [stage]
+    manifest["spec"].pop("export", None)  # the example exports rlhf, which this pipeline lacks
     path = tmp_path / "pretrain-only.yaml"
     path.write_text(yaml.safe_dump(manifest))
     return path
@@ -275,6 +276,7 @@ def test_bad_data_fails_the_pipeline_before_any_stage_with_a_clear_message(tmp_p
         (tmp_path / "bad.jsonl").write_text(data * 20)
         stage["data"] = {"path": "bad.jsonl"}
     manifest["spec"]["stages"] = [stage]
+    manifest["spec"].pop("export", None)
     path = tmp_path / "bad-data.yaml"
     path.write_text(yaml.safe_dump(manifest))
 
@@ -446,6 +448,10 @@ def readme_run_output() -> list[str]:
     return text[start:text.index("```", start)].splitlines()
 
 
+# Throughput is the machine's, not the pipeline's: the README's are from its own run, on its own machine.
+MACHINE_FIGURES = ("tokensPerSecond", "mfu")
+
+
 def close(readme: float, run: float, metric: str) -> bool:
     """One run of the tiny CPU pipeline against another: scores in [0, 1] within 0.1, others within
     15% (thread scheduling on a shared CPU changes the last digits of a training run, not its story)."""
@@ -465,7 +471,7 @@ def test_the_readme_figures_are_the_examples(example_run):
         stage = stage_of(status, cells[0])
         assert cells[1] == stage["phase"] and int(cells[2]) == (stage.get("step") or 0), row
         for name, cell in zip(header[5:], cells[5:]):
-            if cell != "-":
+            if cell != "-" and name not in MACHINE_FIGURES:
                 assert close(float(cell), stage["metrics"][name], name), (cells[0], name, cell, stage["metrics"][name])
     scores = stage_of(status, "eval")["metrics"]
     at = lines.index("eval (held out)")

@@ -50,6 +50,11 @@ def manifest(name: str, s3_url: str, typo: bool = False) -> dict:
     m["spec"]["env"] = [{"name": "AWS_ENDPOINT_URL", "value": s3_url}, {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"}]
     m["spec"]["envFrom"] = [{"secretRef": {"name": "s3-credentials"}}]
     for stage in m["spec"]["stages"]:
+        if stage["type"] == "eval":  # its held-out answers come from the bucket too; no gate after a few steps
+            generate = stage["eval"]["generate"]
+            generate.update(path=f"s3://{BUCKET}/{generate['path']}", limit=16)
+            stage.pop("gate", None)
+            continue
         for key in ("path", "evalPath"):
             if key in stage["data"]:
                 stage["data"][key] = f"s3://{BUCKET}/{stage['data'][key]}"
@@ -137,7 +142,7 @@ async def test_an_unreachable_store_is_retried_as_infrastructure_then_fails(emul
     await create_secret(cluster)
     m = manifest("down", "http://127.0.0.1:9")  # the discard port: nothing listens
     for stage in m["spec"]["stages"]:
-        stage["data"].pop("evalPath", None)
+        stage.get("data", {}).pop("evalPath", None)
     async with start_operator():
         await create_pipeline(cluster, m)
         await wait_for(lambda: status_of(emulator, "down").get("phase") == "Failed", 300, interval=0.2,
