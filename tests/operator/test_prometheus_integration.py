@@ -65,7 +65,7 @@ PANELS_WITH_DATA = [
 # Panels of the trainer pods' metrics (PodMonitor): fake_stage.py serves none, so they only parse.
 TRAINER_PANELS = [
     "Training loss", "Evaluation loss", "Reward (rlhf)", "KL to the initial policy (rlhf)", "Evaluation metrics",
-    "Throughput: tokens/s", "Throughput: steps/s", "Learning rate",
+    "Throughput: tokens/s", "Throughput: steps/s", "Learning rate", "MFU",
 ]
 
 
