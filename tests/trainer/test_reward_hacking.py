@@ -39,7 +39,9 @@ def hacking_run(ws, judge_ws, name: str, rl: dict | None = None, steps: int = 60
 
 
 def test_a_reward_model_that_prefers_empty_answers_is_flagged(hacked_judge, workspace):
-    metrics = run_stage(workspace, hacking_run(workspace, hacked_judge, "hacked"))["metrics"]
+    # 120 steps: the collapse is a tipping point (a few empty samples, rewarded, then most of them), and
+    # where it comes varies with the CPU's thread count; by 120 it has come on every setting tried.
+    metrics = run_stage(workspace, hacking_run(workspace, hacked_judge, "hacked", steps=120))["metrics"]
     assert metrics["meanReward"] > metrics["baselineMeanReward"]  # the reward rose ...
     assert metrics["heldOutEmptyFraction"] >= 0.9  # ... while the policy learned to say nothing
     assert metrics["completionsCollapsed"] == 1.0
