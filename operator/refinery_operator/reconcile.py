@@ -173,7 +173,7 @@ def progress_record(configmap: Mapping[str, Any]) -> ProgressRecord | None:
 
 def observe(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, Any]], configmaps: Sequence[Mapping[str, Any]],
             rerun_request: str | None = None) -> Observed:
-    stages = {s.name for s in pipeline.spec.stages}
+    stages = {s.name for s in pipeline.spec.run_stages}  # the export step's Job and progress too
     attempts: dict[str, list[AttemptState]] = {}
     for job in jobs:
         stage = ((job.get("metadata") or {}).get("labels") or {}).get(builders.LABEL_STAGE)

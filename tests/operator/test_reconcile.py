@@ -188,3 +188,22 @@ async def test_shared_objects_are_created_once_per_generation():
     second = await reconcile(cluster, body, children, last_status=first.status, ensured=ensured)
     assert second.launched == ["p-sft-1"]
     assert {k[0] for k in cluster.creates} == {"ConfigMap", "Job"}  # only the attempt's own objects
+
+
+def test_the_export_steps_job_and_progress_are_observed():
+    """spec.export runs as a step of its own (PipelineSpec.run_stages): its Job and progress record
+    must reach the planner like a stage's, or the pipeline waits on it forever."""
+    from refinery_operator.api.run import PROGRESS_FILE
+    from refinery_operator.reconcile import observe
+
+    manifest = chat_pipeline().manifest()
+    manifest["spec"]["export"] = {"stage": "rlhf", "to": "exports/p"}
+    pipeline = parse_pipeline(manifest)
+    labels = {"refinery.dev/stage": "export", "refinery.dev/attempt": "1"}
+    done = {"metadata": {"name": "p-export-1", "labels": labels},
+            "status": {"succeeded": 1, "conditions": [cond("Complete")]}}
+    progress = {"metadata": {"name": "p-export-progress", "labels": {"refinery.dev/stage": "export"}},
+                "data": {PROGRESS_FILE: json.dumps({"phase": "Succeeded", "attempt": 1})}}
+    observed = observe(pipeline, [done], [progress])
+    assert [a.attempt for a in observed.attempts["export"]] == [1]
+    assert "export" in observed.records
