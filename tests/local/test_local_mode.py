@@ -120,6 +120,9 @@ def test_every_stage_learns(example_run):
 def test_every_stage_reports_its_throughput_and_no_mfu_on_a_cpu(example_run):
     _, out, status, _, _ = example_run
     for stage in status["stages"]:
+        if stage["name"] in ("eval", "export"):  # they train nothing
+            assert "tokensPerSecond" not in stage["metrics"], stage["name"]
+            continue
         assert stage["metrics"]["tokensPerSecond"] > 0 and "mfu" not in stage["metrics"], stage["name"]
     assert "tokensPerSecond" in out  # a column of the summary table
 
