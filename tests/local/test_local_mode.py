@@ -460,6 +460,10 @@ def close(readme: float, run: float, metric: str) -> bool:
     15% (thread scheduling on a shared CPU changes the last digits of a training run, not its story)."""
     if metric.split(".")[-1] in ("exactMatch", "contains", "winRate", "emptyFraction", "evalAccuracy"):
         return abs(readme - run) <= 0.1
+    if metric.split(".")[-1] in ("meanReward", "baselineMeanReward"):
+        # Rewards span about ±10 here; the sft policy's mean reward sits near 0, where a run's last
+        # digits move it by tenths (seen: 0.19 and -0.13 in two runs): within 1.0, or 15% when larger.
+        return abs(readme - run) <= max(1.0, 0.15 * abs(run))
     return abs(readme - run) <= 0.15 * max(abs(run), 0.05)
 
 
@@ -493,5 +497,5 @@ def test_the_readme_figures_are_the_examples(example_run):
         assert close(float(figure), scores[key], key), (key, figure, scores[key])
     rlhf = stage_of(status, "rlhf")["metrics"]
     trained = re.search(r"held-out mean reward (-?\d+\.\d\d) → (-?\d+\.\d\d)", text)
-    assert trained and close(float(trained.group(1)), rlhf["baselineMeanReward"], "r") \
-        and close(float(trained.group(2)), rlhf["meanReward"], "r")
+    assert trained and close(float(trained.group(1)), rlhf["baselineMeanReward"], "baselineMeanReward") \
+        and close(float(trained.group(2)), rlhf["meanReward"], "meanReward")
