@@ -19,6 +19,10 @@ How a pipeline is driven:
   `kopf.PermanentError` (logged once, never retried) plus the status Failed/InvalidSpec.
 - Reconciles of the same pipeline are serialised by a per-pipeline lock, and each starts from
   the status the previous one wrote (a watched body may lag behind our own last patch).
+- Status patches are conditional on the pipeline's resourceVersion (optimistic concurrency): a
+  pass whose object changed meanwhile gets 409 and is run again from a fresh read
+  (`reconcile_current`). While the watched body still shows the version our last patch started
+  from, the pass uses the version that patch returned, so our own writes cost no conflict.
 
 kopf's own bookkeeping goes to annotations (`AnnotationsProgressStorage`,
 `AnnotationsDiffBaseStorage`), never into `.status`, which our schema types strictly. Daemons
@@ -41,7 +45,7 @@ from .api.v1alpha1 import GROUP, PLURAL, VERSION
 from .children import ChildCache
 from .core.reruns import RERUN_ANNOTATION
 from .k8s import CONFIGMAPS, JOBS, Cluster
-from .reconcile import Outcome, reconcile
+from .reconcile import Outcome, reconcile_current
 
 RESYNC_S = 30.0  # backstop: a pipeline is reconciled at least this often
 CACHE_RESYNC_S = 300.0  # the watch cache is re-listed this often (deletions a restarted watch missed)
@@ -65,6 +69,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.wakeups = collections.defaultdict(asyncio.Event)  # (namespace, name) -> Event
     memo.locks = collections.defaultdict(asyncio.Lock)
     memo.statuses = {}  # (namespace, name, uid) -> the status this operator last wrote
+    memo.versions = {}  # (namespace, name, uid) -> (resourceVersion it was computed from, the one it produced)
     memo.ensured = {}  # uid -> generation whose shared objects exist (see reconcile)
     memo.children = ChildCache()  # filled by fill_child_cache, then by the watches (job_changed, progress_changed)
     serve_metrics()
@@ -112,6 +117,7 @@ async def keep_reconciling(body: kopf.Body, memo: kopf.Memo, namespace: str, nam
         metrics.forget_pipeline(namespace, name)
         memo.wakeups.pop((namespace, name), None)
         memo.statuses.pop((namespace, name, body.metadata.uid), None)
+        memo.versions.pop((namespace, name, body.metadata.uid), None)
         memo.locks.pop((namespace, name, body.metadata.uid), None)
         memo.ensured.pop(body.metadata.uid, None)
 
@@ -198,13 +204,25 @@ def wake(memo: kopf.Memo, namespace: str, labels: kopf.Labels) -> None:
 async def locked_reconcile(memo: kopf.Memo, body: kopf.Body, logger: logging.Logger | None = None) -> Outcome:
     key = (body.metadata.namespace, body.metadata.name, body.metadata.uid)
     async with memo.locks[key]:
-        outcome = await reconcile(memo.cluster, body, memo.children, last_status=memo.statuses.get(key), ensured=memo.ensured)
+        outcome = await reconcile_current(memo.cluster, body, memo.children, last_status=memo.statuses.get(key),
+                                          ensured=memo.ensured, resource_version=known_version(memo, key, body))
         memo.statuses[key] = outcome.status
+        if outcome.status_patched:
+            memo.versions[key] = (outcome.read_version, outcome.resource_version)
     if outcome.pipeline is not None:
         metrics.record_pipeline(key[0], key[1], outcome.typed_status, outcome.pipeline.spec)
     if logger is not None and outcome.launched:
         logger.info("started %s", ", ".join(outcome.launched))
     return outcome
+
+
+def known_version(memo: kopf.Memo, key: tuple[str, str, str], body: kopf.Body) -> str | None:
+    """The resourceVersion a pass on `body` computes its status against: the body's own, unless
+    the body is still the one our last status patch started from — then the version that patch
+    produced (the watch has not delivered our own write yet; the server did accept it)."""
+    seen = (body.get("metadata") or {}).get("resourceVersion")
+    read, written = memo.versions.get(key, (None, None))
+    return written if seen is not None and seen == read and written else seen
 
 
 @kopf.on.cleanup()

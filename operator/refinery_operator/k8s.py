@@ -220,13 +220,34 @@ class Cluster:
         except (ApiException, urllib3.exceptions.HTTPError) as e:
             log.warning("could not post event %s on %s: %s", reason, meta["name"], e)
 
-    async def patch_status(self, namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-        """Merge-patch the pipeline's status subresource from `old` to `new`; False if equal.
+    async def patch_status(self, namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any],
+                           resource_version: str | None = None) -> dict[str, Any] | None:
+        """Merge-patch the pipeline's status subresource from `old` to `new`; the object as it is
+        after the patch, or None when the two are equal (nothing is sent).
 
         A JSON merge patch, not a strategic one: custom resources do not support the latter.
+        With `resource_version` (the version of the object `new` was computed from) the patch is
+        conditional: the server refuses it with 409 when the object changed since, and
+        `StatusConflict` is raised — the caller reads the object again and recomputes.
         """
         diff = merge_patch(old, new)
         if not diff:
-            return False
-        await self.request("PATCH", PIPELINES.path(namespace, name, "status"), body={"status": diff}, content_type=MERGE_PATCH)
-        return True
+            return None
+        body: dict[str, Any] = {"status": diff}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            return await self.request("PATCH", PIPELINES.path(namespace, name, "status"), body=body, content_type=MERGE_PATCH)
+        except ApiException as e:
+            if e.status == 409:
+                raise StatusConflict(namespace, name, resource_version) from e
+            raise
+
+
+class StatusConflict(ApiException):
+    """A conditional status patch was refused: the pipeline changed after the version it was
+    computed from (409). An ApiException, so a caller that does not retry treats it as any API error."""
+
+    def __init__(self, namespace: str, name: str, resource_version: str | None) -> None:
+        super().__init__(status=409, reason=f"{namespace}/{name} changed after resourceVersion {resource_version}")
+        self.namespace, self.name, self.resource_version = namespace, name, resource_version

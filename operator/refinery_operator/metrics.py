@@ -6,6 +6,7 @@
     metrics.forget_pipeline(ns, name)                         # when the pipeline is deleted
     metrics.observe_checkpoint_latency(seconds)               # checkpoint written -> in .status
     metrics.observe_next_job_latency(seconds)                 # stage done -> next Job created
+    metrics.observe_status_conflict()                         # a status patch refused (409)
 
 Everything about a pipeline is derived from its `.status` (plus the spec, for GPUs and retry
 budgets): `record_pipeline` stores a snapshot and a custom collector turns the snapshots into
@@ -13,7 +14,7 @@ samples at scrape time. So a deleted pipeline vanishes from /metrics with one `f
 an operator restart rebuilds the same gauges from the statuses it reads, and durations of running
 stages are as fresh as the scrape. The counters (restarts by class, GPU-seconds, lost GPU-seconds)
 are the operator's own running totals in `.status`, so they survive operator restarts; only the two
-latency histograms are state of this process.
+latency histograms and the status-conflict counter are state of this process.
 
 Names follow Prometheus conventions (`refinery_` prefix, base units, `_total` counters) and pass
 `promtool check metrics`; `METRICS` lists them all and `docs/metrics.md` is generated from it
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -95,7 +96,13 @@ METRICS: tuple[MetricDef, ...] = (
               "Time from a checkpoint's completion (its marker time) to the operator writing it into .status."),
     MetricDef("refinery_next_job_latency_seconds", "histogram", (),
               "Time from a stage's completion to the Job of a stage that depended on it being created."),
+    MetricDef("refinery_status_conflicts_total", "counter", (),
+              "Status patches the API server refused because the pipeline had changed since the version they were "
+              "computed from (409); each is followed by a pass from a fresh read."),
 )
+# Recorded by this process (prometheus_client objects), not derived from statuses by the collector.
+PROCESS_OWN = frozenset({"refinery_checkpoint_status_latency_seconds", "refinery_next_job_latency_seconds",
+                         "refinery_status_conflicts_total"})
 
 
 def parse_time(stamp: str | None) -> float | None:
@@ -140,6 +147,9 @@ class OperatorMetrics(Collector):
             "refinery_next_job_latency_seconds", _help("refinery_next_job_latency_seconds"),
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )
+        self.status_conflicts = Counter(
+            "refinery_status_conflicts", _help("refinery_status_conflicts_total"), registry=self.registry,
+        )
         self.registry.register(self)
 
     # ---- recording ---------------------------------------------------------------------------
@@ -178,7 +188,7 @@ class OperatorMetrics(Collector):
         now = self.clock()
         with self._lock:
             pipelines = dict(self._pipelines)
-        families = {d.name: _family(d) for d in METRICS if d.type != "histogram"}
+        families = {d.name: _family(d) for d in METRICS if d.name not in PROCESS_OWN}
         counts: dict[tuple[str, str], int] = {}
         for (namespace, name), pipeline in sorted(pipelines.items()):
             for phase in PHASES:
@@ -193,7 +203,7 @@ class OperatorMetrics(Collector):
         yield from families.values()
 
     def describe(self) -> Iterable[Metric]:
-        return [_family(d) for d in METRICS if d.type != "histogram"]
+        return [_family(d) for d in METRICS if d.name not in PROCESS_OWN]
 
     def serve(self, port: int, addr: str = "0.0.0.0"):
         """Serve /metrics over HTTP in a daemon thread; returns (server, thread)."""
@@ -275,6 +285,10 @@ def observe_checkpoint_latency(seconds: float) -> None:
 
 def observe_next_job_latency(seconds: float) -> None:
     OPERATOR.observe_next_job_latency(seconds)
+
+
+def observe_status_conflict() -> None:
+    OPERATOR.status_conflicts.inc()
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> Any:

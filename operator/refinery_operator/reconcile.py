@@ -37,7 +37,7 @@ from .core.plan import AttemptState, Launch, Observed, Stop, plan
 from .core.sources import InitializerDecision, decide_initializer, initializer_record_name, source_failure_status
 from .core.summary import invalid_spec_status
 from .core.reruns import RERUN_ANNOTATION
-from .k8s import JOBS, Cluster
+from .k8s import JOBS, PIPELINES, Cluster, StatusConflict
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ ANNOTATION_STOP_MESSAGE = "refinery.dev/stop-message"
 # Set on a Job the operator suspends: seconds its pods ran before (core/accounting.py).
 ANNOTATION_HELD_SECONDS = "refinery.dev/held-seconds"
 REASON_SUPERSEDED = "Superseded"  # a re-run replaced the attempt: not a failure
+CONFLICT_RETRIES = 5  # passes from a fresh read after a refused (409) status patch, then the API error is raised
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Outcome:
     pipeline: TrainingPipeline | None = None  # the parsed pipeline (None when invalid)
     typed_status: PipelineStatus | None = None  # `status`, typed (for metrics)
     requeue_after: float | None = None  # reconcile again after this many seconds (a back-off ends)
+    read_version: str | None = None  # the pipeline's resourceVersion this pass computed the status from
+    resource_version: str | None = None  # its resourceVersion after this pass's status patch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,7 +196,7 @@ def observe(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, Any]], confi
 
 async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Children, now: datetime | None = None,
                     last_status: Mapping[str, Any] | None = None,
-                    ensured: dict[str, int] | None = None) -> Outcome:
+                    ensured: dict[str, int] | None = None, resource_version: str | None = None) -> Outcome:
     """Bring the cluster one step closer to the pipeline's spec; idempotent and level-based.
 
     `last_status` is the status this operator wrote last, when it has one: the status belongs to
@@ -209,16 +212,22 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
     generation it created them for, so a launch costs its own two or three creates instead of a
     dozen 409-and-read round trips. It is only a cache: a restarted operator starts empty and
     re-creates idempotently.
+
+    The status patch is conditional on `resource_version` (default: the body's): when the
+    pipeline changed after that version — a spec edit, another writer — the server refuses it
+    (409) and `StatusConflict` is raised, so a status computed from an outdated spec is never
+    written. `reconcile_current` is the caller that retries from a fresh read.
     """
     now = now or datetime.now(timezone.utc)
     meta = body.get("metadata") or {}
     namespace, name = meta["namespace"], meta["name"]
+    version = resource_version or meta.get("resourceVersion")
     old_status = dict(last_status if last_status is not None else body.get("status") or {})
     body = {**body, "status": old_status}
     try:
         pipeline = parse_pipeline(body)
     except ValidationError as e:
-        return await report_invalid(cluster, body, describe_validation_error(e), now)
+        return await report_invalid(cluster, body, describe_validation_error(e), now, version)
 
     jobs, configmaps = children.jobs(namespace, name), children.progress(namespace, name)
     root = naming.pipeline_root(naming.VOLUME_ROOT, namespace, name)
@@ -226,7 +235,7 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
     observed = observe(pipeline, jobs, configmaps, rerun)
     initializer = observe_initializer(pipeline, jobs, configmaps, previous_status(old_status))
     if initializer.failure is not None:  # an input is missing or unreadable: nothing may train
-        return await report_source_failure(cluster, body, initializer.failure, now)
+        return await report_source_failure(cluster, body, initializer.failure, now, version)
     observed = dataclasses.replace(observed, sources_ready=initializer.ready)
     result = plan(pipeline, observed, root, now)
     result.status.sources = list(initializer.sources) or None
@@ -261,13 +270,48 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
     previous = previous_status(old_status)
     await launch_cleanup_jobs(cluster, pipeline, previous, result.status)
     new_status = result.status.dump()
-    patched = await cluster.patch_status(namespace, name, old_status, new_status)
-    if patched:
+    patched = await cluster.patch_status(namespace, name, old_status, new_status, version)
+    if patched is not None:
         observe_checkpoint_latency(previous, result.status)
         for event in pipeline_events(previous, result.status):
             await cluster.post_event(body, event.type, event.reason, event.message)
-    return Outcome(status=new_status, launched=launched, status_patched=patched, pipeline=pipeline,
-                   typed_status=result.status, requeue_after=result.requeue_after)
+    return Outcome(status=new_status, launched=launched, status_patched=patched is not None, pipeline=pipeline,
+                   typed_status=result.status, requeue_after=result.requeue_after, read_version=version,
+                   resource_version=version_after(patched, version))
+
+
+def version_after(patched: Mapping[str, Any] | None, version: str | None) -> str | None:
+    """The pipeline's resourceVersion after a status patch (unchanged when none was sent)."""
+    if patched is None:
+        return version
+    return (patched.get("metadata") or {}).get("resourceVersion") or version
+
+
+async def reconcile_current(cluster: Cluster, body: Mapping[str, Any], children: Children,
+                            last_status: Mapping[str, Any] | None = None, ensured: dict[str, int] | None = None,
+                            resource_version: str | None = None) -> Outcome:
+    """`reconcile`, passed again from the pipeline as the server has it now whenever its status
+    patch meets a conflict (409): the fresh object carries the newest spec and status, so nothing
+    the conflicting writer changed is overwritten and nothing this pass decided is lost — the
+    next pass decides it again from the same observations (creating Jobs is idempotent).
+    After CONFLICT_RETRIES passes the conflict is raised, as any API error (the daemon retries)."""
+    meta = body.get("metadata") or {}
+    passes = 0
+    while True:
+        passes += 1
+        try:
+            return await reconcile(cluster, body, children, last_status=last_status, ensured=ensured,
+                                   resource_version=resource_version)
+        except StatusConflict as conflict:
+            metrics.observe_status_conflict()
+            if passes >= CONFLICT_RETRIES:
+                raise
+            log.info("status of %s/%s not written: %s; reconciling again from a fresh read",
+                     conflict.namespace, conflict.name, conflict.reason)
+        fresh = await cluster.get(PIPELINES, meta["namespace"], meta["name"])
+        if fresh is None:  # deleted meanwhile: nothing left to write
+            return Outcome(status=dict(last_status or body.get("status") or {}))
+        body, last_status, resource_version = fresh, None, None  # the server's status is the newest
 
 
 async def stop_attempt(cluster: Cluster, pipeline: TrainingPipeline, stop: Stop) -> None:
@@ -358,23 +402,27 @@ def observe_initializer(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, 
     return decide_initializer(pipeline, attempts, record, previous)
 
 
-async def report_source_failure(cluster: Cluster, body: Mapping[str, Any], result: FetchResult, now: datetime) -> Outcome:
+async def report_source_failure(cluster: Cluster, body: Mapping[str, Any], result: FetchResult, now: datetime,
+                                version: str | None = None) -> Outcome:
     """Failed with the initializer's reason (SourceError, BadData …) naming the input; no stage starts."""
     meta = body.get("metadata") or {}
     old_status = dict(body.get("status") or {})
     previous = previous_status(old_status)
     typed = source_failure_status(previous, result, meta.get("generation"), now)
     status = typed.dump()
-    patched = await cluster.patch_status(meta["namespace"], meta["name"], old_status, status)
-    if patched and (previous is None or previous.phase != typed.phase):
+    patched = await cluster.patch_status(meta["namespace"], meta["name"], old_status, status, version)
+    if patched is not None and (previous is None or previous.phase != typed.phase):
         await cluster.post_event(body, "Warning", typed.conditions[-1].reason, typed.conditions[-1].message)
-    return Outcome(status=status, status_patched=patched, typed_status=typed)
+    return Outcome(status=status, status_patched=patched is not None, typed_status=typed, read_version=version,
+                   resource_version=version_after(patched, version))
 
 
-async def report_invalid(cluster: Cluster, body: Mapping[str, Any], message: str, now: datetime) -> Outcome:
+async def report_invalid(cluster: Cluster, body: Mapping[str, Any], message: str, now: datetime,
+                         version: str | None = None) -> Outcome:
     """Failed / InvalidSpec with the message naming the field; nothing is created."""
     meta = body.get("metadata") or {}
     old_status = dict(body.get("status") or {})
     status = invalid_spec_status(previous_status(old_status), message, meta.get("generation"), now).dump()
-    patched = await cluster.patch_status(meta["namespace"], meta["name"], old_status, status)
-    return Outcome(status=status, status_patched=patched, invalid=message)
+    patched = await cluster.patch_status(meta["namespace"], meta["name"], old_status, status, version)
+    return Outcome(status=status, status_patched=patched is not None, invalid=message, read_version=version,
+                   resource_version=version_after(patched, version))

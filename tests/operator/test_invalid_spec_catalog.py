@@ -23,9 +23,9 @@ class RecordingCluster:
     def __init__(self) -> None:
         self.patches: list[dict] = []
 
-    async def patch_status(self, namespace, name, old, new) -> bool:
+    async def patch_status(self, namespace, name, old, new, resource_version=None) -> dict:
         self.patches.append(new)
-        return True
+        return {"status": new}
 
     def __getattr__(self, name):
         raise AssertionError(f"the operator called {name}() for an invalid pipeline")

@@ -133,8 +133,8 @@ class InMemoryCluster:
         self.objects.setdefault(key, dict(obj))
         return self.objects[key], created
 
-    async def patch_status(self, namespace, name, old, new):
-        return old != new
+    async def patch_status(self, namespace, name, old, new, resource_version=None):
+        return {"status": new} if old != new else None
 
     async def post_event(self, *args, **kwargs):
         return None
