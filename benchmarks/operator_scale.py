@@ -23,8 +23,9 @@ Targets (issue 3): RSS <= 300 MB, resync <= 60 s. The last stdout line is one JS
 kube-controller-manager (`../shared/k8s/control-plane`), the operator as `refinery operator
 --namespace`. The job controller creates each Job's pod (no node: they stay Pending), as on a
 cluster whose nodes are busy. Cold resync is read from the API (every pipeline Running with its
-first Job), warm from the operator's /metrics as above; the control plane's own cost is reported
-too: kube-apiserver, etcd and kube-controller-manager RSS at the end and CPU seconds during the run.
+first Job), warm from the operator's /metrics as above; the operator's CPU seconds in each
+resync and the status patches it had to pass again after a 409 (`refinery_status_conflicts_total`)
+are reported beside them, and so is the control plane's own cost: kube-apiserver, etcd and kube-controller-manager RSS at the end and CPU seconds during the run.
 `--api emulator real` (the default) runs both, one after the other.
 """
 
@@ -87,6 +88,25 @@ async def pipelines_reconciled(session: aiohttp.ClientSession, metrics_url: str)
         return 0
     wanted = "\n".join(line for line in text.splitlines() if line.startswith("refinery_pipelines{"))
     return int(sum(sample.value for family in text_string_to_metric_families(wanted) for sample in family.samples))
+
+
+async def scraped(session: aiohttp.ClientSession, metrics_url: str, name: str) -> float:
+    """One unlabelled sample of the operator's /metrics (0 when absent or not served)."""
+    try:
+        async with session.get(metrics_url) as r:
+            text = await r.text()
+    except aiohttp.ClientError:
+        return 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return sample.value
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 async def until_async(predicate, timeout: float, what: str, every: float = 1.0) -> float:
@@ -164,13 +184,16 @@ async def run_real(pipelines: int, workdir: Path, timeout: float) -> dict:
         started = time.monotonic()
         async with real_api.operator_process(plane.kubeconfig, namespace, log, port) as operator:
             cold = await until_async(all_started, timeout, "cold resync")
+            cold_cpu = cpu_seconds(operator.pid)
             await asyncio.sleep(2)
             cold_rss, cold_peak = psutil.Process(operator.pid).memory_info().rss / 2**20, peak_rss_mb(operator.pid)
+            conflicts = await scraped(session, metrics_url, "refinery_status_conflicts_total")
         after_cold = real_api.usage(plane)
         async with real_api.operator_process(plane.kubeconfig, namespace, log, port) as operator:
             async def all_reconciled() -> bool:
                 return await pipelines_reconciled(session, metrics_url) == pipelines
             warm = await until_async(all_reconciled, timeout, "warm resync")
+            warm_cpu = cpu_seconds(operator.pid)
             await asyncio.sleep(2)
             warm_rss, warm_peak = psutil.Process(operator.pid).memory_info().rss / 2**20, peak_rss_mb(operator.pid)
         after = real_api.usage(plane)
@@ -180,6 +203,8 @@ async def run_real(pipelines: int, workdir: Path, timeout: float) -> dict:
         "coldResyncS": round(cold, 1), "warmResyncS": round(warm, 1),
         "rssMB": round(max(cold_rss, warm_rss), 1), "coldRssMB": round(cold_rss, 1), "warmRssMB": round(warm_rss, 1),
         "peakRssMB": round(max(cold_peak, warm_peak), 1),
+        "operatorCpuS": {"coldResync": round(cold_cpu, 1), "warmResync": round(warm_cpu, 1)},
+        "statusConflictsCold": int(conflicts),
         "apiServerRssMB": after["kube-apiserverRssMB"], "etcdRssMB": after["etcdRssMB"],
         "controllerManagerRssMB": after["kube-controller-managerRssMB"],
         "apiServerCpuS": {"create": round(after_cold["kube-apiserverCpuS"] - before["kube-apiserverCpuS"], 1),
