@@ -1,5 +1,6 @@
-"""A real API server for the operator benchmarks (`--api real`): one control plane from
-`../shared/k8s/control-plane` (tests/real/controlplane.py), the CRD by server-side apply, the
+"""A real API server for the operator benchmarks (`--api real`): one control plane, from
+`../shared/k8s/control-plane` or `$KUBEBUILDER_ASSETS` (tests/real/controlplane.py's
+`find_control_plane`: `$REFINERY_K8S_CONTROL_PLANE` first), the CRD by server-side apply, the
 operator as its own process (`refinery operator --namespace NS`, cluster-admin credentials), and an
 HTTP client (aiohttp, the admin's client certificate) for the benchmark's own calls and watches.
 

@@ -1,13 +1,17 @@
 """Fixtures for the operator against a real Kubernetes API server (kube-apiserver, etcd and
-kube-controller-manager v1.36.2 from `../shared/k8s/control-plane`; see controlplane.py).
+kube-controller-manager). Started by, in this order (controlplane.py): the launcher
+`$REFINERY_K8S_CONTROL_PLANE` names; envtest.py from the folder `$KUBEBUILDER_ASSETS` names (envtest's
+convention: etcd and kube-apiserver as setup-envtest gives them, plus a kube-controller-manager);
+`../shared/k8s/control-plane` (v1.36.2).
 
 One control plane per test session (~15-20 s to start, ~450 MiB); each test works in a namespace
 of its own, with a test node of its own (node.py) that binds and runs only that namespace's pods.
 The CRD is installed once by server-side apply from `crds/`; the operator runs as its own process
 with the chart's ServiceAccount and nothing more (harness.py).
 
-No control plane -> every test here is skipped with one reason; under CI=true they fail instead
-(`.ci/run` provides what the launcher needs).
+No control plane -> every test here is skipped with one reason (a `$KUBEBUILDER_ASSETS` without
+kube-controller-manager says so, and where to get one); under CI=true they fail instead (`.ci/run`
+provides what the launcher needs).
 
 What this still cannot show (not pretended): no scheduler (the test node binds every pod itself,
 ignoring requests, taints and affinity), no real kubelet or container runtime (a pod is a local

@@ -1,11 +1,15 @@
 """A real Kubernetes control plane for tests and benchmarks (importable outside pytest).
 
-`find_control_plane()` locates the launcher: `$REFINERY_K8S_CONTROL_PLANE` (a script with the same
-`up DIR` / `down DIR` interface), else `<repo>/../shared/k8s/control-plane` (CI clones the
-repository with `../shared` beside it). The launcher brings etcd, kube-apiserver and
-kube-controller-manager. Not supported: starting from a bare envtest `KUBEBUILDER_ASSETS` folder
-(setup-envtest): it has no kube-controller-manager, and without its job controller no Job ever
-gets a status; the skip reason says so when the variable is set.
+`find_control_plane()` picks what starts one, in this order:
+1. `$REFINERY_K8S_CONTROL_PLANE`: a launcher script with the `up DIR` / `down DIR` interface;
+2. `$KUBEBUILDER_ASSETS`, when set: envtest's binary folder, started by envtest.py — etcd and
+   kube-apiserver as `setup-envtest use 1.36 -p path` gives them, plus kube-controller-manager
+   (setup-envtest has none: beside them, or named by `$TEST_ASSET_KUBE_CONTROLLER_MANAGER`).
+   Without its job controller no Job ever gets a status, so a folder lacking it is not used: the
+   reason says so, and how to get one;
+3. `<repo>/../shared/k8s/control-plane` (CI clones the repository with `../shared` beside it).
+Each brings etcd, kube-apiserver and kube-controller-manager with the same flags and leaves the
+same files in DIR (`env` with K8S_API_URL, `run/<component>.pid`, `logs/<component>.log`).
 
 `ControlPlane` wraps one running control plane: its kubeconfig (cluster-admin), and the faults the
 tests inject — `restart_apiserver()` stops kube-apiserver and starts it again with the same
@@ -21,32 +25,34 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .envtest import ASSETS_ENV, find_binaries
+
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER_ENV = "REFINERY_K8S_CONTROL_PLANE"
+ENVTEST = Path(__file__).resolve().with_name("envtest.py")
 
 
 def find_control_plane() -> tuple[Path | None, str]:
-    """(the launcher, "") or (None, why there is none)."""
+    """(the launcher, "") or (None, why there is none); the order is the module docstring's."""
     named = os.environ.get(LAUNCHER_ENV)
     if named:
         path = Path(named)
         return (path, "") if os.access(path, os.X_OK) else (None, f"${LAUNCHER_ENV}={named} is not an executable")
+    if os.environ.get(ASSETS_ENV):
+        binaries, why = find_binaries()
+        return (ENVTEST, "") if binaries else (None, f"no Kubernetes control plane: {why}")
     path = REPO.parent / "shared" / "k8s" / "control-plane"
     if os.access(path, os.X_OK):
         return path, ""
-    why = (f"no Kubernetes control plane: {path} is missing; set ${LAUNCHER_ENV} to a launcher "
-           f"with the same `up DIR`/`down DIR` interface")
-    if os.environ.get("KUBEBUILDER_ASSETS"):
-        why += (" ($KUBEBUILDER_ASSETS alone is not enough: envtest's folder has no kube-controller-manager, "
-                "whose job controller these tests need)")
-    return None, why
-
-
+    return None, (f"no Kubernetes control plane: {path} is missing; set ${ASSETS_ENV} to a folder with etcd, "
+                  f"kube-apiserver and kube-controller-manager, or ${LAUNCHER_ENV} to a launcher with the same "
+                  f"`up DIR`/`down DIR` interface")
 
 
 @dataclass
@@ -55,8 +61,13 @@ class ControlPlane:
     folder: Path
     kubeconfig: Path | None = None
 
+    @property
+    def command(self) -> list[str]:
+        """The launcher's command line, before `up DIR` / `down DIR` (envtest.py runs on this Python)."""
+        return [sys.executable, str(self.launcher)] if self.launcher.suffix == ".py" else [str(self.launcher)]
+
     def up(self, timeout: float = 600) -> Path:
-        result = subprocess.run([str(self.launcher), "up", str(self.folder)], stdout=subprocess.PIPE,
+        result = subprocess.run([*self.command, "up", str(self.folder)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, timeout=timeout)
         if result.returncode != 0:
             raise RuntimeError(f"control-plane up failed:\n{result.stderr[-4000:]}")
@@ -64,7 +75,7 @@ class ControlPlane:
         return self.kubeconfig
 
     def down(self) -> None:
-        subprocess.run([str(self.launcher), "down", str(self.folder)], stdout=subprocess.DEVNULL,
+        subprocess.run([*self.command, "down", str(self.folder)], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=120, check=False)
 
     @property
