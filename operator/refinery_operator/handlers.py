@@ -50,6 +50,11 @@ from .reconcile import Outcome, reconcile_current
 RESYNC_S = 30.0  # backstop: a pipeline is reconciled at least this often
 CACHE_RESYNC_S = 300.0  # the watch cache is re-listed this often (deletions a restarted watch missed)
 RETRY_S = 2.0  # after an API error
+# Reconciles in flight at once, over all pipelines. Each holds its parsed pipeline and the objects
+# it builds while it waits for the API; a thousand pipelines arriving together (a cold start)
+# would otherwise hold a thousand of them at once. The API calls themselves run on a handful of
+# worker threads (asyncio.to_thread), so more would not make them faster.
+RECONCILES_AT_ONCE = 16
 ANNOTATION_PREFIX = "refinery.dev"
 API_ERRORS = (ApiException, urllib3.exceptions.HTTPError)
 OWNED = {builders.LABEL_PIPELINE: kopf.PRESENT}
@@ -68,6 +73,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.cluster = memo.get("cluster") or Cluster.from_environment()
     memo.wakeups = collections.defaultdict(asyncio.Event)  # (namespace, name) -> Event
     memo.locks = collections.defaultdict(asyncio.Lock)
+    memo.in_flight = asyncio.Semaphore(RECONCILES_AT_ONCE)
     memo.statuses = {}  # (namespace, name, uid) -> the status this operator last wrote
     memo.versions = {}  # (namespace, name, uid) -> (resourceVersion it was computed from, the one it produced)
     memo.ensured = {}  # uid -> generation whose shared objects exist (see reconcile)
@@ -203,7 +209,7 @@ def wake(memo: kopf.Memo, namespace: str, labels: kopf.Labels) -> None:
 
 async def locked_reconcile(memo: kopf.Memo, body: kopf.Body, logger: logging.Logger | None = None) -> Outcome:
     key = (body.metadata.namespace, body.metadata.name, body.metadata.uid)
-    async with memo.locks[key]:
+    async with memo.locks[key], memo.in_flight:
         outcome = await reconcile_current(memo.cluster, body, memo.children, last_status=memo.statuses.get(key),
                                           ensured=memo.ensured, resource_version=known_version(memo, key, body))
         memo.statuses[key] = outcome.status
