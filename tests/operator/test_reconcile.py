@@ -257,3 +257,39 @@ def test_the_export_steps_job_and_progress_are_observed():
     observed = observe(pipeline, [done], [progress])
     assert [a.attempt for a in observed.attempts["export"]] == [1]
     assert "export" in observed.records
+
+
+async def test_a_failed_check_fails_the_pipeline_and_a_fixed_spec_is_checked_again():
+    """A misspelt path: Failed with the initializer's reason before any stage; the user fixes the
+    spec (generation 2): a new check runs, and the first stage starts once it passes."""
+    import json
+
+    from refinery_operator.reconcile import reconcile
+
+    body = chat_pipeline("p").manifest()
+    body["metadata"].update(uid="u1", generation=1)
+    cluster = InMemoryCluster()
+    children = ClusterChildren(cluster)
+    out = await reconcile(cluster, body, children)
+    assert out.launched == ["p-sources-1-fetch"]
+    message = "stage 'rlhf' data.path: /workspace/data/prompt.jsonl: dataset file not found"
+    cluster.objects[("ConfigMap", "p-init-sources")]["data"] = {
+        "progress.json": json.dumps({"phase": "Failed", "reason": "SourceError", "message": message})}
+    cluster.objects[("Job", "p-sources-1-fetch")]["status"] = {
+        "failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == [] and out.status["phase"] == "Failed"
+    failed = next(c for c in out.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "SourceError" and failed["message"].endswith(message)
+    assert inputs_checked(out.status) == ("False", "SourceError", 1)
+    assert not [k for k in cluster.objects if k[0] == "Job" and "sources" not in k[1]]  # no stage Job
+
+    body["metadata"]["generation"] = 2  # the path fixed
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == ["p-sources-2-fetch"] and inputs_checked(out.status) == ("False", "CheckingInputs", 2)
+    cluster.objects[("ConfigMap", "p-init-sources")]["data"] = {"progress.json": json.dumps({"phase": "Succeeded"})}
+    complete(cluster, "p-sources-2-fetch")
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == ["p-pretrain-1"] and out.status["phase"] == "Running"
+    assert inputs_checked(out.status) == ("True", "InputsChecked", 2)
+    assert next(c for c in out.status["conditions"] if c["type"] == "Failed")["status"] == "False"

@@ -86,7 +86,7 @@ class InitializerDecision:
     launch: int | None = None  # create this attempt of the initializer Job (when a stage waits on it)
     failure: FetchResult | None = None  # failed for good: the pipeline fails with it
     sources: tuple[SourceStatus, ...] = ()
-    checked_by: str | None = None  # the Job whose check passed just now (the condition is not yet set)
+    checked_by: str | None = None  # what passed the check just now ("Job <name>"; the condition is not yet set)
     checking: str | None = None  # the Job checking now
 
 
@@ -108,7 +108,8 @@ def decide_initializer(pipeline: TrainingPipeline, attempts: Sequence[AttemptSta
         return InitializerDecision(ready=False, sources=recorded, checking=job)
     reported = record if record is not None and record.phase == latest.phase else None
     if latest.phase == "Succeeded":
-        return InitializerDecision(ready=True, sources=tuple(reported.sources) if reported else recorded, checked_by=job)
+        return InitializerDecision(ready=True, sources=tuple(reported.sources) if reported else recorded,
+                                   checked_by=f"Job {job}")
     transient = latest.infrastructure or (reported is not None and reported.transient)
     if transient and len(attempts) <= INITIALIZER_RETRIES:
         return InitializerDecision(ready=False, launch=after + 1 if latest.pods_gone else None, sources=recorded,
@@ -129,7 +130,7 @@ def record_inputs_check(status: PipelineStatus, pipeline: TrainingPipeline, deci
     generation, stamp = pipeline.metadata.generation, rfc3339(now)
     if decision.checked_by is not None:
         cond.set_condition(status.conditions, INPUTS_CHECKED, True, REASON_INPUTS_CHECKED,
-                           f"every stage's inputs exist and have what the stage reads (Job {decision.checked_by})",
+                           f"every stage's inputs exist and have what the stage reads ({decision.checked_by})",
                            stamp, generation)
     elif checking := decision.checking or (initializer_job_name(pipeline.metadata.name, launch) if launch else None):
         cond.set_condition(status.conditions, INPUTS_CHECKED, False, REASON_CHECKING_INPUTS,
