@@ -98,7 +98,8 @@ async def test_operator_killed_at_ten_random_points(admin, namespace, node, char
     assert jobs == ["chaos-s0-1", "chaos-s1-1", "chaos-s2-1", "chaos-s3-1", "chaos-sources-1-fetch"], (seed, jobs)
     assert len(node.started) == 5, node.started  # one pod per Job: no attempt was ever started again
     assert [s["lastCheckpoint"]["step"] for s in status["stages"]] == [200, 200, 200, 200]
-    assert all(phase == "Running" for phase, _, _ in kills), (seed, kills)  # every kill fell during the run
+    # Every kill fell during the run: Pending is its first second or two, while the inputs are checked.
+    assert all(phase in ("Pending", "Running") for phase, _, _ in kills), (seed, kills)
     assert len(set(kills)) >= 5, (seed, kills)  # at different points of it
 
 
