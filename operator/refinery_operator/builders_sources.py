@@ -1,6 +1,7 @@
 """The pipeline's initializer Job (`refinery-train fetch`) and its config, as dicts.
 
-One Job per pipeline with remote sources, before its first stage: same image, same volume, the
+One Job per pipeline and generation of its spec, before its first stage (core/sources.py says
+when; the Job is annotated with the generation it checks): same image, same volume, the
 pipeline's and every stage's env/envFrom and volume mounts (the credentials and caches the
 sources need), the stage ServiceAccount (it reports its FetchResult to one ConfigMap, which the
 Role names). Exit code 75 (a transient failure) has its own podFailurePolicy rule, so the
@@ -17,7 +18,9 @@ from . import builders
 from .api.run import ConfigMapReporter
 from .api.v1alpha1 import TrainingPipeline
 from .core import naming
-from .core.sources import build_fetch_run, initializer_config_name, initializer_job_name, initializer_record_name
+from .core.sources import (
+    ANNOTATION_GENERATION, build_fetch_run, initializer_config_name, initializer_job_name, initializer_record_name,
+)
 
 LABEL_INITIALIZER = "refinery.dev/initializer"
 COMPONENT_INITIALIZER_CONFIG = "initializer-config"
@@ -91,10 +94,13 @@ def build_initializer_job(pipeline: TrainingPipeline, attempt: int) -> dict[str,
             *builders.user_volumes(pipeline, stages),
         ],
     }
+    meta = builders.metadata(pipeline, name, labels)
+    if pipeline.metadata.generation is not None:  # which spec it checks (core/sources.py)
+        meta["annotations"] = {ANNOTATION_GENERATION: str(pipeline.metadata.generation)}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": builders.metadata(pipeline, name, labels),
+        "metadata": meta,
         "spec": {"backoffLimit": 0, "completions": 1, "parallelism": 1, "podFailurePolicy": policy,
                  "template": {"metadata": {"labels": dict(labels)}, "spec": pod}},
     }

@@ -34,7 +34,10 @@ from .core import naming
 from .core.accounting import parse_time
 from .core.events import pipeline_events
 from .core.plan import AttemptState, Launch, Observed, Stop, plan
-from .core.sources import InitializerDecision, decide_initializer, initializer_record_name, source_failure_status
+from .core.sources import (
+    ANNOTATION_GENERATION, InitializerDecision, decide_initializer, initializer_launch, initializer_record_name,
+    record_inputs_check, source_failure_status,
+)
 from .core.summary import invalid_spec_status
 from .core.reruns import RERUN_ANNOTATION
 from .k8s import JOBS, PIPELINES, Cluster, StatusConflict
@@ -238,21 +241,22 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
         return await report_source_failure(cluster, body, initializer.failure, now, version)
     observed = dataclasses.replace(observed, sources_ready=initializer.ready)
     result = plan(pipeline, observed, root, now)
-    result.status.sources = list(initializer.sources) or None
+    launch_initializer = initializer_launch(initializer, result.waiting_for_inputs)  # a stage waits on the check
+    record_inputs_check(result.status, pipeline, initializer, launch_initializer, now)
     for stop in result.stops:
         await stop_attempt(cluster, pipeline, stop)
 
     launched = []
-    if result.launches or initializer.launch:
+    if result.launches or launch_initializer:
         uid, generation = pipeline.metadata.uid or f"{namespace}/{name}", pipeline.metadata.generation or 0
         if ensured is None or ensured.get(uid) != generation:
             for obj in builders.build_pipeline_objects(pipeline):
                 await cluster.create_if_absent(obj)
             if ensured is not None:
                 ensured[uid] = generation
-        if initializer.launch:
-            await cluster.create_if_absent(builders_sources.build_initializer_config(pipeline, initializer.launch))
-            job, created = await cluster.create_if_absent(builders_sources.build_initializer_job(pipeline, initializer.launch))
+        if launch_initializer:
+            await cluster.create_if_absent(builders_sources.build_initializer_config(pipeline, launch_initializer))
+            job, created = await cluster.create_if_absent(builders_sources.build_initializer_job(pipeline, launch_initializer))
             children.expect(job)
             if created:
                 launched.append(job["metadata"]["name"])
@@ -385,9 +389,12 @@ def observe_next_job_latency(pipeline: TrainingPipeline, launch: Launch, status:
 
 def observe_initializer(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, Any]],
                         configmaps: Sequence[Mapping[str, Any]], previous: PipelineStatus | None) -> InitializerDecision:
-    """The initializer Jobs (labelled `refinery.dev/initializer`) and the FetchResult it reported."""
-    attempts = [attempt_state(j) for j in jobs
-                if builders_sources.LABEL_INITIALIZER in ((j.get("metadata") or {}).get("labels") or {})]
+    """The initializer Jobs (labelled `refinery.dev/initializer`) and the FetchResult it reported.
+    Only the Jobs annotated with the spec's generation check it; earlier ones just take numbers."""
+    initializers = [j for j in jobs if builders_sources.LABEL_INITIALIZER in ((j.get("metadata") or {}).get("labels") or {})]
+    generation = pipeline.metadata.generation
+    attempts = [attempt_state(j) for j in initializers if checked_generation(j) == generation]
+    taken = max((attempt_state(j).attempt for j in initializers), default=0)
     record_name = initializer_record_name(pipeline.metadata.name)
     record = None
     for configmap in configmaps:
@@ -399,7 +406,15 @@ def observe_initializer(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, 
                 record = FetchResult.model_validate_json(raw)
             except ValidationError as e:
                 log.warning("ignoring an unreadable fetch result in %s: %s", record_name, e)
-    return decide_initializer(pipeline, attempts, record, previous)
+    return decide_initializer(pipeline, attempts, record, previous, taken)
+
+
+def checked_generation(job: Mapping[str, Any]) -> int | None:
+    """The spec generation an initializer Job checks (None: unknown, or the API sets none)."""
+    try:
+        return int(((job.get("metadata") or {}).get("annotations") or {})[ANNOTATION_GENERATION])
+    except (KeyError, ValueError):
+        return None
 
 
 async def report_source_failure(cluster: Cluster, body: Mapping[str, Any], result: FetchResult, now: datetime,

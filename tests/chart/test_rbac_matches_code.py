@@ -110,7 +110,7 @@ def test_stage_pods_may_write_only_their_pipelines_progress_records():
     pipeline = every_feature_pipeline()
     (rule,) = builders.build_progress_role(pipeline)["rules"]
     assert rule == {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"],
-                    "resourceNames": ["p-pretrain-progress", "p-sft-progress"]}
+                    "resourceNames": ["p-pretrain-progress", "p-sft-progress", "p-init-sources"]}  # + the inputs check's result
     assert builders.build_service_account(pipeline)["automountServiceAccountToken"] is False
     job = builders.build_stage_job(pipeline, Launch("sft", 1, None))
     pod = job["spec"]["template"]["spec"]

@@ -41,6 +41,11 @@ Job. A Job created again under the same name afterwards gets a new pod.
 unschedulable: the Job gets `startTime` and `active` but `ready` stays 0 and no process runs,
 until the Job is suspended, deleted or given an `activeDeadlineSeconds`.
 
+Volumes come provisioned: the first time a pod mounts a claim, its folder gets what the tests'
+manifests read (`provision_volume`: examples/data/ as `data/`, as `kubectl cp` would leave it),
+since every pipeline's initializer Job really checks that each input exists and has its columns
+before a stage starts. Files a test put there itself are kept; a test can pass `provision=None`.
+
 What it does not do (no scheduler, no node): resource requests (GPUs) are not enforced,
 securityContext is ignored (the process runs as the test user), no image is pulled.
 """
@@ -52,8 +57,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,6 +74,21 @@ FOREGROUND_DELETION = "foregroundDeletion"  # the finalizer a foreground deletio
 
 # A quiet watch is restarted (a re-list), as client-go's reflector does when its watch times out.
 WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=30.0)
+EXAMPLE_DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
+
+
+def provision_volume(folder: Path) -> None:
+    """A claim's folder as the tests' pipelines expect the volume: every file of examples/data/
+    under `data/` (tests/builders.py names them), plus `data/nan-loss.jsonl`, the pretrain data
+    fake_stage.py plays a NaN loss on (its documents as `{"text": ...}` lines). Existing files are kept."""
+    data = folder / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for source in EXAMPLE_DATA.iterdir():
+        if not (data / source.name).exists():
+            shutil.copyfile(source, data / source.name)
+    if not (data / "nan-loss.jsonl").exists():
+        documents = [d.strip() for d in (EXAMPLE_DATA / "pretrain.txt").read_text().split("\n\n") if d.strip()]
+        (data / "nan-loss.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
 
 
 def now() -> str:
@@ -94,8 +116,11 @@ class Pod:
 
 class Kubelet:
     def __init__(self, server: str, kubeconfig: Path, root: Path, namespace: str = "default",
-                 command_map: dict[str, list[str]] | None = None) -> None:
+                 command_map: dict[str, list[str]] | None = None,
+                 provision: Callable[[Path], None] | None = provision_volume) -> None:
         self.server = server.rstrip("/")
+        self.provision = provision  # fills a claim's folder the first time a pod mounts it
+        self._provisioned: set[str] = set()
         self.kubeconfig = kubeconfig
         self.root = root
         self.namespace = namespace
@@ -306,7 +331,11 @@ class Kubelet:
         for mount in container.get("volumeMounts", []):
             volume = volumes[mount["name"]]
             if "persistentVolumeClaim" in volume:
-                host = self.claim_dir(volume["persistentVolumeClaim"]["claimName"])
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                host = self.claim_dir(claim)
+                if self.provision is not None and claim not in self._provisioned:
+                    self._provisioned.add(claim)
+                    self.provision(host)
             elif "configMap" in volume:
                 host = pod.folder / "configmaps" / mount["name"]
             else:  # emptyDir

@@ -153,7 +153,8 @@ def test_rbac_lets_stage_pods_patch_only_their_progress():
     role = builders.build_progress_role(p)
     assert role["rules"] == [{
         "apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"],
-        "resourceNames": ["chat-pretrain-progress", "chat-sft-progress", "chat-reward-progress", "chat-rlhf-progress"],
+        "resourceNames": ["chat-pretrain-progress", "chat-sft-progress", "chat-reward-progress", "chat-rlhf-progress",
+                          "chat-init-sources"],  # the initializer's result (every pipeline has inputs to check)
     }]
     binding = builders.build_progress_role_binding(p)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "chat-stage"}

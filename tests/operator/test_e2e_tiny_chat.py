@@ -100,9 +100,9 @@ async def test_tiny_chat_runs_end_to_end(emulator, cluster, start_operator, kube
           f"checkpoints: median {statistics.median(latencies or [0]):.3f}s, max {max(latencies or [0]):.3f}s")
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[:3000]
 
-    # Jobs: deterministic names, one per stage (the restart created none twice), owned, on GPUs.
+    # Jobs: deterministic names, one per stage (the restart created none twice) plus the inputs check, owned, on GPUs.
     jobs = stored_all(emulator, "batch/v1/jobs")
-    assert sorted(jobs) == sorted(f"tiny-chat-{s}-1" for s in ALL_STAGES)
+    assert sorted(jobs) == sorted([*(f"tiny-chat-{s}-1" for s in ALL_STAGES), "tiny-chat-sources-1-fetch"])
     posted_after_restart = [r.data["metadata"]["name"] for r in list(emulator)[requests_before_restart:]
                             if r.action == kmock.action.CREATE and r.resource == kmock.resource("batch/v1/jobs")]
     assert "tiny-chat-sft-1" not in posted_after_restart and "tiny-chat-pretrain-1" not in posted_after_restart
@@ -111,8 +111,9 @@ async def test_tiny_chat_runs_end_to_end(emulator, cluster, start_operator, kube
         assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == \
                ("TrainingPipeline", "tiny-chat", created["metadata"]["uid"], True)
         pod = job["spec"]["template"]["spec"]
-        gpus = (pod["containers"][0]["resources"].get("limits") or {}).get("nvidia.com/gpu")
-        assert gpus == (None if name == "tiny-chat-export-1" else "1"), name  # the export copies files: no GPU
+        gpus = ((pod["containers"][0].get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu")
+        # The export copies files, the initializer checks them: no GPU.
+        assert gpus == (None if name in ("tiny-chat-export-1", "tiny-chat-sources-1-fetch") else "1"), name
         assert {"name": "workspace", "persistentVolumeClaim": {"claimName": claim}} in pod["volumes"]
         assert {"name": "workspace", "mountPath": "/workspace"} in pod["containers"][0]["volumeMounts"]
     assert stored(emulator, "v1/persistentvolumeclaims", claim)["spec"]["resources"]["requests"]["storage"] == "1Gi"

@@ -181,5 +181,5 @@ async def test_two_node_stage_trains_under_torchrun(emulator, cluster, start_ope
     # the Service the operator created for the attempt
     service = stored(emulator, "v1/services", "two-pretrain-1")
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
-    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["two-pretrain-1"]
+    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["two-pretrain-1", "two-sources-1-fetch"]  # inputs checked first
     print(f"\n2-node torchrun stage through the operator: {elapsed:.1f}s")

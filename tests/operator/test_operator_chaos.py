@@ -69,7 +69,8 @@ async def test_operator_restarted_at_random_points_completes_without_duplicates(
 
     status = stored(emulator, PIPELINES_KEY, "chaos")["status"]
     assert status["phase"] == "Succeeded", status
-    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["chaos-pretrain-1", "chaos-reward-1", "chaos-rlhf-1", "chaos-sft-1"]
+    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["chaos-pretrain-1", "chaos-reward-1", "chaos-rlhf-1", "chaos-sft-1",
+                                                               "chaos-sources-1-fetch"]
     for stage in status["stages"]:
         assert (stage["attempt"], stage["restarts"], stage["phase"]) == (1, 0, "Succeeded"), stage
         assert stage["checkpoints"] == 10 and stage["lastCheckpoint"]["step"] == 100 and stage["output"].endswith("/model")

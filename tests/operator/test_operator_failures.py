@@ -84,7 +84,7 @@ async def test_application_failures_spend_their_budget_then_fail_the_pipeline(em
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and "lower training.learningRate" in failed["message"]
     assert "application retry budget (1) is spent" in stage["message"]
-    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["nan-pretrain-1", "nan-pretrain-2"]
+    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["nan-pretrain-1", "nan-pretrain-2", "nan-sources-1-fetch"]
     assert [r for _, r, _ in events_of(emulator, "nan")].count("AttemptFailed") == 2
 
 
@@ -114,7 +114,8 @@ async def test_suspend_saves_a_checkpoint_and_resumes_from_it(emulator, cluster,
     assert held > 0 and suspended["stages"][0]["gpuSeconds"] <= held + 1.0
     assert stage["gpuSeconds"] >= held + seconds_between(job["status"]["startTime"], job["status"]["completionTime"]) - 1.0
     assert stage["resumedFrom"]["step"] == saved and stage["step"] == 60
-    assert list(stored_all(emulator, "batch/v1/jobs")) == ["pause-pretrain-1"]  # the same Job, resumed
+    # The same Job, resumed (suspending changed the spec, but nothing new started: no second inputs check).
+    assert list(stored_all(emulator, "batch/v1/jobs")) == ["pause-sources-1-fetch", "pause-pretrain-1"]
     assert next(c for c in status_of(emulator, "pause")["conditions"] if c["type"] == "Suspended")["status"] == "False"
     reasons = [r for _, r, _ in events_of(emulator, "pause")]
     assert "Suspended" in reasons and "Resumed" in reasons
@@ -142,7 +143,7 @@ async def test_rerun_annotation_and_gate_through_the_operator(emulator, cluster,
     status = status_of(emulator, "again")
     assert status["rerunRequest"] == "sft"
     assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["again-dpo-1", "again-dpo-2", "again-pretrain-1",
-                                                              "again-sft-1", "again-sft-2"]
+                                                              "again-sft-1", "again-sft-2", "again-sources-1-fetch"]
     pretrain, sft, dpo = status["stages"]
     assert (pretrain["run"], sft["run"], dpo["run"]) == (0, 1, 1)
     assert sft["output"].endswith("/again/sft/reruns/1/model") and sft["inputs"]["model"] == pretrain["output"]
@@ -164,4 +165,4 @@ async def test_a_gate_that_fails_stops_the_pipeline_with_gate_not_met(emulator, 
 
     failed = next(c for c in status_of(emulator, "gated")["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "GateNotMet" and "gate evalLoss < 0.01 not met: evalLoss = 0.25" in failed["message"]
-    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["gated-pretrain-1"]  # sft never started
+    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["gated-pretrain-1", "gated-sources-1-fetch"]  # sft never started

@@ -81,10 +81,13 @@ async def test_pipeline_runs_stage_after_stage(emulator, cluster, start_operator
         assert set(stage["metrics"]) == {"loss", "evalLoss"}
         assert stage["output"].endswith(f"/default/chat/{stage['name']}/model")
     jobs = stored_all(emulator, "batch/v1/jobs")
-    assert sorted(jobs) == ["chat-pretrain-1", "chat-reward-1", "chat-rlhf-1", "chat-sft-1"]
-    # Stage order: each Job started after the stages it depends on completed.
+    assert sorted(jobs) == ["chat-pretrain-1", "chat-reward-1", "chat-rlhf-1", "chat-sft-1", "chat-sources-1-fetch"]
+    # Stage order: each Job started after the stages it depends on completed; the inputs check first.
     started = {name: job["status"]["startTime"] for name, job in jobs.items()}
     completed = {name: job["status"]["completionTime"] for name, job in jobs.items()}
+    assert completed["chat-sources-1-fetch"] <= started["chat-pretrain-1"]
+    checked = next(c for c in status["conditions"] if c["type"] == "InputsChecked")
+    assert (checked["status"], checked["reason"]) == ("True", "InputsChecked"), checked
     assert completed["chat-pretrain-1"] <= started["chat-sft-1"]
     assert max(completed["chat-sft-1"], completed["chat-reward-1"]) <= started["chat-rlhf-1"]
     # The handoff: rlhf was given sft's and reward's final models.
@@ -110,7 +113,7 @@ async def test_restart_mid_run_creates_no_duplicate_job(emulator, cluster, start
         await wait_for(lambda: phase(emulator, "restart") == "Succeeded", 60, what="the pipeline to finish")
 
     jobs = stored_all(emulator, "batch/v1/jobs")
-    assert sorted(jobs) == ["restart-pretrain-1", "restart-sft-1"]
+    assert sorted(jobs) == ["restart-pretrain-1", "restart-sft-1", "restart-sources-1-fetch"]
     assert jobs_created_since(emulator, requests_before) == ["restart-sft-1"]  # the running pretrain Job was found, not re-posted
 
 
@@ -146,7 +149,7 @@ async def test_evicted_pod_is_retried_from_its_checkpoint(emulator, cluster, sta
     assert retrying["jobName"] == "evict-pretrain-2"
     (stage,) = stored(emulator, PIPELINES_KEY, "evict")["status"]["stages"]
     assert stage["attempt"] == 2 and stage["restarts"] == 1 and stage["phase"] == "Succeeded"
-    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["evict-pretrain-1", "evict-pretrain-2"]
+    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["evict-pretrain-1", "evict-pretrain-2", "evict-sources-1-fetch"]
     progress = stored(emulator, "v1/configmaps", "evict-pretrain-progress")["data"]["progress.json"]
     assert '"resumedFrom"' in progress  # attempt 2 started from attempt 1's checkpoint
 

@@ -83,7 +83,7 @@ async def test_kueue_job_is_created_suspended_and_runs_once_admitted(emulator, c
     assert status["phase"] == "Succeeded", status
     (stage,) = status["stages"]
     assert stage["attempt"] == 1 and stage["restarts"] == 0 and stage["step"] == 6 and stage.get("message") is None
-    assert list(stored_all(emulator, JOBS_KEY)) == ["q-pretrain-1"]
+    assert list(stored_all(emulator, JOBS_KEY)) == ["q-sources-1-fetch", "q-pretrain-1"]
 
 
 async def test_suspending_a_queued_pipeline_deletes_the_job_and_requeues_the_same_attempt(
@@ -123,7 +123,7 @@ async def test_suspending_a_queued_pipeline_deletes_the_job_and_requeues_the_sam
     (stage,) = status["stages"]
     assert stage["attempt"] == 1 and stage["restarts"] == 0 and stage.get("lastFailure") is None  # no budget spent
     assert stage["resumedFrom"]["step"] == saved and stage["step"] == 60
-    assert list(stored_all(emulator, JOBS_KEY)) == ["kq-pretrain-1"]
+    assert list(stored_all(emulator, JOBS_KEY)) == ["kq-sources-1-fetch", "kq-pretrain-1"]
 
 
 async def test_a_pod_that_never_starts_is_retried_on_the_infrastructure_budget(emulator, cluster, start_operator, kubelet):
@@ -144,7 +144,7 @@ async def test_a_pod_that_never_starts_is_retried_on_the_infrastructure_budget(e
     assert "no pod of attempt 1 was ready 1s after it started" in failure["message"]
     assert "ImagePullBackOff" in failure["message"]
     jobs = stored_all(emulator, JOBS_KEY)
-    assert sorted(jobs) == ["pull-pretrain-1", "pull-pretrain-2"]
+    assert sorted(jobs) == ["pull-pretrain-1", "pull-pretrain-2", "pull-sources-1-fetch"]
     first = jobs["pull-pretrain-1"]
     # Ended by the operator, not left pending: the Job failed once its start deadline had passed.
     assert first["metadata"]["annotations"]["refinery.dev/stop-reason"] == "StartTimeout"
@@ -173,4 +173,4 @@ async def test_a_pod_that_never_starts_fails_the_pipeline_when_the_budget_is_spe
     assert stage["message"].startswith("attempt 1 failed and the infrastructure retry budget (0) is spent: no pod of attempt 1")
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and "ImagePullBackOff" in failed["message"]
-    assert list(stored_all(emulator, JOBS_KEY)) == ["stuck-pretrain-1"]
+    assert list(stored_all(emulator, JOBS_KEY)) == ["stuck-sources-1-fetch", "stuck-pretrain-1"]

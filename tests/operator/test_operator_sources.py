@@ -3,7 +3,8 @@ examples/tiny-chat.yaml with its data in an S3 bucket (moto's S3 server on 127.0
 credentials in a Secret referenced by `spec.envFrom`. One initializer Job fetches every object
 once before the first stage; the stages read the fetched copies; a re-run fetches nothing;
 status.sources holds the ETags; the planted secret appears nowhere the run wrote. And a
-misspelt rlhf path fails the pipeline before any stage Job exists.
+misspelt rlhf path fails the pipeline before any stage Job exists — also when no input is
+remote (every pipeline gets the initializer).
 
 Steps are cut down from the example's: this is about the data path (test_e2e_tiny_chat.py
 checks that the stages learn).
@@ -134,6 +135,36 @@ async def test_a_misspelt_late_stage_path_fails_before_any_stage_job(emulator, c
     assert failed["message"].endswith("/data/prompt.jsonl: dataset file not found"), failed["message"]
     assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["typo-sources-1-fetch"]  # no stage ever started
     print(f"\na misspelt rlhf data path failed the pipeline {took:.1f}s after it was created")
+
+
+async def test_a_misspelt_last_stage_path_on_the_volume_fails_before_any_stage_job(emulator, cluster, start_operator,
+                                                                                   kubelet):
+    """No remote source at all: examples/tiny-chat.yaml as it ships (every input a path on the
+    volume, which the kubelet provisions with examples/data/), its last stage's input misspelt.
+    The initializer Job really runs `refinery-train fetch` and finds the file missing."""
+    m = yaml.safe_load((REPO / "examples" / "tiny-chat.yaml").read_text())
+    m["metadata"]["name"] = "local-typo"
+    last = m["spec"]["stages"][-1]
+    assert last["type"] == "eval" and last["eval"]["generate"]["path"] == "data/answers_eval.jsonl"
+    last["eval"]["generate"]["path"] = "data/answer_eval.jsonl"
+    async with start_operator():
+        started = time.monotonic()
+        await create_pipeline(cluster, m)
+        await wait_for(lambda: status_of(emulator, "local-typo").get("phase") == "Failed", 120, interval=0.1,
+                       what="the pipeline to fail")
+        took = time.monotonic() - started
+    status = status_of(emulator, "local-typo")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "SourceError", failed
+    assert "stage 'eval' eval.generate.path: " in failed["message"], failed["message"]
+    assert failed["message"].endswith("/data/answer_eval.jsonl: dataset file not found"), failed["message"]
+    checked = next(c for c in status["conditions"] if c["type"] == "InputsChecked")
+    assert (checked["status"], checked["reason"]) == ("False", "SourceError")
+    assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["local-typo-sources-1-fetch"]  # no stage ever started
+    assert all(s["phase"] == "Pending" and s["attempt"] == 0 for s in status["stages"])
+    print(f"\na misspelt last-stage path on the volume failed the pipeline {took:.1f}s after it was created")
+    # The first stage's trainer alone takes ~9 s to start (README, Start-up), then trains 150 steps.
+    assert took < 10, took
 
 
 async def test_an_unreachable_store_is_retried_as_infrastructure_then_fails(emulator, cluster, start_operator, kubelet):

@@ -178,16 +178,66 @@ async def test_shared_objects_are_created_once_per_generation():
     cluster, ensured = InMemoryCluster(), {}
     children = ClusterChildren(cluster)
     first = await reconcile(cluster, body, children, ensured=ensured)
-    assert first.launched == ["p-pretrain-1"]
+    assert first.launched == ["p-sources-1-fetch"]  # the inputs check, before any stage
     shared = {k for k in cluster.creates if k[0] in ("ServiceAccount", "Role", "RoleBinding")}
     assert len(shared) == 3
 
-    job = cluster.objects[("Job", "p-pretrain-1")]
-    job["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    complete(cluster, "p-sources-1-fetch")
+    checked = await reconcile(cluster, body, children, last_status=first.status, ensured=ensured)
+    assert checked.launched == ["p-pretrain-1"]
+    complete(cluster, "p-pretrain-1")
     cluster.creates.clear()
-    second = await reconcile(cluster, body, children, last_status=first.status, ensured=ensured)
+    second = await reconcile(cluster, body, children, last_status=checked.status, ensured=ensured)
     assert second.launched == ["p-sft-1"]
     assert {k[0] for k in cluster.creates} == {"ConfigMap", "Job"}  # only the attempt's own objects
+
+
+def complete(cluster, job: str) -> None:
+    cluster.objects[("Job", job)]["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+
+
+def inputs_checked(status) -> tuple:
+    c = next((c for c in status["conditions"] if c["type"] == "InputsChecked"), None)
+    return c and (c["status"], c["reason"], c.get("observedGeneration"))
+
+
+async def test_the_inputs_are_checked_once_per_generation_before_a_stage_starts():
+    """A pipeline with only volume paths: the initializer Job (annotated with the generation it
+    checks) runs before the first stage; its pass is recorded as the InputsChecked condition and
+    no later reconcile (retries, later stages, a restarted operator: no `ensured`, no last status
+    but the stored one) creates it again; a new generation is checked by a Job of its own."""
+    from refinery_operator.reconcile import reconcile
+
+    body = chat_pipeline("p").manifest()
+    body["metadata"].update(uid="u1", generation=1)
+    cluster = InMemoryCluster()
+    children = ClusterChildren(cluster)
+    out = await reconcile(cluster, body, children)
+    assert out.launched == ["p-sources-1-fetch"]
+    job = cluster.objects[("Job", "p-sources-1-fetch")]
+    assert job["metadata"]["annotations"] == {"refinery.dev/generation": "1"}
+    assert inputs_checked(out.status) == ("False", "CheckingInputs", 1)
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == []  # running: nothing more
+    complete(cluster, "p-sources-1-fetch")
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == ["p-pretrain-1"] and inputs_checked(out.status) == ("True", "InputsChecked", 1)
+
+    # A retry or a later stage, even with the Job out of sight (deleted by hand): the condition is the record.
+    init = cluster.objects.pop(("Job", "p-sources-1-fetch"))
+    complete(cluster, "p-pretrain-1")
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == ["p-sft-1"]
+    cluster.objects[("Job", "p-sources-1-fetch")] = init
+
+    body["metadata"]["generation"] = 2  # the spec changed (new paths, maybe): checked again
+    complete(cluster, "p-sft-1")
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == ["p-sources-2-fetch"] and inputs_checked(out.status) == ("False", "CheckingInputs", 2)
+    assert cluster.objects[("Job", "p-sources-2-fetch")]["metadata"]["annotations"] == {"refinery.dev/generation": "2"}
+    complete(cluster, "p-sources-2-fetch")
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == ["p-reward-1"] and inputs_checked(out.status) == ("True", "InputsChecked", 2)
 
 
 def test_the_export_steps_job_and_progress_are_observed():
@@ -207,3 +257,39 @@ def test_the_export_steps_job_and_progress_are_observed():
     observed = observe(pipeline, [done], [progress])
     assert [a.attempt for a in observed.attempts["export"]] == [1]
     assert "export" in observed.records
+
+
+async def test_a_failed_check_fails_the_pipeline_and_a_fixed_spec_is_checked_again():
+    """A misspelt path: Failed with the initializer's reason before any stage; the user fixes the
+    spec (generation 2): a new check runs, and the first stage starts once it passes."""
+    import json
+
+    from refinery_operator.reconcile import reconcile
+
+    body = chat_pipeline("p").manifest()
+    body["metadata"].update(uid="u1", generation=1)
+    cluster = InMemoryCluster()
+    children = ClusterChildren(cluster)
+    out = await reconcile(cluster, body, children)
+    assert out.launched == ["p-sources-1-fetch"]
+    message = "stage 'rlhf' data.path: /workspace/data/prompt.jsonl: dataset file not found"
+    cluster.objects[("ConfigMap", "p-init-sources")]["data"] = {
+        "progress.json": json.dumps({"phase": "Failed", "reason": "SourceError", "message": message})}
+    cluster.objects[("Job", "p-sources-1-fetch")]["status"] = {
+        "failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == [] and out.status["phase"] == "Failed"
+    failed = next(c for c in out.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "SourceError" and failed["message"].endswith(message)
+    assert inputs_checked(out.status) == ("False", "SourceError", 1)
+    assert not [k for k in cluster.objects if k[0] == "Job" and "sources" not in k[1]]  # no stage Job
+
+    body["metadata"]["generation"] = 2  # the path fixed
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == ["p-sources-2-fetch"] and inputs_checked(out.status) == ("False", "CheckingInputs", 2)
+    cluster.objects[("ConfigMap", "p-init-sources")]["data"] = {"progress.json": json.dumps({"phase": "Succeeded"})}
+    complete(cluster, "p-sources-2-fetch")
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == ["p-pretrain-1"] and out.status["phase"] == "Running"
+    assert inputs_checked(out.status) == ("True", "InputsChecked", 2)
+    assert next(c for c in out.status["conditions"] if c["type"] == "Failed")["status"] == "False"

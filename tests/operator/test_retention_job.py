@@ -95,7 +95,7 @@ async def test_succeeded_stages_are_pruned_on_the_volume(emulator, cluster, star
         for job in ("keep-pretrain-1-prune", "keep-sft-1-prune"):
             await wait_for(lambda job=job: job in kubelet.pods and kubelet.pods[job].done.is_set(), 30, what=job)
     jobs = stored_all(emulator, "batch/v1/jobs")
-    assert sorted(jobs) == ["keep-pretrain-1", "keep-pretrain-1-prune", "keep-sft-1", "keep-sft-1-prune"]
+    assert sorted(jobs) == ["keep-pretrain-1", "keep-pretrain-1-prune", "keep-sft-1", "keep-sft-1-prune", "keep-sources-1-fetch"]
     root = kubelet.claim_dir("training-data") / "default" / "keep"
     for stage in ("pretrain", "sft"):
         assert kubelet.pods[f"keep-{stage}-1-prune"].exit_code == 0, kubelet.pods[f"keep-{stage}-1-prune"].log

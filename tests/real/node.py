@@ -10,7 +10,9 @@ lifecycle controller never marks it unreachable), binds every unscheduled pod to
   serviceAccountName, podIP), `configMapKeyRef` and `secretKeyRef`, read from the API as the
   kubelet reads them;
 - maps volumes to folders: a PVC -> `<root>/pvc/<namespace>/<claim>` (shared by the pods that
-  mount it, like a real volume; the claim need not be bound: there is no PV provisioner), a
+  mount it, like a real volume; the claim need not be bound: there is no PV provisioner; the
+  first mount fills it with what the tests' manifests read, `provision_volume` of
+  tests/operator/kubelet.py, since each pipeline's initializer really checks its inputs), a
   configMap -> its keys as files, an emptyDir -> a folder of the pod, and the projected
   ServiceAccount volume the API server injects -> a token from TokenRequest bound to this pod,
   `ca.crt` and `namespace`. Every path under a mount path in the command, env and mounted YAML
@@ -45,6 +47,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,7 +57,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from refinery_operator.k8s import MERGE_PATCH, Cluster, Resource
-from tests.operator.kubelet import expand, kill_pod, map_path, map_yaml_paths
+from tests.operator.kubelet import expand, kill_pod, map_path, map_yaml_paths, provision_volume
 
 PODS = Resource("", "v1", "pods")
 NODES = Resource("", "v1", "nodes")
@@ -92,8 +95,11 @@ class RunningPod:
 
 class Node:
     def __init__(self, cluster: Cluster, server: str, ca_file: Path, root: Path, name: str = "refinery-test-node",
-                 namespaces: list[str] | None = None, command_map: dict[str, list[str]] | None = None) -> None:
+                 namespaces: list[str] | None = None, command_map: dict[str, list[str]] | None = None,
+                 provision: Callable[[Path], None] | None = provision_volume) -> None:
         self.cluster, self.server, self.ca_file, self.root, self.name = cluster, server, ca_file, root, name
+        self.provision = provision  # fills a claim's folder the first time a pod mounts it
+        self._provisioned: set[tuple[str, str]] = set()
         self.namespaces: list[str | None] = list(namespaces) if namespaces else [None]  # None: every namespace
         self.command_map = command_map or {}  # e.g. {"refinery-train": [python, fake_stage.py]}
         self.pods: dict[str, RunningPod] = {}  # uid -> pod
@@ -275,7 +281,11 @@ class Node:
         for mount in container.get("volumeMounts", []):
             volume = volumes[mount["name"]]
             if "persistentVolumeClaim" in volume:
-                host = self.claim_dir(namespace, volume["persistentVolumeClaim"]["claimName"])
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                host = self.claim_dir(namespace, claim)
+                if self.provision is not None and (namespace, claim) not in self._provisioned:
+                    self._provisioned.add((namespace, claim))
+                    self.provision(host)
             else:
                 host = running.folder / "volumes" / mount["name"]
             host.mkdir(parents=True, exist_ok=True)

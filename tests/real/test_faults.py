@@ -94,10 +94,12 @@ async def test_operator_killed_at_ten_random_points(admin, namespace, node, char
     assert status["phase"] == "Succeeded", (seed, status, operator.log_tail())
     assert not watcher.backwards, (seed, watcher.backwards)
     jobs = sorted(j["metadata"]["name"] for j in await jobs_of(admin, namespace))
-    assert jobs == ["chaos-s0-1", "chaos-s1-1", "chaos-s2-1", "chaos-s3-1"], (seed, jobs)  # one attempt each, none twice
-    assert len(node.started) == 4, node.started  # one pod per Job: no attempt was ever started again
+    # One attempt each, none twice, and one inputs check before s0.
+    assert jobs == ["chaos-s0-1", "chaos-s1-1", "chaos-s2-1", "chaos-s3-1", "chaos-sources-1-fetch"], (seed, jobs)
+    assert len(node.started) == 5, node.started  # one pod per Job: no attempt was ever started again
     assert [s["lastCheckpoint"]["step"] for s in status["stages"]] == [200, 200, 200, 200]
-    assert all(phase == "Running" for phase, _, _ in kills), (seed, kills)  # every kill fell during the run
+    # Every kill fell during the run: Pending is its first second or two, while the inputs are checked.
+    assert all(phase in ("Pending", "Running") for phase, _, _ in kills), (seed, kills)
     assert len(set(kills)) >= 5, (seed, kills)  # at different points of it
 
 
@@ -124,7 +126,8 @@ async def test_kube_apiserver_restarted_mid_run(admin, namespace, node, chart_op
     assert node.errors > 0  # the node saw the API server gone
     assert not watcher.backwards, watcher.backwards
     assert [s["lastCheckpoint"]["step"] for s in status["stages"]] == [100, 100]
-    assert sorted(j["metadata"]["name"] for j in await jobs_of(admin, namespace)) == ["restart-s0-1", "restart-s1-1"]
+    assert sorted(j["metadata"]["name"] for j in await jobs_of(admin, namespace)) == ["restart-s0-1", "restart-s1-1",
+                                                                                         "restart-sources-1-fetch"]
 
 
 async def test_watch_resumed_after_compaction_gets_410_and_relists(admin, namespace, node, chart_operator, control_plane):
@@ -156,7 +159,7 @@ async def test_watch_resumed_after_compaction_gets_410_and_relists(admin, namesp
     assert status["phase"] == "Succeeded", (status, operator.log_tail())
     log = operator.log.read_text()
     assert "Restarting the watch-stream" in log, "no watch was answered 410 Gone"
-    assert sorted(j["metadata"]["name"] for j in await jobs_of(admin, namespace)) == ["gone-s0-1", "gone-s1-1"]
+    assert sorted(j["metadata"]["name"] for j in await jobs_of(admin, namespace)) == ["gone-s0-1", "gone-s1-1", "gone-sources-1-fetch"]
 
 
 async def test_job_deleted_while_the_operator_was_down(admin, kubectl, namespace, node, chart_operator):

@@ -69,6 +69,13 @@ async def test_status_is_isolated_and_observed_generation_follows(admin, namespa
     assert (s0.get("lastCheckpoint") or {}).get("step", 0) >= before["checkpointStep"]  # nothing clobbered
     final = await wait_until(lambda: finished(admin, namespace, "iso"), 120, "the pipeline to finish")
     assert final["phase"] == "Succeeded" and [s["lastCheckpoint"]["step"] for s in final["stages"]] == [100, 60]
+    # Generation 2 may name new paths: its inputs were checked again (a Job of its own) before s1 started.
+    jobs = {j["metadata"]["name"]: j for j in (await admin.request("GET", JOBS.path(namespace)))["items"]}
+    assert sorted(n for n in jobs if "-sources-" in n) == ["iso-sources-1-fetch", "iso-sources-2-fetch"]
+    assert jobs["iso-sources-2-fetch"]["metadata"]["annotations"]["refinery.dev/generation"] == "2"
+    assert jobs["iso-sources-2-fetch"]["status"]["completionTime"] <= jobs["iso-s1-1"]["status"]["startTime"]
+    checked = next(c for c in final["conditions"] if c["type"] == "InputsChecked")
+    assert (checked["status"], checked["observedGeneration"]) == ("True", 2), checked
 
 
 def conflicts_counted() -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 from refinery_operator import builders, builders_sources
@@ -10,9 +12,14 @@ from refinery_operator.api.run import FetchResult
 from refinery_operator.api.sources import (
     SourceStatus, SourceUriError, display_uri, fetched_path, matches, parse_source, source_key,
 )
+from refinery_operator.api.v1alpha1 import Phase, PipelineStatus, StageStatus
+from refinery_operator.core.conditions import get_condition
 from refinery_operator.core.plan import AttemptState, Observed, plan
-from refinery_operator.core.sources import decide_initializer, stage_source_paths
-from tests.builders import make_pipeline
+from refinery_operator.core.sources import (
+    INPUTS_CHECKED, REASON_CHECKING_INPUTS, REASON_INPUTS_CHECKED, InitializerDecision, decide_initializer,
+    initializer_launch, needs_initializer, record_inputs_check, source_failure_status, stage_source_paths,
+)
+from tests.builders import chat_pipeline, make_pipeline
 
 ROOT = "/workspace/default/p"
 
@@ -92,25 +99,118 @@ def test_the_initializer_runs_once_and_is_retried_only_when_transient(attempts, 
     assert {k: getattr(decision, k) for k in expected} == expected
 
 
-def test_a_recorded_fetch_is_not_run_again():
-    previous = plan(s3_pipeline(), Observed(), ROOT, __import__("datetime").datetime(2026, 1, 1)).status
-    previous.sources = list(OK.sources)
-    assert decide_initializer(s3_pipeline(), [], None, previous).ready
-
-
-def test_pipelines_without_remote_sources_need_no_initializer():
-    p = make_pipeline("p").stage("pretrain", "pretrain").obj()
-    assert decide_initializer(p, [], None, None).ready
-    assert not any(o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("init-sources")
-                   for o in builders.build_pipeline_objects(p))
+def test_pipelines_with_only_volume_paths_get_the_initializer_too():
+    p = make_pipeline("p").stage("pretrain", "pretrain").obj()  # data/pretrain.txt on the volume
+    assert needs_initializer(p)
+    assert decide_initializer(p, [], None, None) == InitializerDecision(ready=False, launch=1)
+    assert any(o["kind"] == "ConfigMap" and o["metadata"]["name"] == "p-init-sources" for o in builders.build_pipeline_objects(p))
+    role = next(o for o in builders.build_pipeline_objects(p) if o["kind"] == "Role")
+    assert "p-init-sources" in role["rules"][0]["resourceNames"]  # the initializer may report its result
 
 
 def test_no_stage_starts_before_the_sources_are_ready():
     import datetime
 
     now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-    assert not plan(s3_pipeline(), Observed(sources_ready=False), ROOT, now).launches
+    waiting = plan(s3_pipeline(), Observed(sources_ready=False), ROOT, now)
+    assert not waiting.launches and waiting.waiting_for_inputs == ("pretrain",)
     assert [l.stage for l in plan(s3_pipeline(), Observed(), ROOT, now).launches] == ["pretrain"]
+
+
+# ----------------------------------------------------------------------------------------------
+# A pipeline whose inputs are all on the volume, through the decisions one reconcile makes:
+# decide_initializer -> plan -> initializer_launch -> record_inputs_check (reconcile.py).
+
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def local_pipeline(generation: int | None = 1, previous: PipelineStatus | None = None):
+    p = chat_pipeline("p").obj()  # every input a path on the volume: data/pretrain.txt ... data/prompts.jsonl
+    return p.model_copy(update={"metadata": p.metadata.model_copy(update={"generation": generation}), "status": previous})
+
+
+def reconcile_once(pipeline, attempts=(), record=None, taken=0, stage_attempts=None):
+    """What one reconcile decides: (the initializer attempt created, the stages launched, the status)."""
+    decision = decide_initializer(pipeline, list(attempts), record, pipeline.status, taken)
+    assert decision.failure is None
+    result = plan(pipeline, Observed(attempts=stage_attempts or {}, sources_ready=decision.ready), ROOT, NOW)
+    launch = initializer_launch(decision, result.waiting_for_inputs)
+    record_inputs_check(result.status, pipeline, decision, launch, NOW)
+    return launch, [l.stage for l in result.launches], result.status
+
+
+def inputs_condition(status):
+    c = get_condition(status.conditions, INPUTS_CHECKED)
+    return c and (c.status, c.reason, c.observed_generation)
+
+
+def test_a_local_only_pipeline_checks_its_inputs_before_the_first_stage():
+    launch, stages, status = reconcile_once(local_pipeline())
+    assert (launch, stages) == (1, [])  # the initializer Job first, no stage Job
+    assert status.stage("pretrain").phase == Phase.pending
+    assert inputs_condition(status) == ("False", REASON_CHECKING_INPUTS, 1)
+    assert "p-sources-1-fetch" in get_condition(status.conditions, INPUTS_CHECKED).message
+
+    # While it runs: nothing more is created.
+    running = local_pipeline(previous=status)
+    assert reconcile_once(running, [attempt(1, "Running")])[:2] == (None, [])
+
+
+def test_once_the_check_passes_the_stages_start_and_it_is_recorded_for_the_generation():
+    _, _, status = reconcile_once(local_pipeline())
+    launch, stages, status = reconcile_once(local_pipeline(previous=status), [attempt(1, "Succeeded")],
+                                            FetchResult(phase="Succeeded"))
+    assert (launch, stages) == (None, ["pretrain"])
+    assert inputs_condition(status) == ("True", REASON_INPUTS_CHECKED, 1)
+    assert "p-sources-1-fetch" in get_condition(status.conditions, INPUTS_CHECKED).message
+
+
+def test_a_recorded_check_is_not_run_again():
+    """Retries, later stages and a restarted operator (no Jobs in its cache yet, or the Job deleted)
+    read the condition: no initializer Job is created again for the same generation."""
+    _, _, status = reconcile_once(local_pipeline(), [attempt(1, "Succeeded")], FetchResult(phase="Succeeded"))
+    recorded = local_pipeline(previous=status)
+    assert decide_initializer(recorded, [], None, status).ready
+    # pretrain failed (an application failure with a retry budget): its retry starts without a new check
+    failed = {"pretrain": [AttemptState(1, "Failed", reason="TrainerError", message="exit 1")]}
+    launch, stages, after = reconcile_once(recorded, stage_attempts=failed)
+    assert launch is None and inputs_condition(after) == ("True", REASON_INPUTS_CHECKED, 1)
+    # the next stage, once pretrain succeeded: no new check either
+    done = {"pretrain": [AttemptState(1, "Succeeded")]}
+    launch, stages, after = reconcile_once(recorded, stage_attempts=done)
+    assert (launch, stages) == (None, ["sft"])
+
+
+def test_a_new_generation_is_checked_again_by_a_job_of_its_own():
+    _, _, status = reconcile_once(local_pipeline(1), [attempt(1, "Succeeded")], FetchResult(phase="Succeeded"))
+    changed = local_pipeline(2, previous=status)  # e.g. the rlhf prompts path edited
+    # Generation 1's Job (attempt 1) does not count for generation 2: attempt 2 is created.
+    launch, stages, status = reconcile_once(changed, [], None, taken=1)
+    assert (launch, stages) == (2, [])
+    assert inputs_condition(status) == ("False", REASON_CHECKING_INPUTS, 2)
+    launch, stages, status = reconcile_once(local_pipeline(2, previous=status), [attempt(2, "Succeeded")],
+                                            FetchResult(phase="Succeeded"), taken=2)
+    assert (launch, stages) == (None, ["pretrain"]) and inputs_condition(status) == ("True", REASON_INPUTS_CHECKED, 2)
+
+
+def test_a_failed_check_of_a_new_generation_fails_the_pipeline():
+    bad = FetchResult(phase="Failed", reason="SourceError",
+                      message="stage 'rlhf' data.path: /workspace/data/prompt.jsonl: dataset file not found")
+    decision = decide_initializer(local_pipeline(2), [attempt(2, "Failed", message="exit 1")], bad, None, 2)
+    assert decision.failure == bad
+    status = source_failure_status(None, bad, 2, NOW)
+    assert inputs_condition(status) == ("False", "SourceError", 2)
+    assert status.phase == Phase.failed and get_condition(status.conditions, "Failed").reason == "SourceError"
+
+
+def test_a_pipeline_with_nothing_left_to_run_is_not_checked():
+    """An operator upgrade (no condition yet) or a spec change on a pipeline that already succeeded:
+    no stage would start, so no initializer Job is created."""
+    previous = PipelineStatus(phase=Phase.succeeded, stages=[
+        StageStatus(name=s, phase=Phase.succeeded, attempt=1) for s in ("pretrain", "sft", "reward", "rlhf")])
+    done = {s: [AttemptState(1, "Succeeded")] for s in ("pretrain", "sft", "reward", "rlhf")}
+    launch, stages, status = reconcile_once(local_pipeline(3, previous=previous), stage_attempts=done)
+    assert (launch, stages) == (None, []) and inputs_condition(status) is None
 
 
 def test_stages_read_the_fetched_copies():

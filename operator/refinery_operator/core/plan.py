@@ -111,6 +111,9 @@ class Plan:
     launches: tuple[Launch, ...]
     stops: tuple[Stop, ...] = ()
     requeue_after: float | None = None  # seconds until a back-off or a start deadline ends
+    # Stages that would start now but for the inputs check (Observed.sources_ready): the
+    # operator starts the initializer Job for them (core/sources.py).
+    waiting_for_inputs: tuple[str, ...] = ()
 
 
 def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now: datetime) -> Plan:
@@ -126,6 +129,7 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
     failed_for_good = bool(gates) or any(s.phase == Phase.failed for s in by_name.values())
     launches: list[Launch] = []
     waits: list[float] = []
+    waiting_for_inputs: list[str] = []
     for stage in spec.run_stages:
         if not all(by_name[d].phase == Phase.succeeded and d not in gates for d in stage.dependencies):
             continue
@@ -133,7 +137,7 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
         # the upstream outputs, so a status that lost them (or never had them) gets them back.
         status = by_name[stage.name] = by_name[stage.name].model_copy(update={"inputs": resolve_inputs(stage, by_name, pipeline_root)})
         attempt = next_attempt(status, observed.latest(stage.name, status.first_attempt))
-        if attempt is None or failed_for_good or spec.suspend or not observed.sources_ready:
+        if attempt is None or failed_for_good or spec.suspend:
             continue
         busy = [a.attempt for a in observed.attempts.get(stage.name) or () if not a.pods_gone]
         if busy:
@@ -142,6 +146,9 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
         not_before = parse_time(status.next_attempt_time)
         if not_before is not None and now < not_before:
             waits.append((not_before - now).total_seconds())
+            continue
+        if not observed.sources_ready:  # would start now, but the inputs are not checked yet
+            waiting_for_inputs.append(stage.name)
             continue
         launches.append(Launch(stage.name, attempt, status.inputs, status.run))
         by_name[stage.name] = status.model_copy(update=dict(
@@ -170,7 +177,7 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
     status.sources = previous.sources  # what the pipeline's initializer fetched (core/sources.py)
     set_hacking_condition(pipeline, status, stamp)
     return Plan(status=status, launches=tuple(launches), stops=tuple(stops),
-                requeue_after=round(min(waits), 3) if waits else None)
+                requeue_after=round(min(waits), 3) if waits else None, waiting_for_inputs=tuple(waiting_for_inputs))
 
 
 # ----------------------------------------------------------------------------------------------

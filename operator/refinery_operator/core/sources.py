@@ -7,6 +7,24 @@ A failed initializer fails the pipeline at once with the reason it reported (`So
 a source that cannot be fetched or a path that does not exist, `BadData`/`BadModel` for an
 input without what its stage reads), so nothing trains on a pipeline whose last stage would
 fail on its inputs. A transient failure (5xx, timeout) is retried as an infrastructure failure.
+
+When it runs on a cluster: for every pipeline with an input to check (in practice every
+pipeline: a pretrain stage reads data), before the first stage Job of each generation of the
+spec, local paths on the volume included — a pipeline without a remote source gets the
+initializer Job too, since a misspelt path is as fatal as a missing bucket. It is run lazily:
+only when plan() would start a stage (`Plan.waiting_for_inputs`), so a pipeline that has nothing
+left to run (it succeeded, or failed for another reason) is not checked again after an operator
+upgrade or a spec change.
+
+How the operator remembers that the check passed: the `InputsChecked` condition, `True` with the
+`observedGeneration` it was checked for. Retries, re-runs, later stages and a restarted operator
+read it and launch nothing; a new generation (a changed spec may name new paths) is checked
+again before its first stage Job, by a Job of its own (the next attempt number, annotated with
+the generation, so the Jobs of an earlier generation's check never count as this one's). Until
+the status records it, the Jobs themselves are the record (level-based, like plan()).
+A condition rather than a new status field: it needs no schema change, carries its generation
+the Kubernetes way, and `kubectl wait --for=condition=InputsChecked` works. `status.sources`
+still records what was fetched.
 """
 
 from __future__ import annotations
@@ -16,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..api.run import ConfigMapReporter, FetchResult, FetchRun, FileReporter
-from ..api.sources import SourceStatus, fetched_path, remote_sources, stage_sources
+from ..api.sources import SourceStatus, fetched_path, stage_sources
 from ..api.v1alpha1 import Phase, PipelineStatus, Stage, TrainingPipeline
 from . import conditions as cond
 from .conditions import rfc3339
@@ -25,6 +43,10 @@ from .plan import AttemptState
 
 REASON_SOURCE_ERROR = "SourceError"
 INITIALIZER_RETRIES = 3  # transient failures of the initializer retried (it also retries inside)
+INPUTS_CHECKED = "InputsChecked"  # condition: every input exists and has what its stage reads
+REASON_INPUTS_CHECKED = "InputsChecked"
+REASON_CHECKING_INPUTS = "CheckingInputs"  # the initializer Job is fetching and checking
+ANNOTATION_GENERATION = "refinery.dev/generation"  # on the initializer Job: the spec generation it checks
 
 
 def initializer_job_name(pipeline: str, attempt: int) -> str:
@@ -41,9 +63,15 @@ def initializer_record_name(pipeline: str) -> str:
 
 
 def needs_initializer(pipeline: TrainingPipeline) -> bool:
-    """A cluster pipeline runs the initializer Job when a stage names a remote source. (Local mode
-    always runs it: there it also checks pipelines whose inputs are all on the volume.)"""
-    return bool(remote_sources(pipeline.spec.stages))
+    """Whether any stage names an input to check: a remote source or a path on the volume (inputs
+    that another stage produces, `from` and `rewardModel`, are not sources)."""
+    return any(stage_sources(stage) for stage in pipeline.spec.stages)
+
+
+def inputs_checked(previous: PipelineStatus | None, generation: int | None) -> bool:
+    """The check passed for this generation of the spec (the `InputsChecked` condition)."""
+    checked = cond.get_condition(previous.conditions, INPUTS_CHECKED) if previous else None
+    return checked is not None and checked.status == "True" and checked.observed_generation == generation
 
 
 def build_fetch_run(pipeline: TrainingPipeline, pipeline_root: str, data_root: str,
@@ -55,31 +83,58 @@ def build_fetch_run(pipeline: TrainingPipeline, pipeline_root: str, data_root: s
 @dataclass(frozen=True)
 class InitializerDecision:
     ready: bool  # the stages may start
-    launch: int | None = None  # create this attempt of the initializer Job
+    launch: int | None = None  # create this attempt of the initializer Job (when a stage waits on it)
     failure: FetchResult | None = None  # failed for good: the pipeline fails with it
     sources: tuple[SourceStatus, ...] = ()
+    checked_by: str | None = None  # what passed the check just now ("Job <name>"; the condition is not yet set)
+    checking: str | None = None  # the Job checking now
 
 
 def decide_initializer(pipeline: TrainingPipeline, attempts: Sequence[AttemptState], record: FetchResult | None,
-                       previous: PipelineStatus | None) -> InitializerDecision:
-    """Level-based, like plan(): from the initializer Jobs seen and the result it reported."""
-    wanted = {ref.uri for ref in remote_sources(pipeline.spec.stages)}
+                       previous: PipelineStatus | None, taken: int = 0) -> InitializerDecision:
+    """Level-based, like plan(): from the initializer Jobs of this generation (`attempts`), the
+    highest attempt number any initializer Job of the pipeline has (`taken`: an earlier
+    generation's), the result it reported and the status last written."""
     recorded = tuple(previous.sources or ()) if previous else ()
-    if not wanted or (recorded and wanted <= {s.uri for s in recorded}):
-        return InitializerDecision(ready=True, sources=recorded)  # fetched before: the folders are complete
+    name = pipeline.metadata.name
+    if not needs_initializer(pipeline) or inputs_checked(previous, pipeline.metadata.generation):
+        return InitializerDecision(ready=True, sources=recorded)
     latest = max(attempts, key=lambda a: a.attempt, default=None)
+    after = max([taken, *(a.attempt for a in attempts)])
     if latest is None:
-        return InitializerDecision(ready=False, launch=1)
+        return InitializerDecision(ready=False, launch=after + 1, sources=recorded)
+    job = initializer_job_name(name, latest.attempt)
     if latest.phase in ("Pending", "Running"):
-        return InitializerDecision(ready=False)
+        return InitializerDecision(ready=False, sources=recorded, checking=job)
     reported = record if record is not None and record.phase == latest.phase else None
     if latest.phase == "Succeeded":
-        return InitializerDecision(ready=True, sources=tuple(reported.sources) if reported else recorded)
+        return InitializerDecision(ready=True, sources=tuple(reported.sources) if reported else recorded,
+                                   checked_by=f"Job {job}")
     transient = latest.infrastructure or (reported is not None and reported.transient)
-    if transient and latest.attempt <= INITIALIZER_RETRIES:
-        return InitializerDecision(ready=False, launch=latest.attempt + 1 if latest.pods_gone else None)
+    if transient and len(attempts) <= INITIALIZER_RETRIES:
+        return InitializerDecision(ready=False, launch=after + 1 if latest.pods_gone else None, sources=recorded,
+                                   checking=job)
     return InitializerDecision(ready=False, failure=reported or FetchResult(
         phase="Failed", reason=REASON_SOURCE_ERROR, message=latest.message or "the source fetch failed"))
+
+
+def initializer_launch(decision: InitializerDecision, waiting_for_inputs: Sequence[str]) -> int | None:
+    """The initializer attempt to create now: only when a stage would start but for the check."""
+    return decision.launch if waiting_for_inputs else None
+
+
+def record_inputs_check(status: PipelineStatus, pipeline: TrainingPipeline, decision: InitializerDecision,
+                        launch: int | None, now: datetime) -> None:
+    """`status.sources` and the `InputsChecked` condition, from the decision (in place)."""
+    status.sources = list(decision.sources) or None
+    generation, stamp = pipeline.metadata.generation, rfc3339(now)
+    if decision.checked_by is not None:
+        cond.set_condition(status.conditions, INPUTS_CHECKED, True, REASON_INPUTS_CHECKED,
+                           f"every stage's inputs exist and have what the stage reads ({decision.checked_by})",
+                           stamp, generation)
+    elif checking := decision.checking or (initializer_job_name(pipeline.metadata.name, launch) if launch else None):
+        cond.set_condition(status.conditions, INPUTS_CHECKED, False, REASON_CHECKING_INPUTS,
+                           f"Job {checking} is checking every stage's inputs before a stage starts", stamp, generation)
 
 
 def stage_source_paths(stage: Stage, pipeline_root: str) -> dict[str, str]:
@@ -98,6 +153,6 @@ def source_failure_status(previous: PipelineStatus | None, result: FetchResult, 
     status.sources = list(result.sources) or None
     reason = result.reason or REASON_SOURCE_ERROR
     message = f"inputs checked before any stage trains: {result.message}"
-    for type_, value in ((cond.READY, False), (cond.PROGRESSING, False), (cond.FAILED, True)):
+    for type_, value in ((INPUTS_CHECKED, False), (cond.READY, False), (cond.PROGRESSING, False), (cond.FAILED, True)):
         cond.set_condition(status.conditions, type_, value, reason, message, stamp, generation)
     return status

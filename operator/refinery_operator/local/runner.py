@@ -34,7 +34,7 @@ from ..api.run import METRICS_PORT_ENV, PROGRESS_FILE, RESULT_FILE, FileReporter
 from ..api.v1alpha1 import Phase, PipelineStatus, StageStatus, TrainingPipeline
 from ..core.naming import pipeline_root, stage_dir
 from ..core.plan import AttemptState, Observed, plan, rfc3339
-from ..core.sources import source_failure_status
+from ..core.sources import InitializerDecision, record_inputs_check, source_failure_status
 from ..core.stage_run import build_stage_run
 from .display import ProgressDisplay, eval_table, summary_table
 from .initializer import run_initializer
@@ -164,7 +164,8 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
         print(f"pipeline {pipeline.metadata.name!r} failed before any stage started ({fetched.reason}): "
               f"{fetched.message}\n  log: {root / '.runs' / 'sources.log'}", file=sys.stderr)
         return False
-    status.sources = fetched.sources or None
+    checked = InitializerDecision(ready=True, sources=tuple(fetched.sources), checked_by="refinery-train fetch")
+    record_inputs_check(status, pipeline, checked, None, datetime.now(timezone.utc))  # status.sources, InputsChecked
     on_status(status)
     display = ProgressDisplay([s.name for s in pipeline.spec.run_stages], enabled=show_progress)
     try:
