@@ -57,6 +57,7 @@ from tests.operator.harness import (  # noqa: E402
 
 PIPELINES = "refinery.dev/v1alpha1/trainingpipelines"
 STAGES = ["pretrain", "sft"]
+INITIALIZER_LABEL = "refinery.dev/initializer"  # builders_sources.LABEL_INITIALIZER
 POLL_S = float(__import__("os").environ.get("POLL_S", "0.005"))
 import kmock  # noqa: E402
 EMULATOR = kmock.KubernetesEmulator if "--plain" in sys.argv else IndexedEmulator
@@ -143,7 +144,11 @@ class SimulatedNode:
         if meta.get("name") in self.seen or (meta.get("labels") or {}).get("app.kubernetes.io/component") != "stage":
             return
         self.seen.add(meta["name"])
-        task = asyncio.create_task(self._pod(meta["name"], meta["labels"]["refinery.dev/pipeline"], meta["labels"]["refinery.dev/stage"]))
+        labels = meta["labels"]
+        if INITIALIZER_LABEL in labels:  # the inputs check before the first stage: it passes
+            task = asyncio.create_task(self._initializer(meta["name"]))
+        else:
+            task = asyncio.create_task(self._pod(meta["name"], labels["refinery.dev/pipeline"], labels["refinery.dev/stage"]))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -154,6 +159,19 @@ class SimulatedNode:
     async def _report(self, pipeline: str, stage: str, record: dict[str, Any]) -> None:
         await self._patch(f"/api/v1/namespaces/{NAMESPACE}/configmaps/{pipeline}-{stage}-progress",
                           {"data": {"progress.json": json.dumps(record)}})
+
+    async def _initializer(self, job: str) -> None:
+        """The initializer's pod: started, then done (every input there), as the Job controller
+        writes it. No FetchResult is needed: the pipeline names no remote source."""
+        jobs = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job}/status"
+        await asyncio.sleep(random.uniform(0.05, 0.3))
+        await self._patch(jobs, {"status": {"active": 1, "ready": 1, "startTime": stamp()[:19] + "Z"}})
+        await asyncio.sleep(random.uniform(0.2, 0.5))  # the checks of a few local files
+        done = stamp()[:19] + "Z"
+        conditions = [{"type": t, "status": "True", "reason": "CompletionsReached", "message": "",
+                       "lastTransitionTime": done} for t in ("SuccessCriteriaMet", "Complete")]
+        await self._patch(jobs, {"status": {"active": None, "ready": 0, "succeeded": 1, "completionTime": done,
+                                            "conditions": conditions}})
 
     async def _pod(self, job: str, pipeline: str, stage: str) -> None:
         jobs = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job}/status"

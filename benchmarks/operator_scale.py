@@ -10,9 +10,10 @@ separate process (`python -m tests.operator.harness operator KUBECONFIG`), so it
 No stage runs: Jobs stay as created (no kubelet), which is what a resync sees of a busy cluster.
 
 Measured:
-- cold resync: operator start -> every pipeline reconciled (its first Job created and its
-  status written: each of the N pipelines needs its ServiceAccount, Role, RoleBinding, progress
-  ConfigMaps, stage ConfigMap, Job and a status patch);
+- cold resync: operator start -> every pipeline reconciled (its first Job — the initializer
+  that checks its inputs — created and its status written: each of the N pipelines needs its
+  ServiceAccount, Role, RoleBinding, progress ConfigMaps, the initializer's ConfigMap and Job
+  and a status patch);
 - warm resync: the operator restarted over the same N pipelines -> every pipeline reconciled
   again (observed on the new process's /metrics: `refinery_pipelines` counts a pipeline once a
   reconcile of it has finished; scraped every second, so the figure is good to ~1 s);
@@ -22,8 +23,8 @@ Targets (issue 3): RSS <= 300 MB, resync <= 60 s. The last stdout line is one JS
 `--api real` (benchmarks/real_api.py): the same on a real kube-apiserver, etcd and
 kube-controller-manager (`../shared/k8s/control-plane`), the operator as `refinery operator
 --namespace`. The job controller creates each Job's pod (no node: they stay Pending), as on a
-cluster whose nodes are busy. Cold resync is read from the API (every pipeline Running with its
-first Job), warm from the operator's /metrics as above; the operator's CPU seconds in each
+cluster whose nodes are busy. Cold resync is read from the API (every pipeline's status showing
+its `InputsChecked` condition, and its initializer Job), warm from the operator's /metrics as above; the operator's CPU seconds in each
 resync and the status patches it had to pass again after a 409 (`refinery_status_conflicts_total`)
 are reported beside them, and so is the control plane's own cost: kube-apiserver, etcd and kube-controller-manager RSS at the end and CPU seconds during the run.
 `--api emulator real` (the default) runs both, one after the other.
@@ -49,12 +50,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.operator_latency import manifest  # noqa: E402
+from refinery_operator.core.sources import INPUTS_CHECKED, initializer_job_name  # noqa: E402
 from tests.operator.harness import (  # noqa: E402
     NAMESPACE, IndexedEmulator, operator_in_process, serve_emulator, server_url, stored, with_server_fields,
     write_kubeconfig,
 )
 
 PIPELINES = "refinery.dev/v1alpha1/trainingpipelines"
+
+
+def inputs_check_recorded(pipeline: dict | None) -> bool:
+    """The operator reconciled it: its status says the initializer is checking its inputs."""
+    conditions = ((pipeline or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == INPUTS_CHECKED for c in conditions)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -131,8 +139,8 @@ async def run(pipelines: int, workdir: Path, timeout: float) -> dict:
         names = [f"scale-{i:04d}" for i in range(pipelines)]
 
         def all_started() -> bool:
-            return all(((stored(emulator, PIPELINES, n) or {}).get("status") or {}).get("phase") == "Running"
-                       and stored(emulator, "batch/v1/jobs", f"{n}-pretrain-1") is not None for n in names)
+            return all(inputs_check_recorded(stored(emulator, PIPELINES, n))
+                       and stored(emulator, "batch/v1/jobs", initializer_job_name(n, 1)) is not None for n in names)
 
         log = workdir / "operator.log"
         started = time.monotonic()
@@ -148,7 +156,7 @@ async def run(pipelines: int, workdir: Path, timeout: float) -> dict:
             await asyncio.sleep(2)
             warm_rss = psutil.Process(operator.pid).memory_info().rss / 2**20
             warm_peak = peak_rss_mb(operator.pid)
-        jobs = sum(1 for n in names if stored(emulator, "batch/v1/jobs", f"{n}-pretrain-1") is not None)
+        jobs = sum(1 for n in names if stored(emulator, "batch/v1/jobs", initializer_job_name(n, 1)) is not None)
     return {
         "pipelines": pipelines, "jobs": jobs, "totalS": round(time.monotonic() - started, 1),
         "coldResyncS": round(cold, 1), "warmResyncS": round(warm, 1),
@@ -175,7 +183,7 @@ async def run_real(pipelines: int, workdir: Path, timeout: float) -> dict:
 
         async def all_started() -> bool:
             listed = await api.call("GET", base)
-            running = sum(1 for p in listed.get("items") or [] if (p.get("status") or {}).get("phase") == "Running")
+            running = sum(1 for p in listed.get("items") or [] if inputs_check_recorded(p))
             jobs = await api.call("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs",
                                   params={"labelSelector": "app.kubernetes.io/component=stage"})
             return running == pipelines and len(jobs.get("items") or []) == pipelines
