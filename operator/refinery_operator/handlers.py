@@ -18,7 +18,8 @@ How a pipeline is driven:
 - Creation, resumption and spec changes run `reconcile` directly, so an invalid spec becomes
   `kopf.PermanentError` (logged once, never retried) plus the status Failed/InvalidSpec.
 - Reconciles of the same pipeline are serialised by a per-pipeline lock, and each starts from
-  the status the previous one wrote (a watched body may lag behind our own last patch).
+  the status the previous one wrote (a watched body may lag behind our own last patch). Over
+  all pipelines at most RECONCILES_AT_ONCE run at a time.
 - Status patches are conditional on the pipeline's resourceVersion (optimistic concurrency): a
   pass whose object changed meanwhile gets 409 and is run again from a fresh read
   (`reconcile_current`). While the watched body still shows the version our last patch started
