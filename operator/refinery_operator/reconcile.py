@@ -35,8 +35,8 @@ from .core.accounting import parse_time
 from .core.events import pipeline_events
 from .core.plan import AttemptState, Launch, Observed, Stop, plan
 from .core.sources import (
-    ANNOTATION_GENERATION, InitializerDecision, decide_initializer, initializer_launch, initializer_record_name,
-    record_inputs_check, source_failure_status,
+    ANNOTATION_GENERATION, InitializerDecision, attempts_to_end, decide_initializer, initializer_launch,
+    initializer_record_name, record_inputs_check, source_failure_status,
 )
 from .core.summary import invalid_spec_status
 from .core.reruns import RERUN_ANNOTATION
@@ -238,6 +238,8 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
     observed = observe(pipeline, jobs, configmaps, rerun)
     initializer = observe_initializer(pipeline, jobs, configmaps, previous_status(old_status))
     if initializer.failure is not None:  # an input is missing or unreadable: nothing may train
+        for stop in attempts_to_end(observed.attempts, initializer.failure):
+            await stop_attempt(cluster, pipeline, stop)
         return await report_source_failure(cluster, body, initializer.failure, now, version)
     observed = dataclasses.replace(observed, sources_ready=initializer.ready)
     result = plan(pipeline, observed, root, now)
@@ -419,7 +421,8 @@ def checked_generation(job: Mapping[str, Any]) -> int | None:
 
 async def report_source_failure(cluster: Cluster, body: Mapping[str, Any], result: FetchResult, now: datetime,
                                 version: str | None = None) -> Outcome:
-    """Failed with the initializer's reason (SourceError, BadData …) naming the input; no stage starts."""
+    """Failed with the initializer's reason (SourceError, BadData …) naming the input; no stage
+    starts (and one still running has been ended: `attempts_to_end`)."""
     meta = body.get("metadata") or {}
     old_status = dict(body.get("status") or {})
     previous = previous_status(old_status)

@@ -293,3 +293,50 @@ async def test_a_failed_check_fails_the_pipeline_and_a_fixed_spec_is_checked_aga
     assert out.launched == ["p-pretrain-1"] and out.status["phase"] == "Running"
     assert inputs_checked(out.status) == ("True", "InputsChecked", 2)
     assert next(c for c in out.status["conditions"] if c["type"] == "Failed")["status"] == "False"
+
+
+async def test_a_failed_recheck_ends_the_stage_still_running():
+    """The spec changed mid-run (generation 2) and its inputs check failed while a stage of
+    generation 1 was still running — as with two branches of a DAG. The pipeline fails, and the
+    running stage's Job is ended (activeDeadlineSeconds 1, with why), not left holding its GPUs."""
+    import json
+
+    from refinery_operator.reconcile import reconcile
+
+    class PatchRecording(InMemoryCluster):
+        def __init__(self):
+            super().__init__()
+            self.patches = []
+
+        async def patch(self, resource, namespace, name, patch):
+            self.patches.append((name, patch))
+            return None
+
+    body = chat_pipeline("p").manifest()
+    body["metadata"].update(uid="u1", generation=1)
+    cluster = PatchRecording()
+    children = ClusterChildren(cluster)
+    out = await reconcile(cluster, body, children)
+    complete(cluster, "p-sources-1-fetch")
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == ["p-pretrain-1"]
+    cluster.objects[("Job", "p-pretrain-1")]["status"] = {"active": 1, "ready": 1, "startTime": "2026-01-01T00:00:00Z"}
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert next(s for s in out.status["stages"] if s["name"] == "pretrain")["phase"] == "Running"
+
+    body["metadata"]["generation"] = 2
+    failed_check = json.loads(json.dumps(cluster.objects[("Job", "p-sources-1-fetch")]))
+    failed_check["metadata"].update(name="p-sources-2-fetch", annotations={"refinery.dev/generation": "2"})
+    failed_check["metadata"]["labels"]["refinery.dev/attempt"] = "2"
+    failed_check["status"] = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    cluster.objects[("Job", "p-sources-2-fetch")] = failed_check
+    message = "stage 'rlhf' data.path: /workspace/data/prompt.jsonl: dataset file not found"
+    cluster.objects[("ConfigMap", "p-init-sources")]["data"] = {
+        "progress.json": json.dumps({"phase": "Failed", "reason": "SourceError", "message": message})}
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.status["phase"] == "Failed"
+    pretrain = next(s for s in out.status["stages"] if s["name"] == "pretrain")
+    assert pretrain["phase"] == "Failed" and message in pretrain["message"]
+    [(job, patch)] = cluster.patches
+    assert job == "p-pretrain-1" and patch["spec"] == {"activeDeadlineSeconds": 1}
+    assert patch["metadata"]["annotations"]["refinery.dev/stop-reason"] == "SourceError"

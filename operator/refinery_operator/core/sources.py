@@ -29,7 +29,7 @@ still records what was fetched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,7 +39,7 @@ from ..api.v1alpha1 import Phase, PipelineStatus, Stage, TrainingPipeline
 from . import conditions as cond
 from .conditions import rfc3339
 from .naming import dns_name
-from .plan import AttemptState
+from .plan import AttemptState, Stop
 
 REASON_SOURCE_ERROR = "SourceError"
 INITIALIZER_RETRIES = 3  # transient failures of the initializer retried (it also retries inside)
@@ -144,7 +144,9 @@ def stage_source_paths(stage: Stage, pipeline_root: str) -> dict[str, str]:
 
 def source_failure_status(previous: PipelineStatus | None, result: FetchResult, generation: int | None,
                           now: datetime) -> PipelineStatus:
-    """Failed before any stage started: the initializer's reason and message on every condition."""
+    """Failed before any stage started: the initializer's reason and message on every condition.
+    A stage still running (the spec changed mid-run to a bad input; its Job is ended, see
+    `attempts_to_end`) is Failed with the same message."""
     stamp = rfc3339(now)
     status = (previous or PipelineStatus()).model_copy(deep=True)
     status.phase = Phase.failed
@@ -155,4 +157,22 @@ def source_failure_status(previous: PipelineStatus | None, result: FetchResult, 
     message = f"inputs checked before any stage trains: {result.message}"
     for type_, value in ((INPUTS_CHECKED, False), (cond.READY, False), (cond.PROGRESSING, False), (cond.FAILED, True)):
         cond.set_condition(status.conditions, type_, value, reason, message, stamp, generation)
+    for stage in status.stages:
+        if stage.phase in (Phase.running, Phase.suspended):
+            stage.phase, stage.message, stage.completion_time = Phase.failed, f"stopped: {message}", stamp
     return status
+
+
+def attempts_to_end(attempts: Mapping[str, Sequence[AttemptState]], result: FetchResult) -> list[Stop]:
+    """The attempts still running when the inputs check failed — possible when the spec changed
+    mid-run and a stage of another branch was running — each ended as failed: a failed pipeline
+    keeps no GPU busy."""
+    reason = result.reason or REASON_SOURCE_ERROR
+    stops = []
+    for stage, states in sorted(attempts.items()):
+        latest = max(states, key=lambda a: a.attempt, default=None)
+        if latest is not None and latest.phase in ("Pending", "Running") and not latest.deleting \
+                and not latest.suspended:  # a suspended Job has no pods, and its deadline does not run
+            stops.append(Stop(stage=stage, attempt=latest.attempt, action="fail", reason=reason,
+                              message=f"the pipeline's inputs check failed: {result.message}"))
+    return stops
