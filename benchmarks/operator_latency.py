@@ -160,23 +160,29 @@ class SimulatedNode:
         await self._patch(f"/api/v1/namespaces/{NAMESPACE}/configmaps/{pipeline}-{stage}-progress",
                           {"data": {"progress.json": json.dumps(record)}})
 
-    async def _initializer(self, job: str) -> None:
-        """The initializer's pod: started, then done (every input there), as the Job controller
-        writes it. No FetchResult is needed: the pipeline names no remote source."""
-        jobs = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job}/status"
-        await asyncio.sleep(random.uniform(0.05, 0.3))
+    async def _start(self, jobs: str) -> None:
+        await asyncio.sleep(random.uniform(0.05, 0.3))  # image pull, start-up
         await self._patch(jobs, {"status": {"active": 1, "ready": 1, "startTime": stamp()[:19] + "Z"}})
-        await asyncio.sleep(random.uniform(0.2, 0.5))  # the checks of a few local files
+
+    async def _complete(self, jobs: str) -> None:
+        """The Job's Complete status, as the Job controller writes it."""
         done = stamp()[:19] + "Z"
         conditions = [{"type": t, "status": "True", "reason": "CompletionsReached", "message": "",
                        "lastTransitionTime": done} for t in ("SuccessCriteriaMet", "Complete")]
         await self._patch(jobs, {"status": {"active": None, "ready": 0, "succeeded": 1, "completionTime": done,
                                             "conditions": conditions}})
 
+    async def _initializer(self, job: str) -> None:
+        """The initializer's pod: started, then done (every input there). No FetchResult is
+        needed: the pipeline names no remote source."""
+        jobs = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job}/status"
+        await self._start(jobs)
+        await asyncio.sleep(random.uniform(0.2, 0.5))  # the checks of a few local files
+        await self._complete(jobs)
+
     async def _pod(self, job: str, pipeline: str, stage: str) -> None:
         jobs = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{job}/status"
-        await asyncio.sleep(random.uniform(0.05, 0.3))  # image pull, start-up
-        await self._patch(jobs, {"status": {"active": 1, "ready": 1, "startTime": stamp()[:19] + "Z"}})
+        await self._start(jobs)
         max_steps = self.checkpoints * self.per
         record: dict[str, Any] = {"phase": "Running", "attempt": 1, "step": 0, "maxSteps": max_steps, "progress": 0.0}
         for k in range(1, self.checkpoints + 1):
@@ -188,14 +194,10 @@ class SimulatedNode:
             await self._report(pipeline, stage, record)
         record.update(phase="Succeeded", output=f"/workspace/{NAMESPACE}/{pipeline}/{stage}/model")
         await self._report(pipeline, stage, record)
-        done = stamp()[:19] + "Z"
-        conditions = [{"type": t, "status": "True", "reason": "CompletionsReached", "message": "",
-                       "lastTransitionTime": done} for t in ("SuccessCriteriaMet", "Complete")]
         later = STAGES[STAGES.index(stage) + 1:]
         if later:
             self.probe.next_jobs[f"{pipeline}-{later[0]}-1"] = time.monotonic()
-        await self._patch(jobs, {"status": {"active": None, "ready": 0, "succeeded": 1, "completionTime": done,
-                                            "conditions": conditions}})
+        await self._complete(jobs)
         self.done += 1
 
 

@@ -281,16 +281,15 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
         observe_checkpoint_latency(previous, result.status)
         for event in pipeline_events(previous, result.status):
             await cluster.post_event(body, event.type, event.reason, event.message)
-    return Outcome(status=new_status, launched=launched, status_patched=patched is not None, pipeline=pipeline,
-                   typed_status=result.status, requeue_after=result.requeue_after, read_version=version,
-                   resource_version=version_after(patched, version))
+    return Outcome(status=new_status, launched=launched, pipeline=pipeline, typed_status=result.status,
+                   requeue_after=result.requeue_after, **written(patched, version))
 
 
-def version_after(patched: Mapping[str, Any] | None, version: str | None) -> str | None:
-    """The pipeline's resourceVersion after a status patch (unchanged when none was sent)."""
-    if patched is None:
-        return version
-    return (patched.get("metadata") or {}).get("resourceVersion") or version
+def written(patched: Mapping[str, Any] | None, version: str | None) -> dict[str, Any]:
+    """Outcome's fields for a status patch: whether one was sent, the resourceVersion the status
+    was computed from, and the pipeline's resourceVersion after it (unchanged when none was sent)."""
+    after = (patched.get("metadata") or {}).get("resourceVersion") if patched is not None else None
+    return {"status_patched": patched is not None, "read_version": version, "resource_version": after or version}
 
 
 async def reconcile_current(cluster: Cluster, body: Mapping[str, Any], children: Children,
@@ -393,10 +392,10 @@ def observe_initializer(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, 
                         configmaps: Sequence[Mapping[str, Any]], previous: PipelineStatus | None) -> InitializerDecision:
     """The initializer Jobs (labelled `refinery.dev/initializer`) and the FetchResult it reported.
     Only the Jobs annotated with the spec's generation check it; earlier ones just take numbers."""
-    initializers = [j for j in jobs if builders_sources.LABEL_INITIALIZER in ((j.get("metadata") or {}).get("labels") or {})]
-    generation = pipeline.metadata.generation
-    attempts = [attempt_state(j) for j in initializers if checked_generation(j) == generation]
-    taken = max((attempt_state(j).attempt for j in initializers), default=0)
+    initializers = [(attempt_state(j), checked_generation(j)) for j in jobs
+                    if builders_sources.LABEL_INITIALIZER in ((j.get("metadata") or {}).get("labels") or {})]
+    attempts = [state for state, generation in initializers if generation == pipeline.metadata.generation]
+    taken = max((state.attempt for state, _ in initializers), default=0)
     record_name = initializer_record_name(pipeline.metadata.name)
     record = None
     for configmap in configmaps:
@@ -431,8 +430,7 @@ async def report_source_failure(cluster: Cluster, body: Mapping[str, Any], resul
     patched = await cluster.patch_status(meta["namespace"], meta["name"], old_status, status, version)
     if patched is not None and (previous is None or previous.phase != typed.phase):
         await cluster.post_event(body, "Warning", typed.conditions[-1].reason, typed.conditions[-1].message)
-    return Outcome(status=status, status_patched=patched is not None, typed_status=typed, read_version=version,
-                   resource_version=version_after(patched, version))
+    return Outcome(status=status, typed_status=typed, **written(patched, version))
 
 
 async def report_invalid(cluster: Cluster, body: Mapping[str, Any], message: str, now: datetime,
@@ -442,5 +440,4 @@ async def report_invalid(cluster: Cluster, body: Mapping[str, Any], message: str
     old_status = dict(body.get("status") or {})
     status = invalid_spec_status(previous_status(old_status), message, meta.get("generation"), now).dump()
     patched = await cluster.patch_status(meta["namespace"], meta["name"], old_status, status, version)
-    return Outcome(status=status, status_patched=patched is not None, invalid=message, read_version=version,
-                   resource_version=version_after(patched, version))
+    return Outcome(status=status, invalid=message, **written(patched, version))

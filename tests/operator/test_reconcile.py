@@ -201,6 +201,26 @@ def inputs_checked(status) -> tuple:
     return c and (c["status"], c["reason"], c.get("observedGeneration"))
 
 
+async def first_pass(cluster):
+    """A generation-1 pipeline 'p' (volume paths only) and its first reconcile on `cluster`."""
+    from refinery_operator.reconcile import reconcile
+
+    body = chat_pipeline("p").manifest()
+    body["metadata"].update(uid="u1", generation=1)
+    children = ClusterChildren(cluster)
+    return body, children, await reconcile(cluster, body, children)
+
+
+def fail_check(cluster, job: str, message: str) -> None:
+    """The initializer's result and its Job `job` as a failed check leaves them."""
+    import json
+
+    cluster.objects[("ConfigMap", "p-init-sources")]["data"] = {
+        "progress.json": json.dumps({"phase": "Failed", "reason": "SourceError", "message": message})}
+    cluster.objects[("Job", job)]["status"] = {
+        "failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+
+
 async def test_the_inputs_are_checked_once_per_generation_before_a_stage_starts():
     """A pipeline with only volume paths: the initializer Job (annotated with the generation it
     checks) runs before the first stage; its pass is recorded as the InputsChecked condition and
@@ -208,11 +228,8 @@ async def test_the_inputs_are_checked_once_per_generation_before_a_stage_starts(
     but the stored one) creates it again; a new generation is checked by a Job of its own."""
     from refinery_operator.reconcile import reconcile
 
-    body = chat_pipeline("p").manifest()
-    body["metadata"].update(uid="u1", generation=1)
     cluster = InMemoryCluster()
-    children = ClusterChildren(cluster)
-    out = await reconcile(cluster, body, children)
+    body, children, out = await first_pass(cluster)
     assert out.launched == ["p-sources-1-fetch"]
     job = cluster.objects[("Job", "p-sources-1-fetch")]
     assert job["metadata"]["annotations"] == {"refinery.dev/generation": "1"}
@@ -266,17 +283,11 @@ async def test_a_failed_check_fails_the_pipeline_and_a_fixed_spec_is_checked_aga
 
     from refinery_operator.reconcile import reconcile
 
-    body = chat_pipeline("p").manifest()
-    body["metadata"].update(uid="u1", generation=1)
     cluster = InMemoryCluster()
-    children = ClusterChildren(cluster)
-    out = await reconcile(cluster, body, children)
+    body, children, out = await first_pass(cluster)
     assert out.launched == ["p-sources-1-fetch"]
     message = "stage 'rlhf' data.path: /workspace/data/prompt.jsonl: dataset file not found"
-    cluster.objects[("ConfigMap", "p-init-sources")]["data"] = {
-        "progress.json": json.dumps({"phase": "Failed", "reason": "SourceError", "message": message})}
-    cluster.objects[("Job", "p-sources-1-fetch")]["status"] = {
-        "failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    fail_check(cluster, "p-sources-1-fetch", message)
     out = await reconcile(cluster, {**body, "status": out.status}, children)
     assert out.launched == [] and out.status["phase"] == "Failed"
     failed = next(c for c in out.status["conditions"] if c["type"] == "Failed")
@@ -312,11 +323,8 @@ async def test_a_failed_recheck_ends_the_stage_still_running():
             self.patches.append((name, patch))
             return None
 
-    body = chat_pipeline("p").manifest()
-    body["metadata"].update(uid="u1", generation=1)
     cluster = PatchRecording()
-    children = ClusterChildren(cluster)
-    out = await reconcile(cluster, body, children)
+    body, children, out = await first_pass(cluster)
     complete(cluster, "p-sources-1-fetch")
     out = await reconcile(cluster, {**body, "status": out.status}, children)
     assert out.launched == ["p-pretrain-1"]
@@ -328,11 +336,9 @@ async def test_a_failed_recheck_ends_the_stage_still_running():
     failed_check = json.loads(json.dumps(cluster.objects[("Job", "p-sources-1-fetch")]))
     failed_check["metadata"].update(name="p-sources-2-fetch", annotations={"refinery.dev/generation": "2"})
     failed_check["metadata"]["labels"]["refinery.dev/attempt"] = "2"
-    failed_check["status"] = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
     cluster.objects[("Job", "p-sources-2-fetch")] = failed_check
     message = "stage 'rlhf' data.path: /workspace/data/prompt.jsonl: dataset file not found"
-    cluster.objects[("ConfigMap", "p-init-sources")]["data"] = {
-        "progress.json": json.dumps({"phase": "Failed", "reason": "SourceError", "message": message})}
+    fail_check(cluster, "p-sources-2-fetch", message)
     out = await reconcile(cluster, {**body, "status": out.status}, children)
     assert out.status["phase"] == "Failed"
     pretrain = next(s for s in out.status["stages"] if s["name"] == "pretrain")
