@@ -42,7 +42,7 @@ unschedulable: the Job gets `startTime` and `active` but `ready` stays 0 and no 
 until the Job is suspended, deleted or given an `activeDeadlineSeconds`.
 
 Volumes come provisioned: the first time a pod mounts a claim, its folder gets what the tests'
-manifests read (`provision_volume`: examples/data/ as `data/`, as `kubectl cp` would leave it),
+manifests read (`volumes.provision_volume`: examples/data/ as `data/`, as `kubectl cp` would leave it),
 since every pipeline's initializer Job really checks that each input exists and has its columns
 before a stage starts. Files a test put there itself are kept; a test can pass `provision=None`.
 
@@ -57,7 +57,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -69,26 +68,12 @@ from typing import Any
 import aiohttp
 import yaml
 
+from .volumes import provision_volume
 
 FOREGROUND_DELETION = "foregroundDeletion"  # the finalizer a foreground deletion puts on the Job
 
 # A quiet watch is restarted (a re-list), as client-go's reflector does when its watch times out.
 WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=30.0)
-EXAMPLE_DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
-
-
-def provision_volume(folder: Path) -> None:
-    """A claim's folder as the tests' pipelines expect the volume: every file of examples/data/
-    under `data/` (tests/builders.py names them), plus `data/nan-loss.jsonl`, the pretrain data
-    fake_stage.py plays a NaN loss on (its documents as `{"text": ...}` lines). Existing files are kept."""
-    data = folder / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    for source in EXAMPLE_DATA.iterdir():
-        if not (data / source.name).exists():
-            shutil.copyfile(source, data / source.name)
-    if not (data / "nan-loss.jsonl").exists():
-        documents = [d.strip() for d in (EXAMPLE_DATA / "pretrain.txt").read_text().split("\n\n") if d.strip()]
-        (data / "nan-loss.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
 
 
 def now() -> str:

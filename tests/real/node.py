@@ -12,7 +12,7 @@ lifecycle controller never marks it unreachable), binds every unscheduled pod to
 - maps volumes to folders: a PVC -> `<root>/pvc/<namespace>/<claim>` (shared by the pods that
   mount it, like a real volume; the claim need not be bound: there is no PV provisioner; the
   first mount fills it with what the tests' manifests read, `provision_volume` of
-  tests/operator/kubelet.py, since each pipeline's initializer really checks its inputs), a
+  tests/operator/volumes.py, since each pipeline's initializer really checks its inputs), a
   configMap -> its keys as files, an emptyDir -> a folder of the pod, and the projected
   ServiceAccount volume the API server injects -> a token from TokenRequest bound to this pod,
   `ca.crt` and `namespace`. Every path under a mount path in the command, env and mounted YAML
@@ -57,7 +57,8 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from refinery_operator.k8s import MERGE_PATCH, Cluster, Resource
-from tests.operator.kubelet import expand, kill_pod, map_path, map_yaml_paths, provision_volume
+from tests.operator.kubelet import expand, kill_pod, map_path, map_yaml_paths
+from tests.operator.volumes import provision_volume
 
 PODS = Resource("", "v1", "pods")
 NODES = Resource("", "v1", "nodes")
