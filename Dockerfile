@@ -1,12 +1,16 @@
 # syntax=docker/dockerfile:1.7
-# Two images from one repository:
+# Three images from one repository:
 #
-#   docker build --target operator -t ghcr.io/refinery-dev/refinery-operator:0.1.0 .
-#   docker build --target trainer  -t ghcr.io/refinery-dev/refinery-trainer:0.1.0 .
+#   docker build --target operator    -t ghcr.io/refinery-dev/refinery-operator:0.1.0 .
+#   docker build --target trainer     -t ghcr.io/refinery-dev/refinery-trainer:0.1.0 .
+#   docker build --target trainer-cpu -t ghcr.io/refinery-dev/refinery-trainer:0.1.0-cpu .
 #
+# `trainer` is for GPU nodes (CUDA torch + DeepSpeed); `trainer-cpu` runs the same stages on nodes
+# without a GPU (kind, minikube, CI) with PyTorch's CPU wheel, in a fraction of the size.
 # Base images are pinned by version tag; a release build should pin them by digest too
-# (`docker buildx imagetools inspect <tag>` prints it). tests/unit/test_dockerfile.py checks the
-# pip install steps below against the extras in pyproject.toml: no image is built in CI here.
+# (`docker buildx imagetools inspect <tag>` prints it). Where no public registry can be reached,
+# scripts/build_images.py builds `operator` and `trainer-cpu` on a Debian base made with
+# debootstrap (PYTHON_IMAGE) and a local torch wheel (TORCH_PIP_ARGS); tests/cluster runs them.
 
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 # torch 2.13.0 from PyPI is built against CUDA 13.0; DeepSpeed compiles its ops at first use
@@ -19,13 +23,17 @@ FROM ${PYTHON_IMAGE} AS operator
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
 RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin refinery
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 # The distribution also holds the trainer package; the operator image ships none of its code.
+# A virtual environment: a Debian base's own Python refuses system-wide installs (PEP 668).
 RUN mkdir trainer \
+ && python3 -m venv /opt/venv \
  && pip install '.[operator]' \
  && cd / && rm -rf /src \
  && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch in the operator image'"
@@ -85,6 +93,44 @@ ENV HOME=/tmp \
 WORKDIR /workspace
 USER 1000:1000
 # Prometheus metrics of the stage (trainer/refinery_trainer/metrics.py).
+EXPOSE 9400
+ENTRYPOINT ["refinery-train"]
+CMD ["--help"]
+
+# ------------------------------------------------------------------------------------------------
+# trainer-cpu: the same trainer on PyTorch's CPU wheel, for nodes without a GPU (kind, minikube,
+# CI). Same entrypoint, user, caches and extras as `trainer`, less DeepSpeed (its ops need CUDA):
+# stages with `gpus: 0` and no `deepspeed` run here. TORCH_PIP_ARGS says where the CPU wheel comes
+# from: PyTorch's CPU index by default, or a folder of wheels (`--find-links=/wheels`, mounted).
+FROM ${PYTHON_IMAGE} AS trainer-cpu
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_PIP_ARGS=--index-url=https://download.pytorch.org/whl/cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv \
+ && pip install --upgrade pip setuptools wheel
+RUN pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}+cpu" \
+ && echo "torch==${TORCH_VERSION}" > /opt/constraints.txt
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY trainer/ trainer/
+RUN pip install -c /opt/constraints.txt '.[trainer,eval,export]' \
+ && cd / && rm -rf /src \
+ && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}') and torch.version.cuda is None, torch.__version__"
+RUN useradd --uid 1000 --user-group --create-home --home-dir /home/refinery --shell /usr/sbin/nologin refinery
+ENV HOME=/tmp \
+    HF_HOME=/tmp/huggingface \
+    TORCH_EXTENSIONS_DIR=/tmp/torch_extensions \
+    TRITON_CACHE_DIR=/tmp/triton \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    REFINERY_METRICS_PORT=9400
+WORKDIR /workspace
+USER 1000:1000
 EXPOSE 9400
 ENTRYPOINT ["refinery-train"]
 CMD ["--help"]

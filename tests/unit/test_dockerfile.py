@@ -1,6 +1,9 @@
-"""The Dockerfile's install steps against pyproject.toml (no Docker engine here: nothing is built).
+"""The Dockerfile's install steps against pyproject.toml, checked as text.
 
-What can go wrong without a build to notice it: the operator image pulling torch, the trainer
+tests/cluster builds the `operator` and `trainer-cpu` targets with podman (scripts/build_images.py)
+and runs them on a real node; the CUDA targets (`trainer`, `trainer-vllm`) need a registry and a
+GPU base image that no machine here reaches, so only these checks stand for them. What can go
+wrong without a build to notice it: the operator image pulling torch, the trainer
 image installing an extra that does not exist or a CPU torch over the CUDA one, the entrypoints
 naming a module or console script that is not there.
 """
@@ -113,7 +116,7 @@ def extras_installed(args: list[str]) -> set[str]:
 
 
 def test_the_targets_exist_on_pinned_bases():
-    assert set(STAGES) == {"operator", "trainer", "trainer-vllm"}
+    assert set(STAGES) == {"operator", "trainer", "trainer-cpu", "trainer-vllm"}
     for stage in STAGES.values():
         base = stage.base
         if base in STAGES:  # a variant built on another target
@@ -165,7 +168,7 @@ def test_trainer_vllm_adds_the_extras_pins_on_the_same_torch():
     assert installs and all("-c /opt/constraints.txt" in cmd for cmd in installs), "no install may replace the torch"
 
 
-@pytest.mark.parametrize("target", ["operator", "trainer", "trainer-vllm"])
+@pytest.mark.parametrize("target", ["operator", "trainer", "trainer-cpu", "trainer-vllm"])
 def test_runs_as_a_numeric_non_root_user(target):
     users = [rest for keyword, rest in STAGES[target].instructions if keyword == "USER"]
     assert users, f"{target}: no USER"
@@ -173,16 +176,43 @@ def test_runs_as_a_numeric_non_root_user(target):
     assert uid.isdigit() and int(uid) != 0  # numeric, so runAsNonRoot can verify it
 
 
-def test_trainer_uid_matches_the_stage_pods_security_context():
+@pytest.mark.parametrize("target", ["trainer", "trainer-cpu"])
+def test_trainer_uid_matches_the_stage_pods_security_context(target):
     from refinery_operator.builders import RUN_AS_USER
 
-    assert [rest for k, rest in STAGES["trainer"].instructions if k == "USER"][-1] == f"{RUN_AS_USER}:{RUN_AS_USER}"
+    assert [rest for k, rest in STAGES[target].instructions if k == "USER"][-1] == f"{RUN_AS_USER}:{RUN_AS_USER}"
 
 
-def test_trainer_caches_live_in_writable_paths():
-    env = STAGES["trainer"].env
+@pytest.mark.parametrize("target", ["trainer", "trainer-cpu"])
+def test_trainer_caches_live_in_writable_paths(target):
+    env = STAGES[target].env
     for name in ("TORCH_EXTENSIONS_DIR", "HF_HOME", "TRITON_CACHE_DIR", "HOME"):
         assert env[name].startswith("/tmp"), f"{name}={env[name]}: stage pods can write only /tmp and /workspace"
+
+
+def test_trainer_cpu_is_the_trainer_on_cpu_torch_without_deepspeed():
+    """Same extras, torch version, environment, user and entrypoint as `trainer`; torch is the
+    `+cpu` build (a bare `torch==` would pull PyPI's CUDA wheel, GBs a CPU node never uses)."""
+    cpu, gpu = STAGES["trainer-cpu"], STAGES["trainer"]
+    assert cpu.args["TORCH_VERSION"] == gpu.args["TORCH_VERSION"]
+    installs = pip_installs(cpu)
+    assert any(extras_installed(a) == {"trainer", "eval", "export"} for a in installs)
+    assert not any("deepspeed" in requirement_names(a) for a in installs)
+    torch_steps = [a for a in installs if "torch" in requirement_names(a)]
+    assert torch_steps == [["${TORCH_PIP_ARGS}", "torch==${TORCH_VERSION}+cpu"]]
+    assert cpu.args["TORCH_PIP_ARGS"] == "--index-url=https://download.pytorch.org/whl/cpu"
+    later = [" ".join(w) for w in commands(cpu) if w[:2] == ["pip", "install"]
+             and not any(a.startswith(("torch==", "pip")) for a in w[2:])]
+    assert later and all("-c /opt/constraints.txt" in cmd for cmd in later), later
+    assert {k: v for k, v in cpu.env.items()} == {k: v for k, v in gpu.env.items() if k != "DEBIAN_FRONTEND"}
+    assert entrypoint("trainer-cpu") == entrypoint("trainer")
+
+
+def test_operator_installs_into_a_virtual_environment():
+    """A Debian base's system Python refuses `pip install` (PEP 668); a venv works on both bases."""
+    stage = STAGES["operator"]
+    assert ["python3", "-m", "venv", "/opt/venv"] in commands(stage)
+    assert stage.env["PATH"].startswith("/opt/venv/bin:")
 
 
 def entrypoint(target: str) -> list[str]:
