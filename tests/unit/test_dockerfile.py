@@ -208,6 +208,13 @@ def test_trainer_cpu_is_the_trainer_on_cpu_torch_without_deepspeed():
     assert entrypoint("trainer-cpu") == entrypoint("trainer")
 
 
+def test_trainer_extra_holds_the_client_a_stage_pod_reports_progress_with():
+    """report.py imports `kubernetes` lazily (local mode never needs it), so nothing but a pod on a
+    cluster notices its absence: found on the real node (tests/cluster), where every progress
+    report failed with ModuleNotFoundError while the stage trained on."""
+    assert "kubernetes" in requirement_names(EXTRAS["trainer"])
+
+
 def test_operator_installs_into_a_virtual_environment():
     """A Debian base's system Python refuses `pip install` (PEP 668); a venv works on both bases."""
     stage = STAGES["operator"]
