@@ -236,7 +236,7 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
     root = naming.pipeline_root(naming.VOLUME_ROOT, namespace, name)
     rerun = ((meta.get("annotations") or {}).get(RERUN_ANNOTATION) or "").strip() or None
     observed = observe(pipeline, jobs, configmaps, rerun)
-    initializer = observe_initializer(pipeline, jobs, configmaps, previous_status(old_status))
+    initializer = observe_initializer(pipeline, jobs, configmaps, previous_status(old_status), now)
     if initializer.failure is not None:  # an input is missing or unreadable: nothing may train
         for stop in attempts_to_end(observed.attempts, initializer.failure):
             await stop_attempt(cluster, pipeline, stop)
@@ -389,7 +389,8 @@ def observe_next_job_latency(pipeline: TrainingPipeline, launch: Launch, status:
 
 
 def observe_initializer(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, Any]],
-                        configmaps: Sequence[Mapping[str, Any]], previous: PipelineStatus | None) -> InitializerDecision:
+                        configmaps: Sequence[Mapping[str, Any]], previous: PipelineStatus | None,
+                        now: datetime | None = None) -> InitializerDecision:
     """The initializer Jobs (labelled `refinery.dev/initializer`) and the FetchResult it reported.
     Only the Jobs annotated with the spec's generation check it; earlier ones just take numbers."""
     initializers = [(attempt_state(j), checked_generation(j)) for j in jobs
@@ -407,7 +408,7 @@ def observe_initializer(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, 
                 record = FetchResult.model_validate_json(raw)
             except ValidationError as e:
                 log.warning("ignoring an unreadable fetch result in %s: %s", record_name, e)
-    return decide_initializer(pipeline, attempts, record, previous, taken)
+    return decide_initializer(pipeline, attempts, record, previous, taken, now)
 
 
 def checked_generation(job: Mapping[str, Any]) -> int | None:

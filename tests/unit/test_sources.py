@@ -255,3 +255,19 @@ def test_pod_settings_that_would_break_or_escape_the_pod_are_refused(change, mes
     with pytest.raises(InvalidManifest) as err:
         parse_pipeline(manifest)
     assert any(message in p for p in err.value.problems), err.value.problems
+
+
+def test_an_initializer_whose_pod_never_starts_fails_the_pipeline_at_the_stages_start_timeout():
+    """Found on the real node: an image the node has not got (ErrImageNeverPull) left the
+    initializer's pod waiting and the pipeline Pending for ever. It now fails as StartTimeout at
+    the shortest `startTimeoutSeconds` of the stages; a ready pod has no deadline."""
+    pipeline = s3_pipeline()
+    timeout = min(s.retries.start_timeout_seconds for s in pipeline.spec.stages)
+    started = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    waiting = attempt(1, "Pending", start_time="2026-01-01T00:00:00Z")
+    before = decide_initializer(pipeline, [waiting], None, None, 0, started + datetime.timedelta(seconds=timeout - 1))
+    assert before.failure is None and before.checking
+    after = decide_initializer(pipeline, [waiting], None, None, 0, started + datetime.timedelta(seconds=timeout))
+    assert after.failure.reason == "StartTimeout" and "ErrImageNeverPull" in after.failure.message
+    ready = attempt(1, "Running", start_time="2026-01-01T00:00:00Z", ready=True)
+    assert decide_initializer(pipeline, [ready], None, None, 0, started + datetime.timedelta(days=1)).failure is None

@@ -31,17 +31,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..api.run import ConfigMapReporter, FetchResult, FetchRun, FileReporter
 from ..api.sources import SourceStatus, fetched_path, stage_sources
 from ..api.v1alpha1 import Phase, PipelineStatus, Stage, TrainingPipeline
 from . import conditions as cond
+from .accounting import parse_time
 from .conditions import rfc3339
 from .naming import dns_name
 from .plan import AttemptState, Stop
 
 REASON_SOURCE_ERROR = "SourceError"
+REASON_START_TIMEOUT = "StartTimeout"  # the initializer's pod never became ready
 INITIALIZER_RETRIES = 3  # transient failures of the initializer retried (it also retries inside)
 INPUTS_CHECKED = "InputsChecked"  # condition: every input exists and has what its stage reads
 REASON_INPUTS_CHECKED = "InputsChecked"
@@ -90,11 +92,31 @@ class InitializerDecision:
     checking: str | None = None  # the Job checking now
 
 
+def initializer_start_timeout(pipeline: TrainingPipeline) -> int:
+    """Seconds the initializer's pod may take to become ready: the shortest `startTimeoutSeconds`
+    of the stages, since it runs from the same image, on the same volume, before any of them."""
+    return min(stage.retries.start_timeout_seconds for stage in pipeline.spec.stages)
+
+
+def initializer_start_failure(pipeline: TrainingPipeline, latest: AttemptState, now: datetime | None) -> FetchResult | None:
+    """A StartTimeout when the initializer's pod never started (an image the node cannot pull or
+    has not got, a volume that cannot attach): without it the pipeline would wait forever."""
+    started = parse_time(latest.start_time)
+    timeout = initializer_start_timeout(pipeline)
+    if now is None or latest.ready or latest.deleting or started is None or now < started + timedelta(seconds=timeout):
+        return None
+    return FetchResult(phase="Failed", reason=REASON_START_TIMEOUT, message=(
+        f"no pod of the initializer Job {initializer_job_name(pipeline.metadata.name, latest.attempt)} was ready "
+        f"{timeout}s after it started: look for ErrImageNeverPull or ImagePullBackOff (spec.image) or a volume that "
+        "cannot attach in `kubectl describe pod`"))
+
+
 def decide_initializer(pipeline: TrainingPipeline, attempts: Sequence[AttemptState], record: FetchResult | None,
-                       previous: PipelineStatus | None, taken: int = 0) -> InitializerDecision:
+                       previous: PipelineStatus | None, taken: int = 0, now: datetime | None = None) -> InitializerDecision:
     """Level-based, like plan(): from the initializer Jobs of this generation (`attempts`), the
     highest attempt number any initializer Job of the pipeline has (`taken`: an earlier
-    generation's), the result it reported and the status last written."""
+    generation's), the result it reported and the status last written; `now` for its start
+    deadline (`initializer_start_failure`)."""
     recorded = tuple(previous.sources or ()) if previous else ()
     name = pipeline.metadata.name
     if not needs_initializer(pipeline) or inputs_checked(previous, pipeline.metadata.generation):
@@ -105,6 +127,8 @@ def decide_initializer(pipeline: TrainingPipeline, attempts: Sequence[AttemptSta
         return InitializerDecision(ready=False, launch=after + 1, sources=recorded)
     job = initializer_job_name(name, latest.attempt)
     if latest.phase in ("Pending", "Running"):
+        if (never_started := initializer_start_failure(pipeline, latest, now)) is not None:
+            return InitializerDecision(ready=False, failure=never_started)
         return InitializerDecision(ready=False, sources=recorded, checking=job)
     reported = record if record is not None and record.phase == latest.phase else None
     if latest.phase == "Succeeded":
