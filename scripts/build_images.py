@@ -158,7 +158,22 @@ def build_images(targets: tuple[str, ...] = TARGETS) -> dict[str, dict]:
                           "size_bytes": image_size(tag) if image_exists(tag) else None,
                           "archive_bytes": archive.stat().st_size}
     images["base"] = {"tag": base, "seconds": round(base_seconds, 1)}
+    forget_other_builds(cache, key, targets)
     return images
+
+
+def forget_other_builds(cache: Path, key: str, targets: tuple[str, ...]) -> None:
+    """Archives and tags of earlier sources (2.2 GB a trainer): only the current build is kept.
+    Layers the current images share with them (the base, torch) stay in podman's storage."""
+    for target in targets:
+        for archive in cache.glob(f"refinery-{target}-*.oci.tar"):
+            if archive.name != f"refinery-{target}-{key}.oci.tar":
+                archive.unlink(missing_ok=True)
+        listed = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", f"localhost/refinery-{target}"],
+                                capture_output=True, text=True)
+        old = [tag for tag in listed.stdout.split() if tag != f"localhost/refinery-{target}:{key}"]
+        if old:
+            subprocess.run(["podman", "rmi", *old], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main() -> None:
