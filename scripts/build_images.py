@@ -102,14 +102,24 @@ def build_base() -> str:
     return tag
 
 
+PIP_CONFIGS = ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", "~/.config/pip/pip.conf", "~/.pip/pip.conf")
+
+
 def wheel_folder() -> Path | None:
-    """The folder pip's configuration names as find-links (this machine's CPU torch wheel)."""
-    result = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
-    for line in result.stdout.splitlines():
-        key, _, value = line.partition("=")
-        if key.endswith("find-links"):
-            folder = Path(value.strip().strip("'\"").split()[0])
-            if folder.is_dir():
+    """The folder pip's configuration names as `find-links` (this machine's CPU torch wheel):
+    $PIP_FIND_LINKS, else pip's configuration files, read directly (no pip needed on the host)."""
+    values = [os.environ.get("PIP_FIND_LINKS", "")]
+    for name in PIP_CONFIGS:
+        config = configparser.ConfigParser()
+        try:
+            config.read(Path(name).expanduser())
+        except configparser.Error:
+            continue
+        values += [config.get(section, "find-links", fallback="") for section in ("global", "install")]
+    for value in values:
+        for entry in value.split():
+            folder = Path(entry.removeprefix("file://"))
+            if folder.is_dir() and any(folder.glob("torch-*.whl")):
                 return folder
     return None
 
