@@ -54,6 +54,9 @@ def test_a_stage_over_its_memory_limit_is_oomkilled_and_retried_as_an_infrastruc
     killed = [p["status"]["containerStatuses"][0]["state"]["terminated"] for p in pods
               if p["metadata"]["labels"].get("job-name", "").startswith("oom-pretrain-")]
     assert [(t["reason"], t["exitCode"]) for t in killed] == [("OOMKilled", 137)] * 2, killed
+    # `gpus: 0` on a CPU-only cluster: no nvidia.com/gpu asked for, only what the stage sets.
+    resources = next(p for p in pods if p["metadata"]["name"].startswith("oom-pretrain-"))["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"memory": "128Mi"}, "limits": {"memory": "128Mi"}}, resources
     print("\nOOM: lastFailure", stage["lastFailure"], "\nevents:", *cluster.events("oom", "oom"), sep="\n  ")
 
 
