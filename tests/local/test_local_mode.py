@@ -543,6 +543,7 @@ def test_every_stage_of_the_example_learns_what_it_trains(example_run):
         assert scores[f"{model}.emptyFraction"] == 0 and scores[f"{model}.truncatedFraction"] == 0, scores
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="warm starts are local mode's default on Linux only")
 def test_the_example_stages_start_warm(example_run):
     """Every stage process of `refinery run` is a fork of local mode's fork server, which imported the
     training libraries once (local/launcher.py); the figures above are those warm processes'."""

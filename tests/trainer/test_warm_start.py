@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from pathlib import Path
+
+import pytest
 
 from refinery_operator.local.launcher import StageLauncher
 
 from .conftest import make_corpus, stage_run, write_config
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="warm starts are local mode's default on Linux only")
 
 WAIT_S = 300  # the fork server's first start imports torch, transformers and TRL
 MODEL = {"config": {"hiddenSize": 32, "numHiddenLayers": 1, "numAttentionHeads": 2, "intermediateSize": 64},

@@ -1,8 +1,10 @@
 """How local mode starts a stage process: warm, forked from a fork server that has already
 imported the training libraries (refinery_trainer.warm), or cold, as `python -m refinery_trainer`.
 
-Warm is the default: on two cores it saves each stage the 5-8 s its imports take.
-`REFINERY_WARM_START=0` starts every stage cold, as a plain child process. Either way the runner
+Warm is the default on Linux, where it was measured: on two cores it saves each stage the
+seconds its imports take (README, "Start-up"). `REFINERY_WARM_START=0` starts every stage cold, as
+a plain child process; `=1` asks for warm starts elsewhere too (macOS forbids some libraries in a
+forked child once they were loaded, so it is not the default there). Either way the runner
 sees the same process: `poll()` gives None while it runs, then its exit code, or minus the
 signal that ended it; `terminate()`, `kill()`, `wait(timeout)`.
 
@@ -51,7 +53,8 @@ class ForkedProcess:
 
 class StageLauncher:
     def __init__(self, warm: bool | None = None):
-        self.warm = os.environ.get(WARM_START_ENV, "1") != "0" if warm is None else warm
+        default = "1" if sys.platform == "linux" else "0"
+        self.warm = os.environ.get(WARM_START_ENV, default) != "0" if warm is None else warm
 
     def warm_up(self) -> None:
         """Start the fork server now (it imports in the background), so the first stage finds it ready."""
