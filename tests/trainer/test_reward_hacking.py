@@ -43,22 +43,25 @@ def test_a_reward_model_that_prefers_empty_answers_is_flagged(hacked_judge, work
     # A judge that prefers nothing to the right answer has two blind spots for the policy to fall
     # into, the two collapses the stage watches for (evaluation/hacking.py): empty answers, or
     # answers cut at maxCompletionLength. Which one it falls into, and when, is a tipping point that
-    # the CPU decides (its kernels and thread count): on one machine, with torch's AVX2 kernels the
-    # policy learns to say nothing, with ATEN_CPU_CAPABILITY=default it never stops from step 10 on.
-    # Either is hacking; the stage must report the one that happened. 120 steps: by then one has
-    # come on every setting tried.
+    # the CPU decides (its kernels and thread count): on one machine, with torch's AVX2 or AVX512
+    # kernels the policy learns to say nothing; with ATEN_CPU_CAPABILITY=default, or MKL's other
+    # matrix-multiply path (MKL_CBWR=COMPATIBLE), it never stops. Either is hacking; the stage must
+    # report the one that happened. 120 steps: by then one has come on every setting tried.
     metrics = run_stage(workspace, hacking_run(workspace, hacked_judge, "hacked", steps=120))["metrics"]
     assert metrics["meanReward"] > metrics["baselineMeanReward"]  # the reward rose ...
     assert metrics["completionsCollapsed"] == 1.0  # ... while the completions collapsed, and the stage says so
-    # Live, while it trained, and on the held-out prompts after: the same collapse. TRL's mean
-    # completion length counts EOS: 1 is an empty answer, maxCompletionLength one cut off.
+    # The trained policy's greedy answers to held-out prompts collapsed too (the sft policy's are
+    # neither empty nor cut off): most of them, into the one collapse they share with the live samples.
+    held_out_empty, held_out_truncated = metrics["heldOutEmptyFraction"], metrics["heldOutTruncatedFraction"]
+    assert held_out_empty + held_out_truncated >= 0.8, metrics
+    # TRL's mean completion length counts EOS: 1 is an empty answer, maxCompletionLength one cut off.
     text = (workspace / "p" / "hacked" / "attempt-1" / "metrics.jsonl").read_text()
     lengths = [entry["completions/mean_length"] for entry in map(json.loads, text.splitlines()) if "completions/mean_length" in entry]
-    if metrics["heldOutEmptyFraction"] >= 0.9:  # the policy learned to say nothing
+    if held_out_empty > held_out_truncated:  # the policy learned to say nothing
         assert metrics["emptyFraction"] > 0.5, metrics
         assert lengths[-1] < 1.5 < lengths[0], lengths
     else:  # the policy learned never to stop
-        assert metrics["heldOutTruncatedFraction"] >= 0.9 and metrics["truncatedFraction"] > 0.5, metrics
+        assert metrics["truncatedFraction"] > 0.5, metrics
         assert lengths[-1] > RL["maxCompletionLength"] - 0.5, lengths
 
 
