@@ -453,40 +453,61 @@ def readme_run_output() -> list[str]:
 
 # Throughput is the machine's, not the pipeline's: the README's are from its own run, on its own machine.
 MACHINE_FIGURES = ("tokensPerSecond", "mfu")
+SCORES = ("exactMatch", "contains", "winRate", "emptyFraction", "truncatedFraction", "evalAccuracy",
+          "meanCompletionLength")
+REWARDS = ("meanReward", "baselineMeanReward")
 
 
-def close(readme: float, run: float, metric: str) -> bool:
-    """One run of the tiny CPU pipeline against another: scores in [0, 1] within 0.1, others within
-    15% (thread scheduling on a shared CPU changes the last digits of a training run, not its story)."""
-    if metric.split(".")[-1] in ("exactMatch", "contains", "winRate", "emptyFraction", "evalAccuracy"):
-        return abs(readme - run) <= 0.1
-    if metric.split(".")[-1] in ("meanReward", "baselineMeanReward"):
-        # Rewards span about ±10 here; the sft policy's mean reward sits near 0, where a run's last
-        # digits move it by tenths (seen: 0.19 and -0.13 in two runs): within 1.0, or 15% when larger.
-        return abs(readme - run) <= max(1.0, 0.15 * abs(run))
-    return abs(readme - run) <= 0.15 * max(abs(run), 0.05)
+def same_order(readme: float, run: float, metric: str) -> bool:
+    """A figure of the README's run against this machine's run of the same example.
+
+    The same seed gives other floats on another CPU (AVX2, AVX512 or no vector kernels, Intel or
+    AMD, arm64: each sums in its own order), and a few hundred steps of a tiny model amplify them:
+    the README's "Figures on other machines" lists the spread measured. What holds everywhere is
+    the figure's size, not its digits: a score within 0.15, a reward (spanning about ±10 here)
+    within 3, a loss within a factor of 10 (the reward model's falls to 1e-4..1e-3).
+    """
+    name = metric.split(".")[-1]
+    if name in SCORES:
+        return abs(readme - run) <= 0.15
+    if name in REWARDS:
+        return abs(readme - run) <= 3.0
+    if readme <= 0 or run <= 0:
+        return readme == run
+    return 0.1 <= run / readme <= 10
 
 
 def test_the_readme_figures_are_the_examples(example_run):
-    """Every figure of the README's quick start is what the example produces (so they stay true)."""
+    """The README's quick-start output is what the example prints on any machine: the same table
+    (stages, phases, steps, attempts, checkpoints: all fixed by the manifest), every stage
+    learning what it trains, and every figure of the same size as the README's run — not its
+    digits, which depend on the CPU (see `same_order`)."""
     _, out, status, _, _ = example_run
     lines = readme_run_output()
     header = lines[1].split()
     assert header[:5] == ["STAGE", "PHASE", "STEPS", "ATTEMPT", "CKPTS"]
-    for row in lines[2:2 + 6]:
-        cells = row.split()
+    printed = out[out.index("pipeline Succeeded"):].splitlines()
+    assert printed[1].split() == header, "the printed table has the README's columns"
+    rows = [row.split() for row in lines[2:2 + 6]]
+    assert [r[0] for r in rows] == [s["name"] for s in status["stages"]] == [r.split()[0] for r in printed[2:8]]
+    for cells in rows:
         stage = stage_of(status, cells[0])
-        assert cells[1] == stage["phase"] and int(cells[2]) == (stage.get("step") or 0), row
+        assert cells[1] == stage["phase"] == "Succeeded", cells
+        assert int(cells[2]) == (stage.get("step") or 0) and int(cells[3]) == stage["attempt"] == 1, cells
+        assert int(cells[4]) == stage.get("checkpoints", 0), cells
         for name, cell in zip(header[5:], cells[5:]):
+            assert (cell == "-") == (name not in stage.get("metrics", {})), (cells[0], name, "printed for other stages")
             if cell != "-" and name not in MACHINE_FIGURES:
-                assert close(float(cell), stage["metrics"][name], name), (cells[0], name, cell, stage["metrics"][name])
+                run = stage["metrics"][name]
+                assert same_order(float(cell), run, name), (cells[0], name, cell, run)
     scores = stage_of(status, "eval")["metrics"]
     at = lines.index("eval (held out)")
     columns = lines[at + 1].split()
+    assert printed[printed.index("eval (held out)") + 1].split() == columns
     for row in lines[at + 2:at + 4]:
         model, *cells = row.split()
         for name, cell in zip(columns[1:], cells):
-            assert close(float(cell), scores[f"{model}.{name}"], name), (model, name, cell)
+            assert same_order(float(cell), scores[f"{model}.{name}"], name), (model, name, cell)
     # The prose quotes the same run.
     text = (REPO / "README.md").read_text()
     prose = re.search(r"exact match (\d\.\d\d) → (\d\.\d\d), mean reward (-?\d+\.\d\d) → (-?\d+\.\d\d), "
@@ -494,8 +515,40 @@ def test_the_readme_figures_are_the_examples(example_run):
     assert prose, "the quick start's sentence of eval figures"
     for figure, key in zip(prose.groups(), ("sft.exactMatch", "rlhf.exactMatch", "sft.meanReward", "rlhf.meanReward",
                                             "rlhf.winRate")):
-        assert close(float(figure), scores[key], key), (key, figure, scores[key])
+        assert same_order(float(figure), scores[key], key), (key, figure, scores[key])
     rlhf = stage_of(status, "rlhf")["metrics"]
     trained = re.search(r"held-out mean reward (-?\d+\.\d\d) → (-?\d+\.\d\d)", text)
-    assert trained and close(float(trained.group(1)), rlhf["baselineMeanReward"], "baselineMeanReward") \
-        and close(float(trained.group(2)), rlhf["meanReward"], "meanReward")
+    assert trained and same_order(float(trained.group(1)), rlhf["baselineMeanReward"], "baselineMeanReward") \
+        and same_order(float(trained.group(2)), rlhf["meanReward"], "meanReward")
+
+
+def test_every_stage_of_the_example_learns_what_it_trains(example_run):
+    """What the README's story says, checked on this machine's own figures, whatever its CPU: the
+    language models' held-out loss falls by more than half, the reward model ranks held-out pairs
+    right, RLHF raises its held-out reward well above the sft policy's, and the rlhf model answers
+    the eval stage's held-out prompts right at least as often as the sft model (the export's gate)
+    and nearly always, never with an empty or cut-off answer."""
+    _, _, status, _, _ = example_run
+    for name in ("pretrain", "sft", "reward"):
+        metrics = stage_of(status, name)["metrics"]
+        assert metrics["evalLoss"] < metrics["initialEvalLoss"] / 2, (name, metrics)
+    assert stage_of(status, "reward")["metrics"]["evalAccuracy"] >= 0.9
+    rlhf = stage_of(status, "rlhf")["metrics"]
+    assert rlhf["meanReward"] >= rlhf["baselineMeanReward"] + 2.0, rlhf
+    assert 0 < rlhf["kl"] < 1.0, rlhf
+    scores = stage_of(status, "eval")["metrics"]
+    assert scores["rlhf.exactMatch"] >= max(scores["sft.exactMatch"], 0.9), scores
+    assert scores["rlhf.meanReward"] > scores["sft.meanReward"] and scores["rlhf.winRate"] > 0.5, scores
+    for model in ("sft", "rlhf"):
+        assert scores[f"{model}.emptyFraction"] == 0 and scores[f"{model}.truncatedFraction"] == 0, scores
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="warm starts are local mode's default on Linux only")
+def test_the_example_stages_start_warm(example_run):
+    """Every stage process of `refinery run` is a fork of local mode's fork server, which imported the
+    training libraries once (local/launcher.py); the figures above are those warm processes'."""
+    _, _, status, workdir, _ = example_run
+    for stage in status["stages"]:
+        log = workdir / "tiny-chat" / ".runs" / f"{stage['name']}-1.log"
+        first = log.read_text().splitlines()[0]
+        assert first == "refinery-train: warm start, forked from local mode's fork server", (stage["name"], first)

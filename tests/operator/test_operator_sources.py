@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from refinery_operator.handlers import RESYNC_S
 from refinery_operator.k8s import PIPELINES
 from tests.s3server import start_moto_server
 
@@ -163,8 +164,9 @@ async def test_a_misspelt_last_stage_path_on_the_volume_fails_before_any_stage_j
     assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["local-typo-sources-1-fetch"]  # no stage ever started
     assert all(s["phase"] == "Pending" and s["attempt"] == 0 for s in status["stages"])
     print(f"\na misspelt last-stage path on the volume failed the pipeline {took:.1f}s after it was created")
-    # The first stage's trainer alone takes ~9 s to start (README, Start-up), then trains 150 steps.
-    assert took < 10, took
+    # Failed on the initializer Job's own event, not at the daemon's RESYNC_S backstop: the time is
+    # the fetch process's (5 s here on 2 cores under a load of 7), which is the machine's speed.
+    assert took < RESYNC_S / 2, took
 
 
 async def test_an_unreachable_store_is_retried_as_infrastructure_then_fails(emulator, cluster, start_operator, kubelet):

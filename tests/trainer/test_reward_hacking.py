@@ -1,6 +1,7 @@
 """Reward hacking made visible: a reward model trained to prefer empty answers (every pair's
-chosen is empty) drives RLOO to answer nothing while its reward rises; the stage says so
-(completionsCollapsed, the empty share), and with rl.stopOnHacking it stops with RewardHacking."""
+chosen is empty) drives RLOO to answer nothing, or never to stop, while its reward rises; the
+stage says so (completionsCollapsed, the empty and truncated shares), and with rl.stopOnHacking
+it stops with RewardHacking."""
 
 from __future__ import annotations
 
@@ -39,18 +40,43 @@ def hacking_run(ws, judge_ws, name: str, rl: dict | None = None, steps: int = 60
 
 
 def test_a_reward_model_that_prefers_empty_answers_is_flagged(hacked_judge, workspace):
-    # 120 steps: the collapse is a tipping point (a few empty samples, rewarded, then most of them), and
-    # where it comes varies with the CPU's thread count; by 120 it has come on every setting tried.
+    # A judge that prefers nothing to the right answer has two blind spots for the policy to fall
+    # into, the two collapses the stage watches for (evaluation/hacking.py): empty answers, or
+    # answers cut at maxCompletionLength. Which one it falls into, and when, is a tipping point that
+    # the CPU decides (its kernels and thread count): on one machine, with torch's AVX2 or AVX512
+    # kernels the policy learns to say nothing; with ATEN_CPU_CAPABILITY=default, or MKL's other
+    # matrix-multiply path (MKL_CBWR=COMPATIBLE), it never stops. Either is hacking; the stage must
+    # report the one that happened. 120 steps: by then one has come on every setting tried.
     metrics = run_stage(workspace, hacking_run(workspace, hacked_judge, "hacked", steps=120))["metrics"]
     assert metrics["meanReward"] > metrics["baselineMeanReward"]  # the reward rose ...
-    assert metrics["heldOutEmptyFraction"] >= 0.9  # ... while the policy learned to say nothing
-    assert metrics["completionsCollapsed"] == 1.0
-    # Live, while it trained: most sampled completions were empty by the end, and TRL's mean
-    # completion length (EOS included: 1 is an empty answer) fell towards 1.
-    assert metrics["emptyFraction"] > 0.5
+    assert metrics["completionsCollapsed"] == 1.0  # ... while the completions collapsed, and the stage says so
+    # The trained policy's greedy answers to held-out prompts collapsed too (the sft policy's are
+    # neither empty nor cut off): most of them, into the one collapse they share with the live samples.
+    held_out_empty, held_out_truncated = metrics["heldOutEmptyFraction"], metrics["heldOutTruncatedFraction"]
+    assert held_out_empty + held_out_truncated >= 0.8, metrics
+    # TRL's mean completion length counts EOS: 1 is an empty answer, maxCompletionLength one cut off.
     text = (workspace / "p" / "hacked" / "attempt-1" / "metrics.jsonl").read_text()
     lengths = [entry["completions/mean_length"] for entry in map(json.loads, text.splitlines()) if "completions/mean_length" in entry]
-    assert lengths[-1] < 1.5 < lengths[0]
+    if held_out_empty > held_out_truncated:  # the policy learned to say nothing
+        assert metrics["emptyFraction"] > 0.5, metrics
+        assert lengths[-1] < 1.5 < lengths[0], lengths
+    else:  # the policy learned never to stop
+        assert metrics["truncatedFraction"] > 0.5, metrics
+        assert lengths[-1] > RL["maxCompletionLength"] - 0.5, lengths
+
+
+def test_either_collapse_with_a_rising_reward_is_hacking_and_the_empty_share_is_counted():
+    """What the stage checks at each log, for both collapses whichever one this CPU's run fell into."""
+    from refinery_trainer.evaluation.hacking import EmptyCompletionWatch, hacking_verdict
+
+    watch = EmptyCompletionWatch()
+    assert watch(["p"] * 4, ["", "  ", " moo", [{"role": "assistant", "content": ""}]]) == [0.0] * 4
+    assert watch.empty_fraction == 0.75
+    collapsed = {"completionsCollapsed": 1.0}
+    assert hacking_verdict(first_reward=0.9, reward=4.8, empty=0.95, truncated=0.0, kl=0.3, max_kl=None) == collapsed
+    assert hacking_verdict(first_reward=0.9, reward=4.8, empty=0.0, truncated=1.0, kl=0.3, max_kl=None) == collapsed
+    assert hacking_verdict(first_reward=0.9, reward=4.8, empty=0.5, truncated=0.9, kl=0.3, max_kl=None) == {}
+    assert hacking_verdict(first_reward=4.8, reward=0.9, empty=1.0, truncated=1.0, kl=0.3, max_kl=None) == {}  # reward fell
 
 
 def test_stop_on_hacking_fails_the_stage_with_reward_hacking(hacked_judge, workspace):

@@ -38,6 +38,7 @@ from ..core.sources import InitializerDecision, record_inputs_check, source_fail
 from ..core.stage_run import build_stage_run
 from .display import ProgressDisplay, eval_table, summary_table
 from .initializer import run_initializer
+from .launcher import ForkedProcess, StageLauncher
 from .summary import write_summary_plot
 
 POLL_SECONDS = 0.2
@@ -49,7 +50,7 @@ PIPELINE_FILE = "pipeline.json"
 class Attempt:
     stage: str
     number: int
-    process: subprocess.Popen
+    process: subprocess.Popen | ForkedProcess
     log_path: Path
     started: str
     ended: str | None = None
@@ -74,6 +75,7 @@ class LocalPipeline:
     data_root: Path
     attempts: dict[str, list[Attempt]] = field(default_factory=dict)
     finished_before: dict[str, AttemptState] = field(default_factory=dict)
+    launcher: StageLauncher = field(default_factory=StageLauncher)
 
     def observe(self, status: PipelineStatus) -> Observed:
         attempts: dict[str, list[AttemptState]] = {}
@@ -108,12 +110,7 @@ class LocalPipeline:
         config = runs_dir / f"{launch.stage}-{launch.attempt}.json"
         config.write_text(json.dumps(run.dump(), indent=2))
         log_path = runs_dir / f"{launch.stage}-{launch.attempt}.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "refinery_trainer", "run", "--config", str(config)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**trainer_environment(), "TOKENIZERS_PARALLELISM": "false"},
-            )
+        process = self.launcher.start(config, log_path, {**trainer_environment(), "TOKENIZERS_PARALLELISM": "false"})
         self.attempts.setdefault(launch.stage, []).append(
             Attempt(launch.stage, launch.attempt, process, log_path, now_stamp())
         )
@@ -156,6 +153,7 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
     write_pipeline(root, pipeline, data_root.resolve())
     status = continue_from(root, pipeline, local)
     on_status = on_status or (lambda status: None)
+    local.launcher.warm_up()  # the stages' libraries load while the initializer checks the inputs
     fetched = run_initializer(pipeline, root, data_root.resolve(), trainer_environment())
     if fetched.phase == "Failed":  # nothing trains on a pipeline whose inputs are not all there
         status = source_failure_status(status, fetched, None, datetime.now(timezone.utc))
