@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -65,11 +64,11 @@ def run_pipeline(tree: Path, work: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "operator"), str(tree / "trainer")])}
     if THREADS:
         env["OMP_NUM_THREADS"] = str(THREADS)
-    begin, cpu_begin = time.time(), children_cpu_s()
+    begin = time.time()
     done = subprocess.run([sys.executable, "-m", "refinery_operator.cli", "run", "examples/tiny-chat.yaml",
                            "--workdir", str(work / "runs"), "--metrics-port", "0", "--quiet"],
                           cwd=tree, env=env, capture_output=True, text=True)
-    pipeline_s, cpu_s = time.time() - begin, children_cpu_s() - cpu_begin
+    pipeline_s = time.time() - begin
     if done.returncode != 0:
         raise SystemExit(f"{tree}: refinery run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     runs = work / "runs" / "tiny-chat" / ".runs"
@@ -81,20 +80,12 @@ def run_pipeline(tree: Path, work: Path) -> dict:
         stages[stage] = {"startup_s": first - start, "training_s": times[-1][0] - first}
     status = json.loads((work / "runs" / "tiny-chat" / "status.json").read_text())
     metrics = {s["name"]: s.get("metrics", {}) for s in status["stages"]}
-    return {"pipeline_s": pipeline_s, "cpu_s": cpu_s, "stages": stages, "metrics": metrics}
-
-
-def children_cpu_s() -> float:
-    """User + system CPU seconds of every finished descendant (stage processes and the fork server
-    included): less moved by other work on the machine than wall time."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return {"pipeline_s": pipeline_s, "stages": stages, "metrics": metrics}
 
 
 def median_of(results: list[dict]) -> dict:
     return {
         "pipeline_s": statistics.median(r["pipeline_s"] for r in results),
-        "cpu_s": statistics.median(r["cpu_s"] for r in results),
         "stages": {s: {k: statistics.median(r["stages"][s][k] for r in results) for k in ("startup_s", "training_s")}
                    for s in STAGES},
     }
@@ -127,14 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{stage:<10}" + "".join(f"{s['stages'][stage]['startup_s']:>19.1f}s{s['stages'][stage]['training_s']:>19.1f}s"
                                        for s in summary.values()))
     print(f"{'pipeline':<10}" + "".join(f"{s['pipeline_s']:>19.1f}s{'':>20}" for s in summary.values()))
-    print(f"{'cpu':<10}" + "".join(f"{s['cpu_s']:>19.1f}s{'':>20}" for s in summary.values()))
     for name, runs in results.items():
         shown = {stage: {k: round(v, 4) for k, v in m.items() if k in SHOWN_METRICS} for stage, m in runs[-1]["metrics"].items()}
         print(f"{name} final metrics: {json.dumps(shown)}")
     figures = {"runs": args.runs, "baseline": args.baseline, "threads": args.threads, "load_average": os.getloadavg(), **summary}
     if "baseline" in summary:
         figures["pipeline_speedup"] = summary["baseline"]["pipeline_s"] / summary["current"]["pipeline_s"]
-        figures["cpu_ratio"] = summary["current"]["cpu_s"] / summary["baseline"]["cpu_s"]
     print(json.dumps(figures))
     return 0
 
