@@ -52,6 +52,7 @@ from .summary import summarize
 AttemptPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 MAX_BACKOFF_FACTOR = 32
 MAX_BACKOFF_S = 3600
+REASON_START_TIMEOUT = "StartTimeout"  # no pod of an attempt (a stage's or the initializer's) became ready in time
 
 
 @dataclass(frozen=True)
@@ -299,18 +300,26 @@ def control_attempt(pipeline: TrainingPipeline, stage: Stage, status: StageStatu
         else:
             stops.append(Stop(stage.name, latest.attempt, "resume", "Resumed", "spec.suspend is false"))
         return []
-    started = parse_time(latest.start_time)
-    if latest.ready or started is None or latest.deleting:
-        return []
     timeout = stage.retries.start_timeout_seconds
-    left = (started + timedelta(seconds=timeout) - now).total_seconds()
+    left = start_time_left(latest, timeout, now)
+    if left is None:
+        return []
     if left > 0:
         return [left]
-    stops.append(Stop(stage.name, latest.attempt, "fail", "StartTimeout",
+    stops.append(Stop(stage.name, latest.attempt, "fail", REASON_START_TIMEOUT,
                       f"no pod of attempt {latest.attempt} was ready {timeout}s after it started: look for "
                       "ImagePullBackOff (spec.image), an unschedulable pod (GPUs, nodeSelector, tolerations) or a "
                       "volume that cannot attach in `kubectl describe pod`"))
     return []
+
+
+def start_time_left(attempt: AttemptState, timeout: int, now: datetime) -> float | None:
+    """Seconds before `attempt` fails as StartTimeout (none left: it has), or None when no deadline
+    applies: a pod is ready, the attempt has not started, or it is being deleted."""
+    started = parse_time(attempt.start_time)
+    if attempt.ready or started is None or attempt.deleting:
+        return None
+    return (started + timedelta(seconds=timeout) - now).total_seconds()
 
 
 def held_until(attempt: AttemptState, now: datetime) -> float:

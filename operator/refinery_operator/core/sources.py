@@ -31,19 +31,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from ..api.run import ConfigMapReporter, FetchResult, FetchRun, FileReporter
 from ..api.sources import SourceStatus, fetched_path, stage_sources
 from ..api.v1alpha1 import Phase, PipelineStatus, Stage, TrainingPipeline
 from . import conditions as cond
-from .accounting import parse_time
 from .conditions import rfc3339
 from .naming import dns_name
-from .plan import AttemptState, Stop
+from .plan import REASON_START_TIMEOUT, AttemptState, Stop, start_time_left
 
 REASON_SOURCE_ERROR = "SourceError"
-REASON_START_TIMEOUT = "StartTimeout"  # the initializer's pod never became ready
 INITIALIZER_RETRIES = 3  # transient failures of the initializer retried (it also retries inside)
 INPUTS_CHECKED = "InputsChecked"  # condition: every input exists and has what its stage reads
 REASON_INPUTS_CHECKED = "InputsChecked"
@@ -101,9 +99,9 @@ def initializer_start_timeout(pipeline: TrainingPipeline) -> int:
 def initializer_start_failure(pipeline: TrainingPipeline, latest: AttemptState, now: datetime | None) -> FetchResult | None:
     """A StartTimeout when the initializer's pod never started (an image the node cannot pull or
     has not got, a volume that cannot attach): without it the pipeline would wait forever."""
-    started = parse_time(latest.start_time)
     timeout = initializer_start_timeout(pipeline)
-    if now is None or latest.ready or latest.deleting or started is None or now < started + timedelta(seconds=timeout):
+    left = None if now is None else start_time_left(latest, timeout, now)
+    if left is None or left > 0:
         return None
     return FetchResult(phase="Failed", reason=REASON_START_TIMEOUT, message=(
         f"no pod of the initializer Job {initializer_job_name(pipeline.metadata.name, latest.attempt)} was ready "
