@@ -95,3 +95,16 @@ def test_generate_eval_settings():
         GenerateEval(path=ANSWERS, rewards=[{"contains": {}, "name": "winRate"}])
     with pytest.raises(ValidationError, match="two rewards are named"):
         GenerateEval(path=ANSWERS, rewards=[{"contains": {}}, {"contains": {}}])
+
+
+def test_local_modes_eval_table_marks_the_circular_columns():
+    from refinery_operator.local.display import eval_table
+
+    pipeline = with_eval({"rewardModel": "reward", "baseline": "sft"})
+    metrics = {f"{m}.{k}": v for m in ("sft", "rlhf") for k, v in (("exactMatch", 0.5), ("meanReward", 1.0), ("winRate", 0.5))}
+    status = PipelineStatus.model_validate({"stages": [{"name": "eval", "metrics": metrics}]})
+    lines = eval_table(status, pipeline).strip().splitlines()
+    assert lines[1].split() == ["MODEL", "exactMatch", "meanReward*", "winRate*"]
+    assert lines[4:] == ["* rlhf.meanReward, rlhf.winRate: judged by the reward model rlhf was optimised against (reward)"]
+    fixed = with_eval({"rewardModel": "reward2", "baseline": "sft"})
+    assert "*" not in eval_table(status, fixed)

@@ -100,6 +100,10 @@ def eval_table(status: PipelineStatus, pipeline: TrainingPipeline | None = None)
         table = [header, *([m, *(f"{r[k]:.4f}" if k in r else "-" for k in scores)] for m, r in rows.items())]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-        lines += [f"{MARK} {metric}: {why}" for metric, why in notes.items() if metric.partition(".")[0] in rows]
+        shown = {}  # one footnote per judgement: "* rlhf.meanReward, rlhf.winRate: judged by ..."
+        for metric, why in notes.items():
+            if metric.partition(".")[0] in rows:
+                shown.setdefault(why, []).append(metric)
+        lines += [f"{MARK} {', '.join(metrics)}: {why}" for why, metrics in shown.items()]
         out.append(f"\n\n{stage.name} (held out)\n" + "\n".join(lines))
     return "".join(out)
