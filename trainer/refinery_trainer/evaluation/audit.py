@@ -182,6 +182,10 @@ class HeldOutWatch(TrainerCallback):
             line["held_out_audit"] = point.audit
         if point.exact_match is not None:
             line["held_out_exact_match"] = point.exact_match
+        from ..metrics import process_metrics
+
+        if (registry := process_metrics()) is not None:  # Prometheus: refinery_trainer_held_out{measure=...}
+            registry.on_log({k: v for k, v in line.items() if k != "step"})
         path = self.ctx.attempt_dir / METRICS_LOG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as out:
