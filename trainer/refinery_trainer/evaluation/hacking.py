@@ -145,7 +145,11 @@ class HackingWatch(TrainerCallback):
             message = describe(verdict, metrics, self.rl.max_kl)
             log.warning("rlhf: reward hacking at step %d: %s", state.global_step, message)
             if self.rl.stop_on_hacking and self.stopped is None:
-                self.stopped = f"stopped at step {state.global_step} (rl.stopOnHacking): {message}"
+                self.stopped = f"stopped at step {state.global_step} (rl.stopOnHacking), no model saved: {message}"
+                best = self.held_out.best if self.held_out is not None else None
+                if best is not None:
+                    self.stopped += (f"; the best audit score ({best['audit']:.4g}) was at step {best['step']}, "
+                                     f"saved in {self.ctx.stage_dir}/audit-best")
                 control.should_training_stop = True
 
     def raise_if_stopped(self, stage: str) -> None:
