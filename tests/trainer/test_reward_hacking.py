@@ -86,6 +86,9 @@ def test_stop_on_hacking_fails_the_stage_with_reward_hacking(hacked_judge, works
     assert cli.main(["run", "--config", str(write_config(workspace / "stopped.yaml", run))]) == 1
     progress = read_json(workspace / "p" / "stopped" / "progress.json")
     assert progress["phase"] == "Failed" and progress["failureReason"] == "RewardHacking"
-    assert "completions collapsed" in progress["message"] and progress["metrics"]["completionsCollapsed"] == 1.0
+    # Whichever verdict came first: the answers collapsing (empty or endless), or becoming one and the same
+    # answer for every held-out prompt (the empty one) — the diversity watch often sees it a few steps sooner.
+    flags = {k for k in ("completionsCollapsed", "completionsDegenerate") if progress["metrics"].get(k) == 1.0}
+    assert flags and ("completions collapsed" in progress["message"] or "became alike" in progress["message"]), progress
     assert progress["step"] < 90  # stopped early
     assert not (workspace / "p" / "stopped" / "model").exists()

@@ -52,7 +52,7 @@ def test_verifier_rewards_raise_held_out_exact_match_with_no_reward_stage(tasks,
     assert metrics["heldOutExactMatch"] >= metrics["baselineHeldOutExactMatch"] + 0.15, metrics
     assert metrics["meanReward"] > metrics["baselineMeanReward"]
     # Each reward on its own, live and held out; none of the watches fired.
-    assert {"rewards/exactMatch", "rewards/regex"} <= metrics.keys()
+    assert {"rewards/exactMatch", "rewards/regex", "heldOutRewards/exactMatch", "heldOutRewards/regex"} <= metrics.keys()
     assert metrics["groundTruthFell"] == metrics["completionsDegenerate"] == metrics["completionsCollapsed"] == 0.0
     logged = [json.loads(line) for line in (workspace / "p" / "rlvr" / "attempt-1" / "metrics.jsonl").read_text().splitlines()]
     assert any("rewards/exactMatch/mean" in e for e in logged) and sum("held_out_exact_match" in e for e in logged) >= 10
@@ -105,3 +105,16 @@ def test_a_user_verifier_that_raises_or_returns_a_string_fails_the_stage(tasks, 
     progress = read_json(workspace / "p" / "user" / "progress.json")
     assert progress["failureReason"] == "BadRewardFunction" and says in progress["message"], progress
     assert not (workspace / "p" / "user" / "model").exists()
+
+
+@pytest.mark.parametrize("rl", [
+    {"algorithm": "grpo", "lossType": "dr_grpo", "maskTruncatedCompletions": True},
+    {"algorithm": "ppo"},  # the critic starts from the policy: there is no reward model to start it from
+], ids=["grpo-dr_grpo", "ppo"])
+def test_verifier_rewards_train_grpo_and_ppo_too(tasks, workspace, rl):
+    run = rl_run(workspace, tasks, rl["algorithm"], {**rl, "rewards": [{"exactMatch": {}}]}, steps=40)
+    metrics = run_stage(workspace, run)["metrics"]
+    print(rl["algorithm"], {k: v for k, v in metrics.items() if "xact" in k or "eward" in k or "istinct" in k})
+    assert metrics["heldOutExactMatch"] > metrics["baselineHeldOutExactMatch"], metrics
+    # The same live watch on every algorithm: the completions' variety, batch by batch.
+    assert 0 < metrics["distinctFraction"] <= 1 and metrics["completionsDegenerate"] == 0.0

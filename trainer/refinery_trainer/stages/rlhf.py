@@ -74,19 +74,22 @@ def run(ctx: StageContext) -> dict[str, float]:
 
         rows = _rows(train_rows, spec)
         history = ppo.train(ctx, rl, policy, tokenizer, rewards, rows, callbacks=[watch, hacking], completions=completions)
-        model, metrics = policy, last_logged(history, PPO_METRICS)
+        model = policy
     else:
         trainer = _trainer(ctx, rl, policy, tokenizer, rewards, train_rows, eval_rows, generation, [watch, hacking], completions)
         output = ctx.train(trainer)
-        model, metrics = trainer.model, last_logged(_log_history(ctx, trainer), TRL_METRICS)
-        if output.training_loss is not None and math.isfinite(output.training_loss):
-            metrics["trainLoss"] = float(output.training_loss)
+        model, history = trainer.model, _log_history(ctx, trainer)
+    metrics = last_logged(history, PPO_METRICS if rl.algorithm == "ppo" else TRL_METRICS)
+    if rl.algorithm != "ppo" and output.training_loss is not None and math.isfinite(output.training_loss):
+        metrics["trainLoss"] = float(output.training_loss)
     hacking.raise_if_stopped(ctx.stage.name)  # rl.stopOnHacking, during training
     last = watch.evaluate(model, step=ctx.steps or 0)
     metrics.update(watch.metrics())
     metrics.update({HELD_OUT_STATS[k]: v for k, v in (("meanCompletionLength", last.mean_length),
                    ("emptyFraction", last.empty_fraction), ("truncatedFraction", last.truncated_fraction))})
-    metrics.update({f"rewards/{name}": v for name, v in last.reward_means.items()} if len(rewards) > 1 else {})
+    # Each reward on its own: its mean over the last logging window (as live), and on the held-out answers.
+    metrics.update(last_logged(history, {f"rewards/{r.name}/mean": f"rewards/{r.name}" for r in rewards}))
+    metrics.update({f"heldOutRewards/{name}": v for name, v in last.reward_means.items()})
     live = ctx.reporter.record.metrics  # the training logs' latest figures and flags (HackingWatch)
     for key in ("emptyFraction", "distinctFraction", "groupDistinctFraction"):
         if key in live:
@@ -94,9 +97,10 @@ def run(ctx: StageContext) -> dict[str, float]:
     metrics.update(held_out_verdict(first.reward, last, metrics, live, rl, watch))
     log.info("rlhf: mean held-out reward %.4f -> %.4f", first.reward, last.reward)
     _stop_if_hacking(ctx, rl, metrics, watch)
+    if rl.selects_by_audit and watch.best is not None:
+        metrics["selectedStep"] = float(watch.best["step"])
     if rl.selects_by_audit and watch.best is not None and watch.best["step"] != last.step:
         restore_best(model, ctx.stage_dir)
-        metrics["selectedStep"] = float(watch.best["step"])
         log.info("rlhf: saving the model of step %d, the best audit score (%.4g; rl.selectBy audit)",
                  watch.best["step"], watch.best["audit"])
     ctx.save_final(model, tokenizer)
