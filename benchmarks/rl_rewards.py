@@ -11,8 +11,11 @@ on prompts with references (the preferences' right answers; held out: answers_ev
   the last step) — a step as it was before verifiers and the audit;
 - `verifiers`: the reward model plus exactMatch, numeric (math-verify) and regex verifiers;
 - `python`: the reward model plus a user's Python verifier (a file imported by the stage);
-- `audit`: the reward model, audited by a second reward model every 10 steps (greedy completions
-  of 128 held-out prompts scored by both, exact match, distinct answers).
+- `watch`: the reward model with the held-out watch at its default cadence (every
+  training.loggingSteps, 5 here: greedy completions of 128 held-out prompts, scored, exact match,
+  distinct answers) — what every rlhf stage now pays unless rl.auditSteps says otherwise;
+- `audit`: the reward model, audited by a second reward model every 10 steps (the same held-out
+  evaluation, scored by both).
 
 Seconds per step come from the stage's own training log (`metrics.jsonl`: the time of each log
 line), from the first logged step to the last, so model loading and the evaluations before and
@@ -55,6 +58,7 @@ def configs(ws: Path) -> dict[str, dict]:
                       "auditSteps": NEVER},
         "python": {"rewards": [model, {"python": {"path": str(ws / "verify.py"), "function": "score"}}],
                    "auditSteps": NEVER},
+        "watch": {"rewards": [model]},
         "audit": {"rewards": [model], "audit": [{"model": "judge"}], "auditSteps": 10},
     }
 
