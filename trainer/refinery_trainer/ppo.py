@@ -266,10 +266,10 @@ STATE_FILE = "ppo_state.pt"  # optimiser, scheduler and beta; sampling is seeded
 VALUE_DIR = "value"
 
 
-def train(ctx, rl: RlSpec, policy, tokenizer, rewards, prompts: list[dict], callbacks=(), completions=None):
+def train(ctx, rl: RlSpec, policy, tokenizer, rewards, prompts: list[dict], callbacks=(), completion_watch=None):
     """Train `policy` in place with PPO, checkpointing and resuming like every stage. `rewards` are the
     stage's reward sources (refinery_trainer.rewards), `prompts` its rows (`prompt`, `reference`, ...);
-    `callbacks` get the Trainer's events and `completions` (a CompletionWatch) sees every rollout.
+    `callbacks` get the Trainer's events and `completion_watch` (a CompletionWatch) sees every rollout.
     Returns the log history (TRL-style dicts: `kl`, `reward`, `rewards/<name>/mean`, `policy_loss`, `loss` …)."""
     import copy
 
@@ -290,8 +290,8 @@ def train(ctx, rl: RlSpec, policy, tokenizer, rewards, prompts: list[dict], call
     means: dict[str, float] = {}
 
     def score_fn(batch_prompts, texts, columns):
-        if completions is not None:
-            completions.observe(texts)
+        if completion_watch is not None:
+            completion_watch.observe(texts)
         totals, by_name = score_all(rewards, batch_prompts, texts, columns)
         means.clear()
         means.update(by_name)

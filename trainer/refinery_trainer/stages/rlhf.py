@@ -73,7 +73,8 @@ def run(ctx: StageContext) -> dict[str, float]:
         from .. import ppo
 
         rows = _rows(train_rows, spec)
-        history = ppo.train(ctx, rl, policy, tokenizer, rewards, rows, callbacks=[watch, hacking], completions=completions)
+        history = ppo.train(ctx, rl, policy, tokenizer, rewards, rows, callbacks=[watch, hacking],
+                            completion_watch=completions)
         model = policy
     else:
         trainer = _trainer(ctx, rl, policy, tokenizer, rewards, train_rows, eval_rows, generation, [watch, hacking], completions)
