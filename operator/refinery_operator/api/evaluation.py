@@ -150,6 +150,10 @@ class ExportSpec(ApiModel):
         "the volume (relative to /workspace).",
     )
     private: bool = Field(True, description="hf:// only: create the hub repo as private.")
+    allow_reward_hacking: bool = Field(
+        False, description="Export even when an rlhf stage the model descends from ended with a RewardHacking verdict "
+        "(by default the export is held back, reason GateNotMet).",
+    )
     credentials_secret: str | None = Field(
         None, max_length=253, pattern=DNS_LABEL,
         description="A Secret in the pipeline's namespace whose keys become the export pod's environment (e.g. "

@@ -31,7 +31,7 @@ from .sources import SourceUriError, parse_source
 MAX_REWARDS = 8
 VERIFIER_KINDS = ("exactMatch", "contains", "numeric", "regex", "length", "python")
 SOURCE_KINDS = ("model", *VERIFIER_KINDS)
-REWARD_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+REWARD_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"  # no dots: status metrics `<model>.<score>` are eval scores
 
 
 class Verifier(ApiModel):

@@ -135,7 +135,7 @@ class RlSpec(ApiModel):
         "Default: training.loggingSteps.",
     )
     audit_patience: int = Field(
-        2, ge=1, le=1000,
+        3, ge=1, le=1000,
         description="Consecutive held-out evaluations the audit must fall, while the reward rises, to count as "
         "RewardOveroptimized (or once below its starting value).",
     )

@@ -46,7 +46,7 @@ from .conditions import rfc3339
 from .accounting import gpu_seconds, lost_gpu_seconds, parse_time, restart_counts
 from .naming import job_name, model_dir
 from .reruns import downstream, requested_stage, spec_hash
-from .hacking import set_hacking_condition
+from .hacking import export_hold, set_hacking_condition
 from .judging import set_circular_judge_condition
 from .summary import summarize
 
@@ -128,6 +128,8 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
 
     by_name = {s.name: observe_stage(s, prev_by_name[s.name], observed, pipeline.metadata.name, stamp) for s in spec.run_stages}
     gates = {s.name: msg for s in spec.run_stages if (msg := gate_problem(s, by_name[s.name]))}
+    if (hold := export_hold(pipeline, by_name)) is not None:  # a model that gamed its reward is not exported
+        gates.setdefault(*hold)
     failed_for_good = bool(gates) or any(s.phase == Phase.failed for s in by_name.values())
     launches: list[Launch] = []
     waits: list[float] = []
