@@ -33,3 +33,18 @@ def test_pass_and_mean_at_k_over_prompts():
     assert sampled_scores([1.0, 0.0, 1.0, 1.0], 1) == {"passAtK": 0.75, "meanAtK": 0.75}
     # Partial credit is not "correct": a verifier must give 1.0 (or more).
     assert sampled_scores([0.5, 0.99], 2)["passAtK"] == 0.0
+
+
+def test_the_initializer_checks_an_eval_stages_python_verifier(tmp_path):
+    from refinery_operator.api.v1alpha1 import Stage
+    from refinery_trainer.rewards.user import BadRewardFunction
+    from refinery_trainer.sources.preflight import check_pipeline
+
+    (tmp_path / "answers.jsonl").write_text('{"prompt": "What does the cow say?", "reference": " moo"}\n')
+    (tmp_path / "rewards.py").write_text("def other(prompts, completions, references, **kw):\n    return [1.0]\n")
+    stage = Stage.model_validate({"name": "eval", "type": "eval", "eval": {"models": ["sft"], "generate": {
+        "path": "answers.jsonl", "rewards": [{"exactMatch": {}}, {"python": {"path": "rewards.py", "function": "score"}}]}}})
+    with pytest.raises(BadRewardFunction, match=r"eval.generate.rewards\[1\].python.path: .* defines no function 'score'"):
+        check_pipeline([stage], str(tmp_path), {})
+    (tmp_path / "rewards.py").write_text("def score(prompts, completions, references, **kw):\n    return [1.0]\n")
+    assert any("eval.generate.rewards[1].python.path" in line for line in check_pipeline([stage], str(tmp_path), {}))
