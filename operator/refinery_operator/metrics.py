@@ -89,7 +89,8 @@ METRICS: tuple[MetricDef, ...] = (
               "(status.lostGpuSeconds)."),
     MetricDef("refinery_eval_score", "gauge", (*STAGE_LABELS, "model", "score"),
               "An eval stage's final score of one evaluated model (status metric `<model>.<score>`: exactMatch, "
-              "contains, meanReward, winRate, ..., or `<task>/<metric>` of lm-evaluation-harness)."),
+              "contains, meanReward, winRate, passAtK, meanAtK, the name of each of eval.generate.rewards, ..., or "
+              "`<task>/<metric>` of lm-evaluation-harness)."),
     MetricDef("refinery_stage_reward_hacking", "gauge", (*STAGE_LABELS, "signal"),
               "1 while an rlhf stage reports reward hacking, by signal: `rewardOveroptimized` (the reward rose while "
               "the audit fell), `groundTruthFell` (held-out exact match fell), `completionsDegenerate` (answers became "

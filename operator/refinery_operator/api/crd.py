@@ -20,6 +20,7 @@ from .v1alpha1 import (
     GROUP, KIND, PACKING_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, RLHF_INPUTS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
     VERSION, VLLM_GPU_MESSAGE, PipelineSpec, PipelineStatus,
 )
+from .evaluation import SAMPLES_NEED_TEMPERATURE_MESSAGE
 from .training import VLLM_PPO_MESSAGE
 
 # Keywords that have no meaning (or are not allowed) in a CRD schema.
@@ -129,6 +130,10 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
                     "has(self.length), has(self.python)].filter(x, x).size() == 1",
             "message": "a reward source sets exactly one of model, exactMatch, contains, numeric, regex, length, python",
         },
+    ],
+    "GenerateEval": [
+        {"rule": "!has(self.samples) || self.samples <= 1 || (has(self.temperature) && self.temperature > 0.0)",
+         "message": SAMPLES_NEED_TEMPERATURE_MESSAGE, "fieldPath": ".samples"},
     ],
     "RlSpec": [
         {

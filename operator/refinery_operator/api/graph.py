@@ -63,6 +63,8 @@ def eval_references(stage: Stage) -> list[tuple[str, str]]:
     if spec.generate is not None:
         refs += [(f"eval.generate.{f}", v) for f, v in (("rewardModel", spec.generate.reward_model),
                                                         ("baseline", spec.generate.baseline)) if v]
+        refs += [(f"eval.generate.rewards[{j}].model", s.model) for j, s in enumerate(spec.generate.rewards or [])
+                 if s.model]
     return refs
 
 
@@ -73,7 +75,7 @@ def eval_type_problems(i: int, stage: Stage, by_name: dict) -> list[str]:
         other = by_name.get(ref)
         if other is None:
             continue
-        wants_reward = field == "eval.generate.rewardModel"
+        wants_reward = field == "eval.generate.rewardModel" or field.startswith("eval.generate.rewards[")
         if wants_reward and other.type != StageType.reward:
             problems.append(f"stages[{i}].{field}: stage {ref!r} is not a reward stage")
         elif not wants_reward and other.type in (StageType.reward, StageType.eval):

@@ -54,6 +54,10 @@ class StageRun(ApiModel):
         "`spec.export.to` resolves against.",
     )
     pipeline_spec: dict | None = Field(None, description="export: the pipeline's spec, for the model card's lineage.")
+    circular: dict[str, str] | None = Field(
+        None, description="eval: scores judged by a reward model the scored model was optimised against "
+        "(`<model>.<score>` -> why; the pipeline's CircularJudge condition), marked in eval.json.",
+    )
     reporter: FileReporter | ConfigMapReporter | None = Field(None, description="Where progress is reported.")
     sources: dict[str, str] = Field(
         default_factory=dict, description="Remote source URI -> its fetched copy on the volume (a file or a folder)."

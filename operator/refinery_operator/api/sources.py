@@ -184,6 +184,8 @@ def stage_sources(stage) -> list[StageSource]:
     generate = stage.eval_.generate if getattr(stage, "eval_", None) is not None else None
     if generate is not None:  # an eval stage's held-out prompts and reference answers
         found.append(("eval.generate.path", generate.path))
+        found += [(f"eval.generate.rewards[{j}].python.path", s.python.path)
+                  for j, s in enumerate(generate.rewards or []) if s.python]
     return [StageSource(stage.name, f, parse_source(uri)) for f, uri in found]
 
 

@@ -47,6 +47,7 @@ from .accounting import gpu_seconds, lost_gpu_seconds, parse_time, restart_count
 from .naming import job_name, model_dir
 from .reruns import downstream, requested_stage, spec_hash
 from .hacking import export_hold, set_hacking_condition
+from .judging import set_circular_judge_condition
 from .summary import summarize
 
 AttemptPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
@@ -179,6 +180,7 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
     status.rerun_request = rerun_request
     status.sources = previous.sources  # what the pipeline's initializer fetched (core/sources.py)
     set_hacking_condition(pipeline, status, stamp)
+    set_circular_judge_condition(pipeline, status, stamp)
     return Plan(status=status, launches=tuple(launches), stops=tuple(stops),
                 requeue_after=round(min(waits), 3) if waits else None, waiting_for_inputs=tuple(waiting_for_inputs))
 

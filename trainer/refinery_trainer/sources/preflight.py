@@ -73,6 +73,8 @@ def _python_source(stage, field: str):
     """The `python:` settings a field such as `rl.rewards[1].python.path` names."""
     import re
 
+    if field.startswith("eval.generate.rewards["):
+        return stage.eval_.generate.rewards[int(re.match(r"eval\.generate\.rewards\[(\d+)\]", field).group(1))].python
     kind, index = re.match(r"rl\.(rewards|audit)\[(\d+)\]", field).groups()
     return getattr(stage.rl, kind)[int(index)].python
 
