@@ -166,3 +166,20 @@ def test_the_export_job_gets_its_credentials_by_secret_reference():
     # Stages that train never see it.
     rlhf = next(l for l in run(evaluated(), {"pretrain": ok(), "sft": ok(), "reward": ok()}).launches)
     assert "envFrom" not in build_stage_job(pipeline, rlhf)["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_an_rlhf_stage_gets_every_reward_stage_its_rewards_and_audit_name():
+    manifest = chat_pipeline().manifest()
+    stages = manifest["spec"]["stages"]
+    stages.insert(3, {**stages[2], "name": "audit-judge"})  # a second reward stage
+    rlhf = stages[4]
+    rlhf.pop("rewardModel")
+    rlhf["rl"] = {"rewards": [{"model": "reward"}, {"exactMatch": {}}], "audit": [{"model": "audit-judge"}]}
+    pipeline = TrainingPipeline.model_validate(manifest)
+    assert pipeline.spec.stage("rlhf").dependencies == ["sft", "reward", "audit-judge"]
+    waiting = run(pipeline, {"pretrain": ok(), "sft": ok(), "reward": ok()})
+    assert [l.stage for l in waiting.launches] == ["audit-judge"]  # the audit's judge first: rlhf waits for it
+    launch = run(pipeline, {"pretrain": ok(), "sft": ok(), "reward": ok(), "audit-judge": ok()}).launches[0]
+    assert launch.stage == "rlhf" and launch.inputs.reward_model is None
+    assert launch.inputs.models == {"reward": f"{ROOT}/reward/model", "audit-judge": f"{ROOT}/audit-judge/model"}
+    assert build_stage_run(pipeline, launch, ROOT, "/workspace", None).models == launch.inputs.models

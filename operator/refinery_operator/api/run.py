@@ -47,7 +47,7 @@ class StageRun(ApiModel):
     reward_model: str | None = Field(None, description="Absolute path of the reward model (rlhf).")
     models: dict[str, str] | None = Field(
         None, description="eval: absolute paths of the models to score, by stage; rlhf: of the reward stages named in "
-        "rewardModel, rl.rewards and rl.audit; export: every stage's model."
+        "rl.rewards and rl.audit (rewardModel's is reward_model); export: every stage's model."
     )
     volume_root: str | None = Field(
         None, description="export: the volume's root (/workspace; local mode: the work folder) that a relative "
