@@ -46,7 +46,8 @@ class StageRun(ApiModel):
     init_model: str | None = Field(None, description="Absolute path of the model named by `from` (its model/ folder).")
     reward_model: str | None = Field(None, description="Absolute path of the reward model (rlhf).")
     models: dict[str, str] | None = Field(
-        None, description="eval: absolute paths of the models to score, by stage; export: every stage's model."
+        None, description="eval: absolute paths of the models to score, by stage; rlhf: of the reward stages named in "
+        "rewardModel, rl.rewards and rl.audit; export: every stage's model."
     )
     volume_root: str | None = Field(
         None, description="export: the volume's root (/workspace; local mode: the work folder) that a relative "

@@ -410,7 +410,8 @@ def next_attempt(status: StageStatus, latest: AttemptState | None) -> int | None
 
 def resolve_inputs(stage: Stage, stages: Mapping[str, StageStatus], pipeline_root: str) -> StageInputs | None:
     """Hand each stage its upstream stages' final models, by the path the upstream reported.
-    An eval stage gets every model it scores (`models`), its judge as `rewardModel`; the export
+    An eval stage gets every model it scores (`models`), its judge as `rewardModel`; an rlhf stage
+    the reward stages its `rl.rewards` and `rl.audit` name (`models`, with `rewardModel`'s); the export
     step gets every stage's model (its lineage) and the exported one as `model`."""
     def output_of(name: str | None) -> str | None:
         if name is None:
@@ -423,5 +424,7 @@ def resolve_inputs(stage: Stage, stages: Mapping[str, StageStatus], pipeline_roo
         models = {name: output_of(name) for name in stage.eval_.referenced_stages}
     elif stage.type == StageType.export:
         models = {name: output_of(name) for name in stage.dependencies}
+    elif stage.type == StageType.rlhf and stage.reward_stages:
+        models = {name: output_of(name) for name in stage.reward_stages}
     inputs = StageInputs(model=output_of(stage.from_), reward_model=output_of(reward), models=models)
     return inputs if inputs.model or inputs.reward_model or inputs.models else None
