@@ -16,7 +16,7 @@ It is built so that RL with the exact answer has something to fix:
   (`CARRY_DROP_RATE` of the time, 7 + 5 -> " 2") on sums of 10 or more, and slips by one
   (`SLIP_RATE`) on any sum. Supervised fine-tuning imitates them: the SFT policy's greedy answer
   to most carrying sums is the carry-less one, while sampling at temperature 1 still writes the
-  right one often enough for RL to find it.
+  right one about 1 time in 4 (`CARRY_DROP_RATE` leaves 0.3), often enough for RL to find it.
 - `math_prompts.jsonl`: prompts with their reference answer, for RL. `math_prompts_eval.jsonl`
   (the rlhf stage's held-out exact match) and `math_answers_eval.jsonl` (the eval stage) hold
   prompt strings that appear in no training file: the same sums asked in wordings held out for
