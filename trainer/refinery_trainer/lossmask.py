@@ -91,7 +91,16 @@ def trl_can_mask(tokenizer) -> bool:
 
 
 def render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    """The conversation as the chat template writes it; a template that refuses it (Gemma's and
+    Mistral's raise on a system message) fails as Misconfigured, in its own words."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as exc:
+        roles = [m.get("role") for m in messages]
+        raise MisconfiguredError(f"the chat template refuses a conversation with roles {roles}: {exc}. Change the data "
+                                 "to what the template takes, or use a model whose template takes it") from None
 
 
 def assistant_spans(tokenizer, messages: Sequence[dict], last_only: bool = False) -> tuple[str, list[tuple[int, int]]]:

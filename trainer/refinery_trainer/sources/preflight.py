@@ -5,6 +5,8 @@ For each data source (fetched, or a path on the volume): it exists, it is readab
 first rows have the columns its stage reads — the same `Table` checks, and so the same BadData
 messages, as the stage itself. For each model source: a saved model (config.json) is there.
 Inputs that another stage produces (`from`, `rewardModel`) do not exist yet and are not checked.
+Then each training stage against its model's config and tokenizer (`model_checks.py`): chat
+template, pad token, seqLen, LoRA target modules, reward head — failing as `Misconfigured`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def check_pipeline(stages, data_root: str, fetched: Mapping[str, str]) -> list[s
             elif source.ref.remote or path.exists():  # a tokenizer that is neither may be a hub id (as before)
                 check_tokenizer(stage, path)
             checked.append(f"{stage.name} {source.field}: {path}")
-    return checked
+    from .model_checks import check_models  # torch and transformers: only once the files are known to be there
+
+    return checked + check_models(stages, data_root, fetched)
 
 
 def local_path(uri: str, data_root: str, fetched: Mapping[str, str]) -> Path:
