@@ -161,3 +161,100 @@ def build_family(name: str, folder: Path) -> Path:
 def publish(cache: Path, name: str, folder: Path) -> str:
     """The saved model as hub repo `acme/tiny-<name>` in the offline cache; its commit."""
     return add_folder(cache, f"acme/tiny-{name}", folder)
+
+
+# ---- a pipeline of every stage per family (the family matrix: benchmarks/family_matrix.py) -------
+
+STEPS = {"sft": 40, "reward": 30, "dpo": 20, "rlhf": 6}
+
+
+def chat_rows(rows: list[dict]) -> list[dict]:
+    """prompt/completion rows as `messages`: one turn each, every third pair of rows as two turns."""
+    def turns(row):
+        return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"].strip()}]
+
+    out, i = [], 0
+    while i < len(rows):
+        if i % 3 == 0 and i + 1 < len(rows):
+            out.append({"messages": turns(rows[i]) + turns(rows[i + 1])})
+            i += 2
+        else:
+            out.append({"messages": turns(rows[i])})
+            i += 1
+    return out
+
+
+def write_family_data(folder: Path) -> Path:
+    """The example data, plus the sft rows as chats (chat.jsonl, chat_eval.jsonl)."""
+    import json
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in EXAMPLE_DATA.iterdir():
+        shutil.copy(f, folder / f.name)
+    for src, dst in (("sft.jsonl", "chat.jsonl"), ("sft_eval.jsonl", "chat_eval.jsonl")):
+        rows = [json.loads(line) for line in (EXAMPLE_DATA / src).read_text().splitlines() if line.strip()]
+        (folder / dst).write_text("".join(json.dumps(r) + "\n" for r in chat_rows(rows)))
+    return folder
+
+
+def family_pipeline(name: str, family: str, commit: str, lora: bool, stages=("sft", "chat", "reward", "dpo", "rlhf", "eval"),
+                    steps: dict | None = None) -> dict:
+    """A pipeline of `stages` from hf://acme/tiny-<family>@<commit>: sft on prompt/completion (`sft`) and on
+    messages (`chat`, skipped for a family without a chat template); reward, dpo and rlhf from the chat sft
+    (the prompt/completion one without a template); eval scores sft, dpo and rlhf."""
+    steps = {**STEPS, **(steps or {})}
+    has_chat = FAMILIES[family].template is not None and "chat" in stages
+    base = "chat" if has_chat else "sft"
+    train = {"learningRate": 3.0e-3, "batchSize": 8, "seqLen": 64, "loggingSteps": 10}
+    lora_spec = {"lora": {"r": 8, "alpha": 16}} if lora else {}
+    hub = {"path": f"hf://acme/tiny-{family}@{commit}"}
+
+    def training(stage, **extra):
+        return {**train, "maxSteps": steps[stage], "saveSteps": steps[stage], **lora_spec, **extra}
+
+    all_stages = {
+        "sft": {"name": "sft", "type": "sft", "model": hub, "data": {"path": "sft.jsonl", "evalPath": "sft_eval.jsonl"},
+                "training": training("sft")},
+        "chat": {"name": "chat", "type": "sft", "model": hub, "data": {"path": "chat.jsonl", "evalPath": "chat_eval.jsonl"},
+                 "training": training("sft")},
+        "reward": {"name": "reward", "type": "reward", "from": base,
+                   "data": {"path": "preferences.jsonl", "evalPath": "preferences_eval.jsonl"},
+                   "training": training("reward", batchSize=16)},
+        "dpo": {"name": "dpo", "type": "dpo", "from": base,
+                "data": {"path": "preferences.jsonl", "evalPath": "preferences_eval.jsonl"},
+                "training": training("dpo", learningRate=1.0e-3)},
+        "rlhf": {"name": "rlhf", "type": "rlhf", "from": base, "rewardModel": "reward",
+                 "data": {"path": "prompts.jsonl", "evalPath": "prompts_eval.jsonl"},
+                 "rl": {"algorithm": "rloo", "numGenerations": 2, "maxCompletionLength": 4, "evalPrompts": 16},
+                 "training": training("rlhf", learningRate=1.0e-3, batchSize=8)},
+        "eval": {"name": "eval", "type": "eval",
+                 "eval": {"models": [s for s in (base, "dpo", "rlhf") if s in stages],
+                          "generate": {"path": "answers_eval.jsonl", "maxNewTokens": 4, "limit": 16,
+                                       **({"rewardModel": "reward", "baseline": base} if "reward" in stages else {})}}},
+    }
+    chosen = [all_stages[s] for s in stages if s != "chat" or has_chat]
+    return {"apiVersion": "refinery.dev/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": name},
+            "spec": {"storage": {"claimName": "unused"}, "stages": chosen}}
+
+
+def run_pipeline(manifest: dict, workdir: Path, data_root: Path, cache: Path, timeout: float = 1800):
+    """`refinery run` (local mode) with the hub cache offline; (returncode, status.json or None, output)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"{manifest['metadata']['name']}.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    env = {k: v for k, v in os.environ.items() if k != "REFINERY_METRICS_PORT"} | {
+        "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "refinery_operator.cli", "run", str(path), "--workdir", str(workdir),
+                          "--data-root", str(data_root), "--quiet", "--metrics-port", "0"],
+                         env=env, capture_output=True, text=True, timeout=timeout)
+    status_file = workdir / manifest["metadata"]["name"] / "status.json"
+    status = json.loads(status_file.read_text()) if status_file.exists() else None
+    return run.returncode, status, run.stdout + run.stderr
