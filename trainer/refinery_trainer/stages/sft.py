@@ -43,15 +43,21 @@ def run(ctx: StageContext) -> dict[str, float]:
     from ..packing import use_row_packing
 
     plan = chat_loss_plan(ctx, tokenizer, chat, train_rows.select(columns))
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(ctx, min(ctx.training.seq_len, model.config.max_position_embeddings), plan),
-        train_dataset=Dataset.from_list(sft_rows(tokenizer, train_rows.select(columns), plan)),
-        eval_dataset=Dataset.from_list(sft_rows(tokenizer, eval_rows.select(columns), plan)),
-        processing_class=tokenizer,
-        peft_config=ctx.lora_config("causal"),  # None unless training.lora
-        callbacks=ctx.callbacks(),
-    )
+    try:
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(ctx, min(ctx.training.seq_len, model.config.max_position_embeddings), plan),
+            train_dataset=Dataset.from_list(sft_rows(tokenizer, train_rows.select(columns), plan)),
+            eval_dataset=Dataset.from_list(sft_rows(tokenizer, eval_rows.select(columns), plan)),
+            processing_class=tokenizer,
+            peft_config=ctx.lora_config("causal"),  # None unless training.lora
+            callbacks=ctx.callbacks(),
+        )
+    except ValueError as exc:  # TRL's "The chat template is not training-compatible": the same on every retry
+        if "chat template" not in str(exc):
+            raise
+        raise MisconfiguredError(f"TRL refuses the tokenizer's chat template ({exc}): set training.lossOn: all, or "
+                                 "give the tokenizer a template with {% generation %} markers") from None
     if trainer.args.packing:  # rows of batchSize x seqLen, unless FlashAttention reads flattened batches faster
         use_row_packing(trainer, tokenizer.pad_token_id)
     metrics = ctx.train_and_evaluate(trainer)
