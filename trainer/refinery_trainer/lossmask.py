@@ -16,14 +16,18 @@ turn `i` once up to where the model starts to speak and once through what it sai
     before  = render(messages[:i], add_generation_prompt=True)   # "...<|im_start|>assistant\\n"
     through = render(messages[:i + 1])                           # "...<|im_start|>assistant\\nParis.<|im_end|>\\n"
 
-The turn's span is the text between, its end-of-turn token included (the model must learn to stop)
-and trailing whitespace left out (the template's separator before the next turn: no model emits
-it, generation stops at the end-of-turn token). A token is in the loss when it starts inside a
-span, by its character offsets in the whole rendering, tokenized as TRL tokenizes a conversation
-(`add_special_tokens=False`: the template writes BOS itself). This needs each partial rendering to
-be a prefix of the whole one; a template that rewrites earlier turns later (Qwen3 drops the
-reasoning of earlier turns) is not, and then TRL's own path is used when it knows the template,
-else the stage fails as `Misconfigured` with what to change.
+The turn's span runs from the end of `before` to where `through` and the whole rendering part
+(Phi-3's template closes a conversation with EOS, which a later turn replaces), cut back to a
+token boundary, its trailing whitespace left out: the end-of-turn token is in (the model must
+learn to stop), the separator before the next turn is not (no model emits it; generation stops
+at the end-of-turn token). A token is in the loss when it lies inside a span, by its character
+offsets in the whole rendering, tokenized as TRL tokenizes a conversation
+(`add_special_tokens=False`: the template writes BOS itself). A span that does not hold the
+message's content, or a `before` that is not a prefix of the whole, means the template rewrites
+earlier turns once later ones follow (Qwen3 drops the reasoning of earlier turns): then TRL's own
+path is used when it knows the template, else the stage fails as `Misconfigured` with what to
+change. Templates with `{% generation %}` markers go the same way: rendering finds the same spans
+(Refinery's own template: tests/trainer/test_stages.py).
 
 `completion` is the last assistant turn only (the conversation's final answer); `all` is every
 token, prompts and template included — TRL's plain path. On prompt/completion data `assistant`
@@ -32,7 +36,6 @@ and `completion` are the same: the completion.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +44,6 @@ from typing import Literal
 from .errors import MisconfiguredError
 
 LossOn = Literal["assistant", "completion", "all"]
-log = logging.getLogger(__name__)
 
 
 class NotPrefixPreserving(ValueError):
