@@ -72,3 +72,15 @@ def test_only_rank_0_tokenizes_and_the_other_ranks_wait_for_its_marker(tmp_path,
     assert got["rank1"] == folder and (folder / MARKER).is_file()
     assert set(writers) == {threading.current_thread().name}  # every batch written by rank 0
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]  # no second copy, no leftovers
+
+
+def test_a_rank_whose_corpus_key_rank_0_never_writes_fails_instead_of_waiting_forever(tmp_path, monkeypatch):
+    import pytest
+
+    from refinery_trainer.errors import DataError
+    from refinery_trainer.sources import corpus
+
+    monkeypatch.setattr(corpus, "WAIT_POLL_S", 0.01)
+    monkeypatch.setattr(corpus, "KEY_GRACE_S", 0.05)
+    with pytest.raises(DataError, match="the ranks built different tokenizers"):
+        corpus.wait_for_tokens(tmp_path / "cache" / "0123abcd")

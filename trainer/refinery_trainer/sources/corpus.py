@@ -32,6 +32,7 @@ TOKENS = "tokens.bin"
 BATCH_DOCS = 512  # documents per tokenizer call (the fast tokenizer parallelises within one)
 STREAM_BYTES = 64 << 20  # a single file above this size is streamed instead of read whole
 WAIT_POLL_S = 1.0  # how often a rank other than 0 looks for rank 0's marker
+KEY_GRACE_S = 600.0  # a rank gives up when rank 0 has not even started on its corpus key by then
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,15 @@ def tokenize_once(files: list[Path], tokenizer, text_field: str, cache_dir: Path
 
 
 def wait_for_tokens(folder: Path) -> Path:
-    """Wait until rank 0 marks `folder` complete. No deadline of its own: when rank 0 fails,
-    torchrun ends every rank of the attempt."""
+    """Wait until rank 0 marks `folder` complete. No deadline while rank 0 works on it (a big corpus
+    takes hours; when rank 0 fails, torchrun ends every rank); but if after `KEY_GRACE_S` rank 0 is
+    not writing this folder at all, the ranks keyed the corpus differently (each trains its own BPE
+    for a `config` model, which should come out the same) and waiting would never end."""
     waited, poll_s = 0.0, WAIT_POLL_S
     while not (folder / MARKER).is_file():
+        if waited >= KEY_GRACE_S and not folder.exists() and not any(folder.parent.glob(f".{folder.name}.tmp-*")):
+            raise DataError(f"rank 0 is not tokenizing the corpus into {folder} after {waited:.0f} s: the ranks built "
+                            "different tokenizers from the same data (set model.tokenizer to a saved one)")
         if waited and waited % 60 < poll_s:
             log.info("waiting for rank 0 to tokenize the corpus into %s (%.0f s)", folder, waited)
         time.sleep(poll_s)
