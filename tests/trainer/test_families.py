@@ -3,7 +3,7 @@ from an offline hub cache: CI's slice of the family matrix (benchmarks/family_ma
 
 The slice: Gemma 2 with LoRA — a sentencepiece-style tokenizer that adds BOS, a template without
 generation markers and no system role, tied embeddings, no sdpa attention — through sft on
-prompt/completion and on `messages`, then reward; GPT-2 with LoRA — Conv1D layers, no pad token,
+prompt/completion and on `messages`; GPT-2 with LoRA — Conv1D layers, no pad token,
 no chat template — through sft and dpo. Each sft's held-out loss must fall. Which modules LoRA
 adapts by default is checked for every family (no training needed).
 """
@@ -41,7 +41,7 @@ def hub(tmp_path_factory):
 def run_family(hub, family: str, stages: tuple[str, ...]) -> dict:
     root, commits, data = hub
     manifest = family_pipeline(f"{family}-lora", family, commits[family], lora=True, stages=stages,
-                               steps={"sft": 30, "reward": 20, "dpo": 10})
+                               steps={"sft": 25, "dpo": 6})
     code, status, output = run_pipeline(manifest, root / "work", data, root / "hub", timeout=600)
     assert code == 0 and status["phase"] == "Succeeded", output[-3000:]
     assert status["sources"][0]["resolved"] == commits[family]  # the pinned commit, read from the cache
@@ -49,12 +49,11 @@ def run_family(hub, family: str, stages: tuple[str, ...]) -> dict:
 
 
 @pytest.mark.slow
-def test_gemma2_with_lora_learns_prompt_completion_and_chat_then_trains_a_reward_model(hub):
-    stages = run_family(hub, "gemma2", ("sft", "chat", "reward"))
+def test_gemma2_with_lora_learns_prompt_completion_and_chat(hub):
+    stages = run_family(hub, "gemma2", ("sft", "chat"))
     for name in ("sft", "chat"):
         metrics = stages[name]["metrics"]
-        assert metrics["evalLoss"] < metrics["initialEvalLoss"] - 0.3, (name, metrics)
-    assert stages["reward"]["metrics"]["evalAccuracy"] > 0
+        assert metrics["evalLoss"] < metrics["initialEvalLoss"] - 0.2, (name, metrics)
     assert all(s.get("lastFailure") is None for s in stages.values())
 
 
@@ -62,6 +61,6 @@ def test_gemma2_with_lora_learns_prompt_completion_and_chat_then_trains_a_reward
 def test_gpt2_with_lora_on_its_conv1d_layers_learns_then_trains_dpo(hub):
     stages = run_family(hub, "gpt2", ("sft", "dpo"))
     sft = stages["sft"]["metrics"]
-    assert sft["evalLoss"] < sft["initialEvalLoss"] - 0.3, sft
+    assert sft["evalLoss"] < sft["initialEvalLoss"] - 0.2, sft
     dpo = stages["dpo"]["metrics"]
     assert dpo["evalMargin"] > dpo["initialEvalMargin"], dpo
