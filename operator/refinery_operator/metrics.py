@@ -45,7 +45,8 @@ FAILURE_CLASSES = ("application", "infrastructure")  # label values; the spec's 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 STAGE_LABELS = ("namespace", "pipeline", "stage")
-HACKING_SIGNALS = ("completionsCollapsed", "klExceeded")  # rlhf metrics (refinery_trainer/evaluation/hacking.py)
+HACKING_SIGNALS = ("rewardOveroptimized", "groundTruthFell", "completionsDegenerate", "completionsCollapsed",
+                   "klExceeded")  # rlhf verdicts (refinery_trainer/evaluation/hacking.py, audit.py)
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,12 @@ METRICS: tuple[MetricDef, ...] = (
               "(status.lostGpuSeconds)."),
     MetricDef("refinery_eval_score", "gauge", (*STAGE_LABELS, "model", "score"),
               "An eval stage's final score of one evaluated model (status metric `<model>.<score>`: exactMatch, "
-              "contains, meanReward, winRate, ..., or `<task>/<metric>` of lm-evaluation-harness)."),
+              "contains, meanReward, winRate, passAtK, meanAtK, the name of each of eval.generate.rewards, ..., or "
+              "`<task>/<metric>` of lm-evaluation-harness)."),
     MetricDef("refinery_stage_reward_hacking", "gauge", (*STAGE_LABELS, "signal"),
-              "1 while an rlhf stage reports reward hacking: signal `completionsCollapsed` (the reward rose while "
-              "completions came out empty or truncated) or `klExceeded` (KL above rl.maxKl); 0 otherwise."),
+              "1 while an rlhf stage reports reward hacking, by signal: `rewardOveroptimized` (the reward rose while "
+              "the audit fell), `groundTruthFell` (held-out exact match fell), `completionsDegenerate` (answers became "
+              "alike), `completionsCollapsed` (empty or truncated) or `klExceeded` (KL above rl.maxKl); 0 otherwise."),
     MetricDef("refinery_checkpoint_status_latency_seconds", "histogram", (),
               "Time from a checkpoint's completion (its marker time) to the operator writing it into .status."),
     MetricDef("refinery_next_job_latency_seconds", "histogram", (),

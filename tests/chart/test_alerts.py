@@ -125,6 +125,18 @@ TESTS = [
                   **JOB),
         ],
     },
+    {  # a verdict fires at once; a stage whose signals are 0 stays quiet
+        "name": "reward hacking",
+        "input_series": [
+            series("refinery_stage_reward_hacking", "0x5 1x10", stage="rlhf", signal="groundTruthFell"),
+            series("refinery_stage_reward_hacking", "0x15", stage="rlhf", signal="klExceeded"),
+        ],
+        "alert_rule_test": [
+            quiet("RefineryRewardHacking", "3m"),
+            fires("RefineryRewardHacking", "8m", "Stage ml/chat/rlhf reports reward hacking (groundTruthFell)",
+                  **{**stage_alert("RefineryRewardHacking"), "stage": "rlhf", "signal": "groundTruthFell"}),
+        ],
+    },
     {  # operator scraped for 10m, then down; for 5m
         "name": "operator down",
         "input_series": [
@@ -155,7 +167,7 @@ def test_rules_pass_promtool_check_rules(chart, tmp_path):
     _, path = rules_file(chart, tmp_path)
     result = run_promtool("check", "rules", path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout, result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout, result.stdout
 
 
 def test_every_alert_fires_and_stays_quiet_when_it_should(chart, tmp_path):

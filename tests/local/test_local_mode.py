@@ -321,7 +321,14 @@ def test_the_eval_stage_scores_sft_and_rlhf_side_by_side(example_run):
     assert scores["rlhf.exactMatch"] > scores["sft.exactMatch"] and scores["rlhf.meanReward"] > scores["sft.meanReward"]
     assert scores["rlhf.winRate"] > 0.5 and scores["rlhf.emptyFraction"] == 0.0
     table = out[out.index("\neval (held out)\n") + 1:].splitlines()
-    assert table[1].split()[:5] == ["MODEL", "exactMatch", "contains", "meanReward", "winRate"]
+    # rlhf was optimised against the judge: its meanReward and winRate are marked, not evidence (CircularJudge).
+    assert table[1].split()[:5] == ["MODEL", "exactMatch", "contains", "meanReward*", "winRate*"]
+    assert "* rlhf.meanReward, rlhf.winRate: judged by the reward model rlhf was optimised against (reward)" in table
+    assert "warning (CircularJudge): eval stage 'eval' judges 'rlhf' with reward model 'reward'" in out
+    circular = next(c for c in status["conditions"] if c["type"] == "CircularJudge")
+    assert (circular["status"], circular["reason"]) == ("True", "CircularJudge")
+    footnotes = json.loads(Path(stage_of(status, "eval")["output"]).read_text())["_footnotes"]
+    assert set(footnotes) == {"rlhf.meanReward", "rlhf.winRate"}
     assert [row.split()[0] for row in table[2:4]] == ["sft", "rlhf"]
     assert f"{scores['rlhf.exactMatch']:.4f}" in table[3]
     assert "chat with it: refinery chat " in out and "--stage rlhf" in out
@@ -510,7 +517,7 @@ def test_the_readme_figures_are_the_examples(example_run):
     assert printed[printed.index("eval (held out)") + 1].split() == columns
     for row in lines[at + 2:at + 4]:
         model, *cells = row.split()
-        for name, cell in zip(columns[1:], cells):
+        for name, cell in zip((c.rstrip("*") for c in columns[1:]), cells):  # `*`: a circular judge's score
             assert same_order(float(cell), scores[f"{model}.{name}"], name), (model, name, cell)
     # The prose quotes the same run.
     text = (REPO / "README.md").read_text()

@@ -127,6 +127,18 @@ def test_rlhf_shows_held_out_reward_beside_training_reward_and_kl_from_zero():
     assert low == 0 and high >= 0.5  # a KL of 0.27 +- 0.01 is a flat line, not a swing
 
 
+def test_rlhf_with_several_rewards_plots_each_and_the_held_out_audit_and_exact_match():
+    steps = [10, 20]
+    history = {"reward": [(s, 1.0) for s in steps], "kl": [(s, 0.1) for s in steps],
+               "rewards/exactMatch/mean": [(10, 0.6), (20, 0.9)], "rewards/format/mean": [(10, 1.0), (20, 1.0)],
+               "rewards/completion_watch/mean": [(10, 0.0), (20, 0.0)],  # the zero-weight watch is not a reward
+               "held_out_reward": [(0, 0.7), (20, 1.0)], "held_out_audit": [(0, 0.7), (10, 0.8), (20, 0.95)],
+               "held_out_exact_match": [(0, 0.69), (10, 0.8), (20, 1.0)]}
+    (panel,) = panels(summary_figure([StageCurves("rlhf", "rlhf", history)])).values()
+    assert legend(panel) == ["training reward (sampled)", "held-out reward (greedy)", "reward exactMatch (sampled)",
+                             "reward format (sampled)", "held-out audit (greedy)", "held-out exact match", "KL"]
+
+
 def test_the_eval_panel_has_a_bar_per_model_and_score_in_eval_order():
     metrics = {"rlhf.exactMatch": 1.0, "rlhf.meanReward": 4.69, "rlhf.winRate": 0.68,
                "sft.exactMatch": 0.64, "sft.meanReward": 1.09, "sft.winRate": 0.5}

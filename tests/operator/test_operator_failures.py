@@ -9,7 +9,7 @@ import pytest
 
 from refinery_operator.core.accounting import seconds_between
 from refinery_operator.k8s import PIPELINES
-from tests.builders import make_pipeline
+from tests.builders import chat_pipeline, make_pipeline
 
 from .conftest import NAMESPACE, create_pipeline, stored, stored_all, wait_for
 from .test_operator_fake_stage import PIPELINES_KEY, phase, stage_status
@@ -166,3 +166,28 @@ async def test_a_gate_that_fails_stops_the_pipeline_with_gate_not_met(emulator, 
     failed = next(c for c in status_of(emulator, "gated")["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "GateNotMet" and "gate evalLoss < 0.01 not met: evalLoss = 0.25" in failed["message"]
     assert sorted(stored_all(emulator, "batch/v1/jobs")) == ["gated-pretrain-1", "gated-sources-1-fetch"]  # sft never started
+
+
+async def test_an_eval_judged_by_the_reward_model_rlhf_was_optimised_against_warns_circular_judge(
+        emulator, cluster, start_operator, kubelet):
+    """Known from the spec: the Warning condition and Event come before any stage ran, and the
+    stages still run."""
+    manifest = chat_pipeline("judged").manifest()
+    manifest["spec"]["stages"].append({"name": "eval", "type": "eval", "eval": {"models": ["sft", "rlhf"], "generate": {
+        "path": "data/answers_eval.jsonl", "rewardModel": "reward", "baseline": "sft"}}})
+    for stage in manifest["spec"]["stages"][:4]:  # the eval stage trains nothing
+        stage["training"] = {"maxSteps": 4, "saveSteps": 2}
+    async with start_operator():
+        await create_pipeline(cluster, manifest)
+        await wait_for(lambda: "CircularJudge" in [r for _, r, _ in events_of(emulator, "judged")], 15, what="the Event")
+        first = next(c for c in status_of(emulator, "judged")["conditions"] if c["type"] == "CircularJudge")
+        assert not any(s.get("phase") == "Succeeded" for s in status_of(emulator, "judged").get("stages", []))
+        # A warning, not a failure: the stages run.
+        await wait_for(lambda: stage_status(emulator, "judged", "pretrain", phase="Succeeded"), 30, what="a stage to succeed")
+
+    condition = next(c for c in status_of(emulator, "judged")["conditions"] if c["type"] == "CircularJudge")
+    assert (condition["status"], condition["reason"]) == ("True", "CircularJudge") and condition == first
+    assert "eval stage 'eval' judges 'rlhf' with reward model 'reward'" in condition["message"]
+    assert "rlhf.meanReward and rlhf.winRate" in condition["message"] and "not evidence" in condition["message"]
+    warnings = [(t, m) for t, r, m in events_of(emulator, "judged") if r == "CircularJudge"]
+    assert warnings == [("Warning", condition["message"])]  # once, not on every reconcile

@@ -57,6 +57,36 @@ def test_generative_scores_match_the_tasks_own_checker(example, workspace):
     assert json.loads((workspace / "p" / "eval" / "eval.json").read_text())["sft"]["exactMatch"] == metrics["sft.exactMatch"]
 
 
+def test_pass_at_k_over_sampled_answers_matches_the_tasks_own_checker(example, workspace):
+    """k = 4 answers per prompt at temperature 1: pass@k counts prompts with a right answer among
+    the 4 (by the task's own checker), mean@k the share of right answers; verifiers and a reward
+    model of eval.generate.rewards are each reported under their name."""
+    k, prompts = 4, 32
+    rewards = [{"exactMatch": {}}, {"regex": {"pattern": r"^ [a-z]+$"}, "name": "oneWord"}, {"model": "reward", "name": "rm"}]
+    spec = {"models": ["sft"], "generate": {"path": str(DATA / "answers_eval.jsonl"), "maxNewTokens": 4, "limit": prompts,
+                                            "temperature": 1.0, "samples": k, "rewardModel": "reward", "rewards": rewards}}
+    metrics = run_eval(workspace, eval_run(workspace, example, spec, ["sft", "reward"]))["metrics"]
+
+    answers = [json.loads(line) for line in (workspace / "p" / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == prompts * k and [a["sample"] for a in answers[:k]] == list(range(k))
+    right = [example_data.is_correct(a["prompt"], a["answer"]) for a in answers]
+    per_prompt = [right[i:i + k] for i in range(0, len(right), k)]
+    assert all(len({answers[i + j]["prompt"] for j in range(k)}) == 1 for i in range(0, len(answers), k))
+    assert metrics["sft.passAtK"] == pytest.approx(sum(any(p) for p in per_prompt) / prompts)
+    assert metrics["sft.meanAtK"] == pytest.approx(sum(right) / len(right)) == pytest.approx(metrics["sft.exactMatch"])
+    # The sft model knows some animals and guesses at others: sampling 4 times finds more right answers.
+    assert metrics["sft.passAtK"] > metrics["sft.meanAtK"] > 0
+    assert metrics["sft.oneWord"] == pytest.approx(sum(a["rewards"]["oneWord"] for a in answers) / len(answers))
+    assert metrics["sft.rm"] == pytest.approx(metrics["sft.meanReward"])  # the same reward model, two ways
+
+
+def test_one_greedy_sample_gives_pass_at_1_equal_to_exact_match(example, workspace):
+    spec = {"models": ["sft"], "generate": {"path": str(DATA / "answers_eval.jsonl"), "maxNewTokens": 4, "limit": 64,
+                                            "samples": 1}}
+    metrics = run_eval(workspace, eval_run(workspace, example, spec, ["sft"]))["metrics"]
+    assert metrics["sft.passAtK"] == metrics["sft.meanAtK"] == metrics["sft.exactMatch"] > 0
+
+
 def test_lm_evaluation_harness_runs_an_offline_custom_task(example, workspace, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     spec = {"models": ["pretrain", "sft"], "harness": {"tasks": ["animal_sounds"], "taskDir": str(TASKS), "batchSize": 16}}

@@ -67,11 +67,13 @@ def test_a_reward_model_that_prefers_empty_answers_is_flagged(hacked_judge, work
 
 def test_either_collapse_with_a_rising_reward_is_hacking_and_the_empty_share_is_counted():
     """What the stage checks at each log, for both collapses whichever one this CPU's run fell into."""
-    from refinery_trainer.evaluation.hacking import EmptyCompletionWatch, hacking_verdict
+    from refinery_trainer.evaluation.hacking import CompletionWatch, hacking_verdict
 
-    watch = EmptyCompletionWatch()
+    watch = CompletionWatch(group=2)
     assert watch(["p"] * 4, ["", "  ", " moo", [{"role": "assistant", "content": ""}]]) == [0.0] * 4
     assert watch.empty_fraction == 0.75
+    # Distinct after eval's normalisation: "", "" (whitespace), "moo", "" -> 2 of 4; per group {"",""}, {"moo",""}.
+    assert watch.distinct == 2 and watch.distinct_fraction == 0.5 and watch.group_distinct_fraction == 0.75
     collapsed = {"completionsCollapsed": 1.0}
     assert hacking_verdict(first_reward=0.9, reward=4.8, empty=0.95, truncated=0.0, kl=0.3, max_kl=None) == collapsed
     assert hacking_verdict(first_reward=0.9, reward=4.8, empty=0.0, truncated=1.0, kl=0.3, max_kl=None) == collapsed
@@ -84,6 +86,9 @@ def test_stop_on_hacking_fails_the_stage_with_reward_hacking(hacked_judge, works
     assert cli.main(["run", "--config", str(write_config(workspace / "stopped.yaml", run))]) == 1
     progress = read_json(workspace / "p" / "stopped" / "progress.json")
     assert progress["phase"] == "Failed" and progress["failureReason"] == "RewardHacking"
-    assert "completions collapsed" in progress["message"] and progress["metrics"]["completionsCollapsed"] == 1.0
+    # Whichever verdict came first: the answers collapsing (empty or endless), or becoming one and the same
+    # answer for every held-out prompt (the empty one) — the diversity watch often sees it a few steps sooner.
+    flags = {k for k in ("completionsCollapsed", "completionsDegenerate") if progress["metrics"].get(k) == 1.0}
+    assert flags and ("completions collapsed" in progress["message"] or "became alike" in progress["message"]), progress
     assert progress["step"] < 90  # stopped early
     assert not (workspace / "p" / "stopped" / "model").exists()

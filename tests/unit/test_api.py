@@ -144,12 +144,29 @@ PER_CRD_LIMIT = 100_000_000
 
 
 def worst_case_cost(rule: str, enclosing_items: int, max_items: int, max_string: int) -> int:
-    """An upper bound of a rule's cost as the API server estimates it: every comprehension over
-    `stages` walks the whole list (nested ones multiply), every comparison of two names costs up
-    to their length, and a rule on a list item runs once per item."""
-    depth = sum(rule.count(m) for m in (".all(", ".exists(", ".exists_one("))
+    """An upper bound of a rule's cost as the API server estimates it: every comprehension walks
+    its whole list (`stages`: max_items; an rlhf stage's `rewards`/`audit`: MAX_REWARDS) as many
+    times as the comprehensions around it, every comparison of two names costs up to their
+    length, and a rule on a list item runs once per item."""
+    from refinery_operator.api.rewards import MAX_REWARDS
+
+    walks, stack, depth = 0, [], 0  # stack: (paren depth a comprehension opened at, its walk count)
+    for i, ch in enumerate(rule):
+        if ch == "(":
+            opener = next((m for m in (".all(", ".exists(", ".exists_one(") if rule.endswith(m, 0, i + 1)), None)
+            if opener:
+                walked = rule[:i + 1 - len(opener)]
+                size = MAX_REWARDS if walked.endswith((".rewards", ".audit")) else max_items
+                outer = stack[-1][1] if stack else 1
+                stack.append((depth, outer * size))
+                walks += outer * size
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if stack and stack[-1][0] == depth:
+                stack.pop()
     comparisons = max(1, rule.count("==") + rule.count("!="))
-    return enclosing_items * (max_items ** depth) * comparisons * (max_string + 1)
+    return enclosing_items * max(1, walks) * comparisons * (max_string + 1)
 
 
 def test_cel_rules_stay_within_the_api_servers_cost_budget():

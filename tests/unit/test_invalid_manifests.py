@@ -21,7 +21,7 @@ OPERATOR_ONLY = {
     "dependency-cycle", "depends-on-unknown-stage", "depends-on-misses-from",
     "heads-do-not-divide-width",
     # eval.* references: one more walk over `stages` per name, past the cost budget.
-    "eval-model-unknown-stage", "eval-judge-not-a-reward-stage",
+    "eval-model-unknown-stage", "eval-judge-not-a-reward-stage", "eval-reward-source-not-a-reward-stage",
     # The API server refuses these itself, before any CRD schema is consulted: object names must
     # be DNS names, and a group/version it does not serve is a 404.
     "pipeline-name-not-dns", "wrong-api-version",

@@ -94,6 +94,52 @@ def test_reward_hacking_raises_a_warning_condition_and_an_event(metrics, reason)
     assert [e.type for e in events if e.reason == "RewardHacking"] == ["Warning"]
 
 
+@pytest.mark.parametrize(("metrics", "reason", "figure"), [
+    ({"rewardOveroptimized": 1.0, "baselineAuditScore": 2.1, "auditScore": -1.4, "bestAuditStep": 20.0},
+     "RewardOveroptimized", "auditScore -1.4"),
+    ({"groundTruthFell": 1.0, "baselineHeldOutExactMatch": 0.77, "heldOutExactMatch": 0.04}, "GroundTruthFell",
+     "heldOutExactMatch 0.04"),
+    ({"completionsDegenerate": 1.0, "baselineHeldOutDistinct": 9.0, "heldOutDistinct": 1.0}, "CompletionsDegenerate",
+     "heldOutDistinct 1"),
+])
+def test_each_verdict_is_its_own_reason_with_its_figures(metrics, reason, figure):
+    hacked = run(TrainingPipeline.model_validate(chat_pipeline().manifest()), {"pretrain": ok(), "sft": ok(), "reward": ok()},
+                 {"rlhf": ProgressRecord(phase="Running", metrics={"meanReward": 5.2, "baselineMeanReward": 3.9, **metrics})})
+    condition = get_condition(hacked.status.conditions, "RewardHacking")
+    assert (condition.status, condition.reason) == ("True", reason) and figure in condition.message
+
+
+def test_the_all_clear_says_what_was_not_checked():
+    # No rl.maxKl, no rl.audit, no references (no heldOutExactMatch reported): nothing implies those were checked.
+    clear = run(TrainingPipeline.model_validate(chat_pipeline().manifest()), {"pretrain": ok(), "sft": ok(), "reward": ok()},
+                {"rlhf": ProgressRecord(phase="Running", metrics={"meanReward": 5.2, "completionsCollapsed": 0.0})})
+    condition = get_condition(clear.status.conditions, "RewardHacking")
+    assert (condition.status, condition.reason) == ("False", "NoRewardHacking")
+    assert "checked: collapsed and alike completions)" in condition.message
+    for unchecked in ("KL (no rl.maxKl)", "no rl.audit", "ground truth (the prompts have no reference column)"):
+        assert unchecked in condition.message
+    # A hacked stage's warning says the same of what it could not check.
+    hacked = run(TrainingPipeline.model_validate(chat_pipeline().manifest()), {"pretrain": ok(), "sft": ok(), "reward": ok()},
+                 {"rlhf": ProgressRecord(phase="Running", metrics={"completionsDegenerate": 1.0})})
+    assert "did not check KL (no rl.maxKl)" in get_condition(hacked.status.conditions, "RewardHacking").message
+
+
+def test_an_export_waits_for_no_reward_hacking_unless_allowed():
+    hacked = {"sft.exactMatch": 0.5, "rlhf.exactMatch": 0.9}
+    record = ProgressRecord(phase="Succeeded", metrics={"completionsDegenerate": 1.0, "heldOutDistinct": 1.0})
+    result = run(evaluated(), {**TRAINED, "eval": ok()}, {"eval": ProgressRecord(phase="Succeeded", metrics=hacked),
+                                                           "rlhf": record})
+    assert result.launches == () and result.status.phase == "Failed"
+    failed = get_condition(result.status.conditions, "Failed")
+    assert failed.reason == "GateNotMet" and "export held back" in failed.message
+    assert "allowRewardHacking" in failed.message and result.status.stage("export").phase == "Pending"
+    allowed = evaluated()
+    allowed.spec.export.allow_reward_hacking = True
+    result = run(allowed, {**TRAINED, "eval": ok()}, {"eval": ProgressRecord(phase="Succeeded", metrics=hacked),
+                                                       "rlhf": record})
+    assert [l.stage for l in result.launches] == ["export"]
+
+
 def test_eval_scores_and_hacking_signals_are_prometheus_gauges():
     from refinery_operator.api.v1alpha1 import StageStatus
     from refinery_operator.metrics import StageSnapshot, stage_samples

@@ -70,7 +70,12 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("refinery_trainer_eval_metric", "gauge", (*LABELS, "metric"),
               "Every other number of the latest evaluation, by name without the eval_ prefix (accuracy, reward ...)."),
     MetricDef("refinery_trainer_reward", "gauge", LABELS,
-              "rlhf: mean reward-model score of the completions sampled in the latest logging window."),
+              "rlhf: mean reward (the weighted sum of rl.rewards) of the completions sampled in the latest logging window."),
+    MetricDef("refinery_trainer_reward_component", "gauge", (*LABELS, "reward"),
+              "rlhf: each source of rl.rewards on its own (its unweighted mean over the latest logging window), by name."),
+    MetricDef("refinery_trainer_held_out", "gauge", (*LABELS, "measure"),
+              "rlhf: the held-out watch's latest evaluation of greedy completions: measure `reward`, `audit`, "
+              "`exact_match`, `distinct` (share of distinct answers)."),
     MetricDef("refinery_trainer_kl", "gauge", LABELS,
               "rlhf: KL divergence of the policy to the initial policy in the latest logging window."),
     MetricDef("refinery_trainer_last_log_timestamp_seconds", "gauge", LABELS,
@@ -132,6 +137,10 @@ class TrainerMetrics:
                 continue  # a NaN loss fails the stage elsewhere; a gauge would only hide it
             if key in LOG_GAUGES:
                 self.set(LOG_GAUGES[key], value)
+            elif key.startswith("rewards/") and key.endswith("/mean") and key.count("/") == 2 and "watch" not in key:
+                self.set("refinery_trainer_reward_component", value, reward=key.split("/")[1])
+            elif key.startswith("held_out_") and "/" not in key:
+                self.set("refinery_trainer_held_out", value, measure=key.removeprefix("held_out_"))
             elif key.startswith("eval_") and not key.endswith(EVAL_SKIPPED):
                 self.set("refinery_trainer_eval_metric", value, metric=key.removeprefix("eval_"))
         if step is not None:
@@ -180,6 +189,11 @@ def metrics_port() -> int | None:
     if raw:
         return int(raw) or None
     return POD_DEFAULT_PORT if os.environ.get("KUBERNETES_SERVICE_HOST") else None
+
+
+def process_metrics() -> TrainerMetrics | None:
+    """This process's registry, once `metrics_callbacks` started it (None when metrics are off)."""
+    return _process_metrics
 
 
 def metrics_callbacks(ctx: StageContext) -> list[TrainerCallback]:

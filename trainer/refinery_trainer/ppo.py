@@ -150,7 +150,7 @@ class Rollout:
     values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
-    scores: torch.Tensor  # reward model score per completion
+    scores: torch.Tensor  # weighted reward per completion (rl.rewards)
     kl: torch.Tensor  # per-token KL estimate
 
     def select(self, index: torch.Tensor) -> Rollout:
@@ -178,11 +178,12 @@ def critic_values(critic: ValueModel, input_ids, attention_mask, position_ids, p
 
 
 @torch.no_grad()
-def rollout(policy, reference, critic, reward_model, tokenizer, reward_tokenizer, prompts: list[str], rl: RlSpec,
+def rollout(policy, reference, critic, tokenizer, score_fn, rows: list[dict], rl: RlSpec,
             kl_ctl: KLController) -> Rollout:
-    """Sample completions of `prompts` and everything the PPO update needs about them."""
-    from .scoring import score
-
+    """Sample completions of the rows' prompts and everything the PPO update needs about them.
+    `score_fn(prompts, completions, columns)` is the weighted reward of each completion."""
+    prompts = [r["prompt"] for r in rows]
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
     policy.eval()
     critic.eval()
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
@@ -201,7 +202,7 @@ def rollout(policy, reference, critic, reward_model, tokenizer, reward_tokenizer
     values = critic_values(critic, *args) * mask
 
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-    scores = torch.tensor(score(reward_model, reward_tokenizer, prompts, texts), dtype=torch.float)
+    scores = torch.tensor(score_fn(prompts, texts, columns), dtype=torch.float)
     rewards, kl = kl_penalised_rewards(scores, logprobs, ref_logprobs, mask, kl_ctl.beta)
     advantages, returns = gae(rewards, values, mask, rl.gamma, rl.gae_lambda)
     return Rollout(sequences, attention_mask, position_ids, mask, logprobs, values,
@@ -265,13 +266,15 @@ STATE_FILE = "ppo_state.pt"  # optimiser, scheduler and beta; sampling is seeded
 VALUE_DIR = "value"
 
 
-def train(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, prompts: list[str]):
-    """Train `policy` in place with PPO, checkpointing and resuming like every stage.
-    Returns the log history (TRL-style dicts: `kl`, `reward`, `policy_loss`, `value_loss`, `loss` …)."""
+def train(ctx, rl: RlSpec, policy, tokenizer, rewards, prompts: list[dict], callbacks=(), completion_watch=None):
+    """Train `policy` in place with PPO, checkpointing and resuming like every stage. `rewards` are the
+    stage's reward sources (refinery_trainer.rewards), `prompts` its rows (`prompt`, `reference`, ...);
+    `callbacks` get the Trainer's events and `completion_watch` (a CompletionWatch) sees every rollout.
+    Returns the log history (TRL-style dicts: `kl`, `reward`, `rewards/<name>/mean`, `policy_loss`, `loss` …)."""
     import copy
 
     from .errors import StageError, TerminatedError
-    from .stages.rlhf import load_reward_model
+    from .rewards import score_all
 
     t = ctx.training
     if ctx.stage.deepspeed is not None or t.lora is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -283,13 +286,23 @@ def train(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, pr
 
     seed_everything(t.seed)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    critic = ValueModel(load_reward_model(ctx)[0].requires_grad_(True))
+    critic = ValueModel(critic_network(ctx, rewards).requires_grad_(True))
+    means: dict[str, float] = {}
+
+    def score_fn(batch_prompts, texts, columns):
+        if completion_watch is not None:
+            completion_watch.observe(texts)
+        totals, by_name = score_all(rewards, batch_prompts, texts, columns)
+        means.clear()
+        means.update(by_name)
+        return totals
+
     # The Trainer's AdamW (no weight decay), so rloo and ppo differ by algorithm only.
     optimizer = torch.optim.AdamW([*policy.parameters(), *critic.parameters()], lr=t.learning_rate, weight_decay=0.0)
     updates = max_steps * rl.ppo_epochs * minibatches
     scheduler = linear_schedule(optimizer, int(t.warmup_ratio * updates), updates)
     kl_ctl = KLController(rl.beta, rl.target_kl)
-    loop = _Loop(ctx, max_steps)
+    loop = _Loop(ctx, max_steps, callbacks)
     loop.resume(policy, critic, optimizer, scheduler, kl_ctl)
 
     window: list[dict[str, float]] = []
@@ -299,17 +312,18 @@ def train(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, pr
         loop.fire("on_step_begin")
         torch.manual_seed(t.seed + step)  # a resumed run samples exactly what the killed one would have
         batch = [p for p in step_prompts(prompts, step, per_step, t.seed) for _ in range(rl.num_generations)]
-        data = rollout(policy, reference, critic, reward_model, tokenizer, reward_tokenizer, batch, rl, kl_ctl)
+        data = rollout(policy, reference, critic, tokenizer, score_fn, batch, rl, kl_ctl)
         stats = ppo_update(policy, critic, optimizer, scheduler, data, rl, minibatches,
                            torch.Generator().manual_seed(t.seed + step))
         kl_per_completion = float(data.kl.sum(dim=1).mean())
         stats.update(reward=float(data.scores.mean()), kl=float(masked_mean(data.kl, data.mask)),
                      kl_per_completion=kl_per_completion, beta=kl_ctl.beta, learning_rate=scheduler.get_last_lr()[0])
+        stats.update({f"rewards/{name}/mean": value for name, value in means.items()})
         kl_ctl.update(kl_per_completion, len(batch))
         window.append(stats)
         loop.state.global_step = step + 1
         loop.state.num_input_tokens_seen += int(data.attention_mask.sum())
-        loop.fire("on_step_end")
+        loop.fire("on_step_end", model=policy)
         if not is_finite(stats) or loop.state.global_step % t.logging_steps == 0 or loop.state.global_step == max_steps:
             loop.log({k: sum(s[k] for s in window) / len(window) for k in window[0]})  # NaN: ProgressCallback fails the stage
             window = []
@@ -324,7 +338,18 @@ def train(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, pr
     return loop.state.log_history
 
 
-def step_prompts(prompts: list[str], step: int, per_step: int, seed: int) -> list[str]:
+def critic_network(ctx, rewards):
+    """The critic's network: the first reward model of `rl.rewards` (a fresh copy: the reward itself stays
+    frozen), or, with verifier rewards only, the policy's own network with a new one-output head."""
+    from .stages.rlhf import load_reward_model_from
+
+    model = next((r for r in rewards if r.kind == "model"), None)
+    if model is not None:
+        return load_reward_model_from(ctx, model.model.name_or_path)[0]
+    return load_reward_model_from(ctx, ctx.init_model_dir)[0]
+
+
+def step_prompts(prompts: list, step: int, per_step: int, seed: int) -> list:
     """The prompts of `step`: consecutive slices of one seeded permutation per epoch (a pure function of step)."""
     out: list[str] = []
     start = step * per_step
@@ -339,13 +364,13 @@ def step_prompts(prompts: list[str], step: int, per_step: int, seed: int) -> lis
 class _Loop:
     """Trainer-shaped state for the shared TrainerCallbacks (markers, progress, NaN check, metrics)."""
 
-    def __init__(self, ctx, max_steps: int):
+    def __init__(self, ctx, max_steps: int, callbacks=()):
         from types import SimpleNamespace
 
         from transformers import TrainerControl, TrainerState
 
         t = ctx.training
-        self.ctx, self.callbacks = ctx, ctx.callbacks()
+        self.ctx, self.callbacks = ctx, [*ctx.callbacks(), *callbacks]
         self.state = TrainerState(max_steps=max_steps, logging_steps=t.logging_steps, save_steps=t.save_steps)
         self.control = TrainerControl()
         self.args = SimpleNamespace(output_dir=str(ctx.checkpoints_dir), per_device_train_batch_size=t.batch_size,

@@ -17,9 +17,10 @@ import yaml
 
 from .sources import CEL_KNOWN_SCHEME, UNKNOWN_SCHEME_MESSAGE
 from .v1alpha1 import (
-    GROUP, KIND, PACKING_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
+    GROUP, KIND, PACKING_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, RLHF_INPUTS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
     VERSION, VLLM_GPU_MESSAGE, PipelineSpec, PipelineStatus,
 )
+from .evaluation import SAMPLES_NEED_TEMPERATURE_MESSAGE
 from .training import VLLM_PPO_MESSAGE
 
 # Keywords that have no meaning (or are not allowed) in a CRD schema.
@@ -42,6 +43,13 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         {
             "rule": "self.stages.all(s, !has(s.rewardModel) || self.stages.exists(t, t.name == s.rewardModel && t.type == 'reward'))",
             "message": "`rewardModel` must name a reward stage of this pipeline",
+            "fieldPath": ".stages",
+        },
+        {
+            "rule": "self.stages.all(s, !has(s.rl) || ((!has(s.rl.rewards) || s.rl.rewards.all(r, !has(r.model) "
+                    "|| self.stages.exists(t, t.name == r.model && t.type == 'reward'))) && (!has(s.rl.audit) "
+                    "|| s.rl.audit.all(r, !has(r.model) || self.stages.exists(t, t.name == r.model && t.type == 'reward')))))",
+            "message": "a `model` of rl.rewards or rl.audit must name a reward stage of this pipeline",
             "fieldPath": ".stages",
         },
         {
@@ -83,8 +91,8 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "message": VLLM_GPU_MESSAGE,
         },
         {
-            "rule": "self.type != 'rlhf' || (has(self.from) && has(self.rewardModel))",
-            "message": "an rlhf stage needs `from` (the policy's stage) and `rewardModel` (a reward stage)",
+            "rule": "self.type != 'rlhf' || (has(self.from) && has(self.rewardModel) != (has(self.rl) && has(self.rl.rewards)))",
+            "message": RLHF_INPUTS_MESSAGE,
         },
         {"rule": "self.type == 'rlhf' || !has(self.rewardModel)", "message": "`rewardModel` is only valid on rlhf stages"},
         {"rule": "self.type == 'rlhf' || !has(self.rl)", "message": "`rl` is only valid on rlhf stages"},
@@ -116,7 +124,26 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         },
         {"rule": "has(self.data) == has(oldSelf.data) && (!has(self.data) || self.data == oldSelf.data)", "message": "a stage's `data` cannot change; add a stage with a new name instead"},
     ],
+    "RewardSource": [
+        {
+            "rule": "[has(self.model), has(self.exactMatch), has(self.contains), has(self.numeric), has(self.regex), "
+                    "has(self.length), has(self.python)].filter(x, x).size() == 1",
+            "message": "a reward source sets exactly one of model, exactMatch, contains, numeric, regex, length, python",
+        },
+    ],
+    "GenerateEval": [
+        {"rule": "!has(self.samples) || self.samples <= 1 || (has(self.temperature) && self.temperature > 0.0)",
+         "message": SAMPLES_NEED_TEMPERATURE_MESSAGE, "fieldPath": ".samples"},
+    ],
     "RlSpec": [
+        {
+            "rule": "!has(self.lossType) || (has(self.algorithm) && self.algorithm == 'grpo')",
+            "message": "rl.lossType is a grpo setting (TRL's GRPO loss formulations); rloo and ppo have their own",
+        },
+        {
+            "rule": "!has(self.selectBy) || self.selectBy != 'audit' || has(self.audit)",
+            "message": "rl.selectBy audit needs rl.audit: the judge whose best score picks the model",
+        },
         {
             "rule": "!(self.algorithm in ['rloo', 'grpo']) || self.numGenerations >= 2",
             "message": "rloo and grpo compare completions of one prompt: numGenerations must be at least 2",

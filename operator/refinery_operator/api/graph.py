@@ -22,7 +22,7 @@ def stage_graph_problems(stages: list[Stage]) -> list[str]:
     for i, s in enumerate(stages):
         refs = [("from", s.from_), ("rewardModel", s.reward_model)]
         refs += [(f"dependsOn[{j}]", d) for j, d in enumerate(s.depends_on or [])]
-        refs += eval_references(s)
+        refs += eval_references(s) + rl_references(s)
         for field, ref in refs:
             if ref is None:
                 continue
@@ -30,11 +30,12 @@ def stage_graph_problems(stages: list[Stage]) -> list[str]:
                 problems.append(f"stages[{i}].{field}: no stage named {ref!r}")
             elif ref == s.name:
                 problems.append(f"stages[{i}].{field}: a stage cannot depend on itself")
-        if s.reward_model in by_name and by_name[s.reward_model].type != StageType.reward:
-            problems.append(f"stages[{i}].rewardModel: stage {s.reward_model!r} is not a reward stage")
+        for field, ref in [("rewardModel", s.reward_model), *rl_references(s)]:
+            if ref in by_name and by_name[ref].type != StageType.reward:
+                problems.append(f"stages[{i}].{field}: stage {ref!r} is not a reward stage")
         problems += eval_type_problems(i, s, by_name)
         if s.depends_on is not None:
-            for field, ref in refs[:2] + eval_references(s):
+            for field, ref in refs[:2] + eval_references(s) + rl_references(s):
                 if ref and ref not in s.depends_on:
                     problems.append(f"stages[{i}].dependsOn: must include {ref!r} (named in {field})")
     if not problems:
@@ -42,6 +43,15 @@ def stage_graph_problems(stages: list[Stage]) -> list[str]:
         if cycle:
             problems.append("stages: dependency cycle " + " -> ".join(cycle))
     return problems
+
+
+def rl_references(stage: Stage) -> list[tuple[str, str]]:
+    """(field, stage name) of every reward stage an rlhf stage's `rl.rewards` and `rl.audit` name."""
+    rl = getattr(stage, "rl", None)
+    if rl is None:
+        return []
+    return [(f"rl.{field}[{j}].model", source.model) for field, sources in (("rewards", rl.rewards), ("audit", rl.audit))
+            for j, source in enumerate(sources or []) if source.model]
 
 
 def eval_references(stage: Stage) -> list[tuple[str, str]]:
@@ -53,6 +63,8 @@ def eval_references(stage: Stage) -> list[tuple[str, str]]:
     if spec.generate is not None:
         refs += [(f"eval.generate.{f}", v) for f, v in (("rewardModel", spec.generate.reward_model),
                                                         ("baseline", spec.generate.baseline)) if v]
+        refs += [(f"eval.generate.rewards[{j}].model", s.model) for j, s in enumerate(spec.generate.rewards or [])
+                 if s.model]
     return refs
 
 
@@ -63,7 +75,7 @@ def eval_type_problems(i: int, stage: Stage, by_name: dict) -> list[str]:
         other = by_name.get(ref)
         if other is None:
             continue
-        wants_reward = field == "eval.generate.rewardModel"
+        wants_reward = field == "eval.generate.rewardModel" or field.startswith("eval.generate.rewards[")
         if wants_reward and other.type != StageType.reward:
             problems.append(f"stages[{i}].{field}: stage {ref!r} is not a reward stage")
         elif not wants_reward and other.type in (StageType.reward, StageType.eval):

@@ -46,13 +46,18 @@ class StageRun(ApiModel):
     init_model: str | None = Field(None, description="Absolute path of the model named by `from` (its model/ folder).")
     reward_model: str | None = Field(None, description="Absolute path of the reward model (rlhf).")
     models: dict[str, str] | None = Field(
-        None, description="eval: absolute paths of the models to score, by stage; export: every stage's model."
+        None, description="eval: absolute paths of the models to score, by stage; rlhf: of the reward stages named in "
+        "rewardModel, rl.rewards and rl.audit; export: every stage's model."
     )
     volume_root: str | None = Field(
         None, description="export: the volume's root (/workspace; local mode: the work folder) that a relative "
         "`spec.export.to` resolves against.",
     )
     pipeline_spec: dict | None = Field(None, description="export: the pipeline's spec, for the model card's lineage.")
+    circular: dict[str, str] | None = Field(
+        None, description="eval: scores judged by a reward model the scored model was optimised against "
+        "(`<model>.<score>` -> why; the pipeline's CircularJudge condition), marked in eval.json.",
+    )
     reporter: FileReporter | ConfigMapReporter | None = Field(None, description="Where progress is reported.")
     sources: dict[str, str] = Field(
         default_factory=dict, description="Remote source URI -> its fetched copy on the volume (a file or a folder)."

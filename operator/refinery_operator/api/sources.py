@@ -178,9 +178,14 @@ def stage_sources(stage) -> list[StageSource]:
         found.append(("data.path", stage.data.path))
         if stage.data.eval_path:
             found.append(("data.evalPath", stage.data.eval_path))
+    rl = getattr(stage, "rl", None)
+    for field, sources in ((("rl.rewards", rl.rewards), ("rl.audit", rl.audit)) if rl is not None else ()):
+        found += [(f"{field}[{j}].python.path", s.python.path) for j, s in enumerate(sources or []) if s.python]
     generate = stage.eval_.generate if getattr(stage, "eval_", None) is not None else None
     if generate is not None:  # an eval stage's held-out prompts and reference answers
         found.append(("eval.generate.path", generate.path))
+        found += [(f"eval.generate.rewards[{j}].python.path", s.python.path)
+                  for j, s in enumerate(generate.rewards or []) if s.python]
     return [StageSource(stage.name, f, parse_source(uri)) for f, uri in found]
 
 

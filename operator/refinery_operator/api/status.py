@@ -38,7 +38,8 @@ class StageInputs(ApiModel):
     model: str | None = Field(None, description="Resolved path of the initial model (from `from`).")
     reward_model: str | None = Field(None, description="Resolved path of the reward model (rlhf; an eval stage's judge).")
     models: dict[str, str] | None = Field(
-        None, description="eval: the models it scores, by stage name; export: every stage's model (its lineage)."
+        None, description="eval: the models it scores, by stage name; rlhf: its reward and audit stages' models; "
+        "export: every stage's model (its lineage)."
     )
 
 

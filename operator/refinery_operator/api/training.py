@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from .base import ApiModel
+from .rewards import RewardList, reward_list_problems
 
 
 class LoraSpec(ApiModel):
@@ -116,8 +117,40 @@ class RlSpec(ApiModel):
     )
     stop_on_hacking: bool = Field(
         False,
-        description="Stop (fail) the stage with reason RewardHacking instead of only warning, when the reward rises while "
-        "completions collapse (nearly all empty or all truncated) or KL exceeds maxKl.",
+        description="Stop (fail) the stage with reason RewardHacking instead of only warning, at the first verdict "
+        "(completions collapsed or degenerate, KL above maxKl, the audit or the held-out exact match falling while the "
+        "reward rises); no model is saved (the audit's best, if any, stays in audit-best/).",
+    )
+    rewards: RewardList | None = Field(
+        None,
+        description="What the policy is optimised against: a weighted sum of reward stages' models and verifiers "
+        "(exactMatch, contains, numeric, regex, length, python). `rewardModel: X` is short for `[{model: X}]`.",
+    )
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"] | None = Field(
+        None, description="grpo: TRL's loss formulation (GRPOConfig.loss_type); default: TRL's (`dapo`).",
+    )
+    mask_truncated_completions: bool = Field(
+        False, description="rloo, grpo: leave completions cut at maxCompletionLength out of the loss (DAPO).",
+    )
+    audit: RewardList | None = Field(
+        None,
+        description="An independent judge the policy is not optimised against (a second reward stage, or verifiers): "
+        "held-out prompts are scored under it every `auditSteps`; its fall while the reward rises is RewardOveroptimized.",
+    )
+    audit_steps: int | None = Field(
+        None, ge=1, le=10_000_000,
+        description="Score the held-out prompts (reward, audit, exact match, diversity) every this many steps. "
+        "Default: training.loggingSteps.",
+    )
+    audit_patience: int = Field(
+        3, ge=1, le=1000,
+        description="Consecutive held-out evaluations the audit must fall, while the reward rises, to count as "
+        "RewardOveroptimized (or once below its starting value).",
+    )
+    select_by: Literal["final", "audit"] | None = Field(
+        None,
+        description="Which model the stage saves as model/: `final` (the last step) or `audit` (the held-out "
+        "evaluation with the best audit score). Default: `audit` when `audit` is set, else `final`.",
     )
 
     @model_validator(mode="after")
@@ -126,7 +159,18 @@ class RlSpec(ApiModel):
             raise ValueError(f"{self.algorithm} compares completions of one prompt: numGenerations must be at least 2")
         if self.generation == "vllm" and self.algorithm == "ppo":
             raise ValueError(VLLM_PPO_MESSAGE)
+        if self.loss_type is not None and self.algorithm != "grpo":
+            raise ValueError("rl.lossType is a grpo setting (TRL's GRPO loss formulations); rloo and ppo have their own")
+        if self.select_by == "audit" and self.audit is None:
+            raise ValueError("rl.selectBy audit needs rl.audit: the judge whose best score picks the model")
+        problems = reward_list_problems("rl.rewards", self.rewards or []) + reward_list_problems("rl.audit", self.audit or [])
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def selects_by_audit(self) -> bool:
+        return self.select_by == "audit" or (self.select_by is None and self.audit is not None)
 
 
 class DpoSpec(ApiModel):

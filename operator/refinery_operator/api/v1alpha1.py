@@ -21,6 +21,7 @@ from .base import (  # noqa: F401  (re-exported: the resource's names live here)
 )
 from .evaluation import EXPORT_STAGE, EvalSpec, ExportSpec
 from .graph import stage_graph_problems
+from .rewards import RewardSource
 from .pod import MAX_ENV, EnvFromSource, EnvVar, Volume, VolumeMount
 from .sources import SourceUriError, parse_source
 from .status import (  # noqa: F401  (re-exported: the resource's names live here)
@@ -124,6 +125,11 @@ class DataSpec(ApiModel):
     )
     chosen_field: str = Field("chosen", max_length=63, description="Column with the preferred response (reward, dpo).")
     rejected_field: str = Field("rejected", max_length=63, description="Column with the dispreferred response (reward, dpo).")
+    reference_field: str = Field(
+        "reference", max_length=63,
+        description="Column with the reference answer (rlhf: what exactMatch, contains and numeric rewards check against; "
+        "when present, held-out exact match is watched along the way).",
+    )
 
     @field_validator("path", "eval_path")
     @classmethod
@@ -143,6 +149,8 @@ class Toleration(ApiModel):
 # the index (two digits) within the 63 characters of a DNS label.
 MAX_NODES = 64
 PACKING_MESSAGE = "`training.packing` is only valid on sft stages: pretrain always trains on full blocks of seqLen tokens"
+RLHF_INPUTS_MESSAGE = ("an rlhf stage needs `from` (the policy's stage) and exactly one of `rewardModel` (a reward stage) "
+                       "or `rl.rewards` (reward stages' models and verifiers; `{model: <stage>}` adds a reward model)")
 VLLM_GPU_MESSAGE = "rl.generation vllm needs a GPU: set resources.gpus to at least 1, or use generation hf"
 PPO_ONE_PROCESS_MESSAGE = ("rl.algorithm ppo runs in one process: no deepspeed, no training.lora, at most one GPU "
                            "on one node (rloo and grpo support all three)")
@@ -293,8 +301,8 @@ class Stage(ApiModel):
             raise ValueError("`data` is required (every stage type but eval trains on a dataset)")
         if (self.from_ is None) == (self.model is None):
             raise ValueError("set exactly one of `from` (a stage) or `model`")
-        if self.type == StageType.rlhf and (self.from_ is None or self.reward_model is None):
-            raise ValueError("an rlhf stage needs `from` (the policy's stage) and `rewardModel` (a reward stage)")
+        if self.type == StageType.rlhf and (self.from_ is None or (self.reward_model is None) == (not self._rl_rewards())):
+            raise ValueError(RLHF_INPUTS_MESSAGE)
         if self.type != StageType.rlhf and self.reward_model is not None:
             raise ValueError("`rewardModel` is only valid on rlhf stages")
         if self.rl is not None and self.type != StageType.rlhf:
@@ -331,7 +339,23 @@ class Stage(ApiModel):
             return list(dict.fromkeys(self.depends_on))
         if self.eval_ is not None:
             return self.eval_.referenced_stages
-        return [s for s in (self.from_, self.reward_model) if s]
+        return list(dict.fromkeys([s for s in (self.from_, *self.reward_stages) if s]))
+
+    def _rl_rewards(self) -> list[RewardSource]:
+        return list(self.rl.rewards or []) if self.rl is not None else []
+
+    @property
+    def rewards(self) -> list[RewardSource]:
+        """rlhf: what the policy is optimised against (`rewardModel: X` is `rl.rewards: [{model: X}]`)."""
+        if self.reward_model is not None:
+            return [RewardSource(model=self.reward_model)]
+        return self._rl_rewards()
+
+    @property
+    def reward_stages(self) -> list[str]:
+        """rlhf: the reward stages whose models it reads, optimised against or auditing, in spec order."""
+        audit = list(self.rl.audit or []) if self.rl is not None else []
+        return list(dict.fromkeys(s.model for s in [*self.rewards, *audit] if s.model))
 
 
 class ClaimTemplate(ApiModel):

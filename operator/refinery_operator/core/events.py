@@ -1,9 +1,10 @@
 """Kubernetes Events of a pipeline, from the change between two statuses (pure).
 
 One Event per transition — a stage started or was retried, saved a checkpoint, an attempt failed
-(with its class), a stage succeeded or failed, a gate was not met, the pipeline succeeded, was
-suspended or resumed — so nothing is posted by a reconcile that changed nothing (not spammy), and
-an operator that restarts compares with the status it wrote last (what the API server holds).
+(with its class), a stage succeeded or failed, a gate was not met, reward hacking or a circular
+judge was found, the pipeline succeeded, was suspended or resumed — so nothing is posted by a
+reconcile that changed nothing (not spammy), and an operator that restarts compares with the
+status it wrote last (what the API server holds).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from ..api.v1alpha1 import Phase, PipelineStatus, StageStatus
 from . import conditions as cond
 from .hacking import REWARD_HACKING
+from .judging import CIRCULAR_JUDGE
 
 NORMAL, WARNING = "Normal", "Warning"
 
@@ -35,6 +37,8 @@ def pipeline_events(old: PipelineStatus | None, new: PipelineStatus) -> list[Eve
         events.append(Event(WARNING, cond.REASON_GATE_NOT_MET, cond.get_condition(new.conditions, cond.FAILED).message))
     if now(REWARD_HACKING) and not was(REWARD_HACKING):
         events.append(Event(WARNING, REWARD_HACKING, cond.get_condition(new.conditions, REWARD_HACKING).message))
+    if now(CIRCULAR_JUDGE) and not was(CIRCULAR_JUDGE):
+        events.append(Event(WARNING, CIRCULAR_JUDGE, cond.get_condition(new.conditions, CIRCULAR_JUDGE).message))
     if new.phase == Phase.succeeded and old.phase != Phase.succeeded:
         events.append(Event(NORMAL, cond.REASON_SUCCEEDED, f"all {len(new.stages)} stages succeeded"))
     if now(cond.SUSPENDED, cond.REASON_SUSPENDED) and not was(cond.SUSPENDED, cond.REASON_SUSPENDED):

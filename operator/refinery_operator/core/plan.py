@@ -48,7 +48,8 @@ from .conditions import rfc3339
 from .accounting import gpu_seconds, lost_gpu_seconds, parse_time, restart_counts
 from .naming import job_name, model_dir
 from .reruns import downstream, requested_stage, spec_hash
-from .hacking import set_hacking_condition
+from .hacking import export_hold, set_hacking_condition
+from .judging import set_circular_judge_condition
 from .summary import summarize
 
 AttemptPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
@@ -132,6 +133,8 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
 
     by_name = {s.name: observe_stage(s, prev_by_name[s.name], observed, pipeline.metadata.name, stamp) for s in spec.run_stages}
     gates = {s.name: msg for s in spec.run_stages if (msg := gate_problem(s, by_name[s.name]))}
+    if (hold := export_hold(pipeline, by_name)) is not None:  # a model that gamed its reward is not exported
+        gates.setdefault(*hold)
     failed_for_good = bool(gates) or any(s.phase == Phase.failed for s in by_name.values())
     launches: list[Launch] = []
     waits: list[float] = []
@@ -182,6 +185,7 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
     status.rerun_request = rerun_request
     status.sources = previous.sources  # what the pipeline's initializer fetched (core/sources.py)
     set_hacking_condition(pipeline, status, stamp)
+    set_circular_judge_condition(pipeline, status, stamp)
     return Plan(status=status, launches=tuple(launches), stops=tuple(stops),
                 requeue_after=round(min(waits), 3) if waits else None, waiting_for_inputs=tuple(waiting_for_inputs))
 
@@ -418,7 +422,8 @@ def next_attempt(status: StageStatus, latest: AttemptState | None) -> int | None
 
 def resolve_inputs(stage: Stage, stages: Mapping[str, StageStatus], pipeline_root: str) -> StageInputs | None:
     """Hand each stage its upstream stages' final models, by the path the upstream reported.
-    An eval stage gets every model it scores (`models`), its judge as `rewardModel`; the export
+    An eval stage gets every model it scores (`models`), its judge as `rewardModel`; an rlhf stage
+    the reward stages its `rl.rewards` and `rl.audit` name (`models`, with `rewardModel`'s); the export
     step gets every stage's model (its lineage) and the exported one as `model`."""
     def output_of(name: str | None) -> str | None:
         if name is None:
@@ -431,5 +436,7 @@ def resolve_inputs(stage: Stage, stages: Mapping[str, StageStatus], pipeline_roo
         models = {name: output_of(name) for name in stage.eval_.referenced_stages}
     elif stage.type == StageType.export:
         models = {name: output_of(name) for name in stage.dependencies}
+    elif stage.type == StageType.rlhf and stage.reward_stages:
+        models = {name: output_of(name) for name in stage.reward_stages}
     inputs = StageInputs(model=output_of(stage.from_), reward_model=output_of(reward), models=models)
     return inputs if inputs.model or inputs.reward_model or inputs.models else None

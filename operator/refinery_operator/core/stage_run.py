@@ -7,6 +7,7 @@ from pathlib import PurePosixPath
 
 from ..api.evaluation import EXPORT_STAGE
 from ..api.v1alpha1 import TrainingPipeline
+from .judging import circular_footnotes
 from .naming import stage_dir
 from .plan import Launch
 from .sources import stage_source_paths
@@ -37,6 +38,7 @@ def build_stage_run(
         models=launch.inputs.models if launch.inputs else None,
         pipeline_spec=pipeline.spec.dump() if launch.stage == EXPORT_STAGE else None,
         volume_root=volume_root(pipeline_root, pipeline.metadata.namespace) if launch.stage == EXPORT_STAGE else None,
+        circular=(circular_footnotes(pipeline.spec, stage.name) or None) if stage.eval_ is not None else None,
         reporter=reporter,
         sources=stage_source_paths(stage, pipeline_root),
     )

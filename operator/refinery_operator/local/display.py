@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..api.v1alpha1 import Phase, PipelineStatus, TrainingPipeline
+from ..core.judging import MARK, circular_footnotes
 
 # The metrics worth a column in the summary, in the order a reader wants them.
 SUMMARY_METRICS = ("initialEvalLoss", "evalLoss", "evalAccuracy", "baselineMeanReward", "meanReward", "kl",
@@ -71,12 +72,14 @@ def summary_table(status: PipelineStatus) -> str:
 
 
 # An eval stage's scores, in reading order; harness metrics (`task/metric`) follow, sorted.
-EVAL_SCORES = ("exactMatch", "contains", "meanReward", "winRate", "meanCompletionLength", "emptyFraction")
+EVAL_SCORES = ("exactMatch", "contains", "passAtK", "meanAtK", "meanReward", "winRate", "meanCompletionLength",
+               "emptyFraction")
 
 
 def eval_table(status: PipelineStatus, pipeline: TrainingPipeline | None = None) -> str:
     """One table per eval stage: a row per evaluated model (in `eval.models` order when the
-    pipeline is given), a column per score ("-" when none)."""
+    pipeline is given), a column per score ("-" when none). A column judged by the reward model
+    an evaluated model was optimised against is marked `*`, with a footnote (core/judging.py)."""
     order = {s.name: s.eval_.models for s in pipeline.spec.stages if s.eval_} if pipeline else {}
     out = []
     for stage in status.stages:
@@ -91,8 +94,16 @@ def eval_table(status: PipelineStatus, pipeline: TrainingPipeline | None = None)
         rows = {m: rows[m] for m in [*models, *(m for m in rows if m not in models)]}
         seen = {k for r in rows.values() for k in r}
         scores = [k for k in EVAL_SCORES if k in seen] + sorted(seen - set(EVAL_SCORES))
-        table = [["MODEL", *scores], *([m, *(f"{r[k]:.4f}" if k in r else "-" for k in scores)] for m, r in rows.items())]
+        notes = circular_footnotes(pipeline.spec, stage.name) if pipeline else {}
+        marked = {k for k in scores if any(f"{m}.{k}" in notes for m in rows)}
+        header = ["MODEL", *(k + MARK if k in marked else k for k in scores)]
+        table = [header, *([m, *(f"{r[k]:.4f}" if k in r else "-" for k in scores)] for m, r in rows.items())]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+        shown = {}  # one footnote per judgement: "* rlhf.meanReward, rlhf.winRate: judged by ..."
+        for metric, why in notes.items():
+            if metric.partition(".")[0] in rows:
+                shown.setdefault(why, []).append(metric)
+        lines += [f"{MARK} {', '.join(metrics)}: {why}" for why, metrics in shown.items()]
         out.append(f"\n\n{stage.name} (held out)\n" + "\n".join(lines))
     return "".join(out)

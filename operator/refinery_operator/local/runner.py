@@ -32,6 +32,8 @@ from pathlib import Path
 
 from ..api.run import METRICS_PORT_ENV, PROGRESS_FILE, RESULT_FILE, FileReporter, ProgressRecord
 from ..api.v1alpha1 import Phase, PipelineStatus, StageStatus, TrainingPipeline
+from ..core.events import WARNING, pipeline_events
+from ..core.judging import CIRCULAR_JUDGE
 from ..core.naming import pipeline_root, stage_dir
 from ..core.plan import AttemptState, Observed, plan, rfc3339
 from ..core.sources import InitializerDecision, record_inputs_check, source_failure_status
@@ -173,6 +175,7 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
             for launch in decided.launches:
                 local.start(launch)
             if decided.status != status:
+                warn_about(status, decided.status)
                 status = decided.status
                 write_status(root, status)
                 on_status(status)
@@ -198,6 +201,16 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
     if status.phase == Phase.succeeded:
         print(next_steps(pipeline, status, root))
     return status.phase == Phase.succeeded
+
+
+# Warnings a person running locally must see as they happen (in a cluster: Warning Events).
+LOCAL_WARNINGS = (CIRCULAR_JUDGE,)
+
+
+def warn_about(old: PipelineStatus, new: PipelineStatus) -> None:
+    for event in pipeline_events(old, new):
+        if event.type == WARNING and event.reason in LOCAL_WARNINGS:
+            print(f"warning ({event.reason}): {event.message}", file=sys.stderr)
 
 
 def next_steps(pipeline: TrainingPipeline, status: PipelineStatus, root: Path) -> str:

@@ -156,6 +156,8 @@ def draw_panel(ax, stage: StageCurves) -> None:
     if stage.type == "eval":
         return draw_eval_panel(ax, stage)
     panel = PANELS.get(stage.type, PANELS["pretrain"])
+    if stage.type == "rlhf":
+        panel = rlhf_panel(panel, stage.history)
     ax.set_title(stage.name if stage.name == stage.type else f"{stage.name} ({stage.type})")
     ax.set_xlabel("step")
     ax.set_ylabel(panel.ylabel + (" (log scale)" if panel.log_scale else ""))
@@ -191,6 +193,18 @@ def draw_panel(ax, stage: StageCurves) -> None:
         ax.text(0.5, 0.5, "no training logs", ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
+def rlhf_panel(panel: Panel, history: History) -> Panel:
+    """The rlhf panel with what this stage logged besides: each reward of `rl.rewards` on its own
+    (TRL's `rewards/<name>/mean`), and the held-out watch's audit and exact match."""
+    names = sorted(k for k in history if k.startswith("rewards/") and k.endswith("/mean") and "watch" not in k)
+    extra = [Curve(k, f"reward {k.split('/')[1]} (sampled)") for k in names] if len(names) > 1 else []
+    extra += [Curve(k, label, evaluation=True) for k, label in (("held_out_audit", "held-out audit (greedy)"),
+                                                                 ("held_out_exact_match", "held-out exact match"))
+              if k in history]
+    return Panel(panel.ylabel, panel.right_ylabel, (*panel.curves[:-1], *extra, panel.curves[-1]),
+                 right_from_zero=panel.right_from_zero)
+
+
 def write_summary_plot(root: Path, pipeline: TrainingPipeline, status: PipelineStatus) -> Path | None:
     """Draw every stage's curves into `<root>/summary.png`; its path, or None (with a warning) when
     matplotlib is missing."""
@@ -200,7 +214,7 @@ def write_summary_plot(root: Path, pipeline: TrainingPipeline, status: PipelineS
         folder = Path(stage_dir(str(root), stage.name, run))
         current = status.stage(stage.name) or StageStatus(name=stage.name)
         history = read_history(folder)
-        if {"baselineMeanReward", "meanReward"} <= current.metrics.keys() and current.step:
+        if {"baselineMeanReward", "meanReward"} <= current.metrics.keys() and current.step and HELD_OUT_REWARD not in history:
             # Held-out reward before and after training (greedy, on the same prompts), beside the training reward.
             history[HELD_OUT_REWARD] = [(0, current.metrics["baselineMeanReward"]), (current.step, current.metrics["meanReward"])]
         models = tuple(stage.eval_.models) if stage.eval_ else ()

@@ -40,6 +40,17 @@ def hacking_verdict(*, first_reward: float | None, reward: float | None, empty: 
 
 def describe(verdict: dict[str, float], metrics: dict[str, float], max_kl: float | None) -> str:
     parts = []
+    if verdict.get("rewardOveroptimized"):
+        parts.append(f"the held-out reward rose ({metrics.get('baselineMeanReward', float('nan')):.4g} -> "
+                     f"{metrics.get('meanReward', float('nan')):.4g}) while the audit fell "
+                     f"({metrics.get('baselineAuditScore', float('nan')):.4g} -> {metrics.get('auditScore', float('nan')):.4g})")
+    if verdict.get("groundTruthFell"):
+        parts.append(f"held-out exact match fell ({metrics.get('baselineHeldOutExactMatch', float('nan')):.3g} -> "
+                     f"{metrics.get('heldOutExactMatch', float('nan')):.3g}) while the reward rose")
+    if verdict.get("completionsDegenerate"):
+        parts.append(f"completions became alike while the reward rose (held-out distinct answers "
+                     f"{metrics.get('baselineHeldOutDistinct', float('nan')):.0f} -> {metrics.get('heldOutDistinct', float('nan')):.0f}; "
+                     f"distinct in the last batch {metrics.get('distinctFraction', float('nan')):.0%})")
     if verdict.get("completionsCollapsed"):
         parts.append(f"the reward rose to {metrics.get('trainReward', float('nan')):.4g} while completions collapsed "
                      f"(empty {metrics.get('emptyFraction', 0):.0%}, truncated {metrics.get('truncatedFraction', 0):.0%}, "
@@ -49,26 +60,53 @@ def describe(verdict: dict[str, float], metrics: dict[str, float], max_kl: float
     return "; ".join(parts)
 
 
-class EmptyCompletionWatch:
-    """A reward function of weight zero in TRL's list: it adds nothing to any reward, and records the
-    share of empty completions in each batch (TRL logs lengths and clipping, not emptiness)."""
+class CompletionWatch:
+    """A reward function of weight zero in TRL's list: it adds nothing to any reward, and records what
+    each batch of completions looks like (TRL logs lengths and clipping, not emptiness or sameness):
+    the share of empty completions, the share of distinct ones across the batch, and within each
+    prompt's group of `group` completions (TRL samples a prompt's group consecutively)."""
 
-    __name__ = "empty_completion_watch"  # TRL names the reward's log keys after it
+    __name__ = "completion_watch"  # TRL names the reward's log keys after it
 
-    def __init__(self) -> None:
+    def __init__(self, group: int = 1) -> None:
+        self.group = max(1, group)
         self.empty_fraction: float | None = None
+        self.distinct: int | None = None  # distinct completions in the batch
+        self.first_distinct: int | None = None
+        self.distinct_fraction: float | None = None
+        self.group_distinct_fraction: float | None = None
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
-        texts = [c if isinstance(c, str) else " ".join(m.get("content", "") for m in c) for c in completions]
-        self.empty_fraction = sum(not t.strip() for t in texts) / max(1, len(texts))
-        return [0.0] * len(texts)
+        self.observe([c if isinstance(c, str) else " ".join(m.get("content", "") for m in c) for c in completions])
+        return [0.0] * len(completions)
+
+    def observe(self, texts: list[str]) -> None:
+        from .generative import normalise
+
+        n = max(1, len(texts))
+        self.empty_fraction = sum(not t.strip() for t in texts) / n
+        keys = [normalise(t) for t in texts]
+        self.distinct = len(set(keys))
+        if self.first_distinct is None:
+            self.first_distinct = self.distinct
+        self.distinct_fraction = self.distinct / n
+        groups = [keys[i:i + self.group] for i in range(0, len(keys), self.group)]
+        self.group_distinct_fraction = sum(len(set(g)) / len(g) for g in groups) / max(1, len(groups))
+
+    def live(self) -> dict[str, float]:
+        out = {}
+        if self.empty_fraction is not None:
+            out["emptyFraction"] = self.empty_fraction
+        if self.distinct_fraction is not None:
+            out.update(distinctFraction=self.distinct_fraction, groupDistinctFraction=self.group_distinct_fraction)
+        return out
 
 
 class HackingWatch(TrainerCallback):
     """Reads each training log: reports the completion statistics and the verdict; stops on it if asked."""
 
-    def __init__(self, ctx, rl, empty_watch: EmptyCompletionWatch, max_completion_length: int):
-        self.ctx, self.rl, self.empty_watch = ctx, rl, empty_watch
+    def __init__(self, ctx, rl, completions: CompletionWatch, max_completion_length: int, held_out=None):
+        self.ctx, self.rl, self.completions, self.held_out = ctx, rl, completions, held_out
         self.max_completion_length = max_completion_length
         self.first_reward: float | None = None
         self.stopped: str | None = None  # why training was stopped
@@ -85,19 +123,33 @@ class HackingWatch(TrainerCallback):
             live["meanCompletionLength"] = float(logs["completions/mean_length"])
         if isinstance(logs.get("completions/clipped_ratio"), (int, float)):
             live["truncatedFraction"] = float(logs["completions/clipped_ratio"])
-        if self.empty_watch.empty_fraction is not None:
-            live["emptyFraction"] = self.empty_watch.empty_fraction
+        live.update(self.completions.live())
         if isinstance(logs.get("kl"), (int, float)):
             live["kl"] = float(logs["kl"])
+        # Each reward's own mean (TRL: rewards/<name>/mean), so users see which part moves.
+        live.update({key.removesuffix("/mean"): float(v) for key, v in logs.items()
+                     if key.startswith("rewards/") and key.endswith("/mean") and isinstance(v, (int, float))
+                     and key != f"rewards/{CompletionWatch.__name__}/mean"})
         verdict = hacking_verdict(first_reward=self.first_reward, reward=reward, empty=live.get("emptyFraction"),
                                   truncated=live.get("truncatedFraction"), kl=live.get("kl"), max_kl=self.rl.max_kl)
+        if reward > self.first_reward + REWARD_RISE and self.completions.first_distinct is not None:
+            from .audit import degenerate
+
+            if degenerate(self.completions.first_distinct, self.completions.distinct):
+                verdict["completionsDegenerate"] = 1.0
+        if self.held_out is not None:  # the held-out watch's verdicts, from its latest evaluation
+            verdict.update(self.held_out.verdict())
         metrics = {**self.ctx.reporter.record.metrics, **live, **verdict}
         self.ctx.report(force=bool(verdict), metrics=metrics)
         if verdict:
             message = describe(verdict, metrics, self.rl.max_kl)
             log.warning("rlhf: reward hacking at step %d: %s", state.global_step, message)
             if self.rl.stop_on_hacking and self.stopped is None:
-                self.stopped = f"stopped at step {state.global_step} (rl.stopOnHacking): {message}"
+                self.stopped = f"stopped at step {state.global_step} (rl.stopOnHacking), no model saved: {message}"
+                best = self.held_out.best if self.held_out is not None else None
+                if best is not None:
+                    self.stopped += (f"; the best audit score ({best['audit']:.4g}) was at step {best['step']}, "
+                                     f"saved in {self.ctx.stage_dir}/audit-best")
                 control.should_training_stop = True
 
     def raise_if_stopped(self, stage: str) -> None:

@@ -37,6 +37,8 @@ def check_pipeline(stages, data_root: str, fetched: Mapping[str, str]) -> list[s
             path = local_path(source.ref.uri, data_root, fetched)
             if source.field.startswith("data.") or source.field == "eval.generate.path":
                 check_data(stage, source.field, path)
+            elif source.field.endswith(".python.path"):
+                check_reward_function(stage, source.field, path)
             elif source.field in ("model.path", "model.hubId"):
                 check_model(stage, source.field, path)
             elif source.ref.remote or path.exists():  # a tokenizer that is neither may be a hub id (as before)
@@ -52,6 +54,36 @@ def local_path(uri: str, data_root: str, fetched: Mapping[str, str]) -> Path:
         return Path(fetched[uri])
     p = Path(os.path.expanduser(uri))
     return p if p.is_absolute() else Path(data_root) / p
+
+
+def check_reward_function(stage, field: str, path: Path) -> None:
+    """The file exists and defines the function at its top level (read, not run: the stage imports it)."""
+    import ast
+
+    from ..rewards.user import BadRewardFunction
+
+    if not path.is_file():
+        raise SourceError(f"stage {stage.name!r} {field}: {path}: reward function file not found")
+    function = _python_source(stage, field).function
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except SyntaxError as exc:
+        raise BadRewardFunction(f"stage {stage.name!r} {field}: {path}: line {exc.lineno}: {exc.msg}") from None
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    defined |= {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    if function not in defined:
+        raise BadRewardFunction(f"stage {stage.name!r} {field}: {path} defines no function {function!r}")
+
+
+def _python_source(stage, field: str):
+    """The `python:` settings a field such as `rl.rewards[1].python.path` names."""
+    import re
+
+    if field.startswith("eval.generate.rewards["):
+        return stage.eval_.generate.rewards[int(re.match(r"eval\.generate\.rewards\[(\d+)\]", field).group(1))].python
+    kind, index = re.match(r"rl\.(rewards|audit)\[(\d+)\]", field).groups()
+    return getattr(stage.rl, kind)[int(index)].python
 
 
 def check_data(stage, field: str, path: Path) -> None:

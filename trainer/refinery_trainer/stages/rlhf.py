@@ -39,7 +39,11 @@ from pathlib import Path
 from refinery_operator.api.v1alpha1 import RlSpec
 
 from ..context import StageContext
-from ..errors import StageError
+from ..errors import DataError, StageError
+from ..evaluation.audit import HeldOut, HeldOutWatch, restore_best
+from ..evaluation.hacking import CompletionWatch, HackingWatch
+from ..rewards import Reward, build_rewards
+from ..rewards.sources import REFERENCE
 
 log = logging.getLogger(__name__)
 
@@ -51,39 +55,55 @@ def run(ctx: StageContext) -> dict[str, float]:
     train_rows, eval_rows = ctx.load_data(spec.prompt_field, hint="data.promptField")
     for table in (train_rows, eval_rows):
         table.require_text(spec.prompt_field)
-    eval_prompts = [row[spec.prompt_field] for row in eval_rows.rows[: rl.eval_prompts]]
+    rewards = build_rewards(ctx, ctx.stage.rewards)
+    audit = build_rewards(ctx, rl.audit or [])
+    _check_references(ctx, [*rewards, *audit], train_rows, eval_rows)
+    held_out = _held_out(ctx, eval_rows, rl)
 
     policy, tokenizer = ctx.load_causal_lm()
     tokenizer.padding_side = "left"  # generation continues the prompt: RL trainers require left padding
-    reward_model, reward_tokenizer = load_reward_model(ctx)
+    watch = HeldOutWatch(ctx, rl, rewards, audit, held_out, tokenizer)
+    first = watch.evaluate(policy, step=0)
+    log.info("rlhf: initial policy scores %.4f on %d held-out prompts", first.reward, len(held_out.prompts))
+    ctx.report(metrics={**ctx.reporter.record.metrics, **watch.metrics()})
 
-    baseline = mean_reward(policy, tokenizer, reward_model, reward_tokenizer, eval_prompts, rl)
-    log.info("rlhf: initial policy scores %.4f on %d held-out prompts", baseline, len(eval_prompts))
-    ctx.report(metrics={**ctx.reporter.record.metrics, "baselineMeanReward": baseline})
-
+    completions = CompletionWatch(group=rl.num_generations)
+    hacking = HackingWatch(ctx, rl, completions, rl.max_completion_length, held_out=watch)
     if rl.algorithm == "ppo":  # our own loop: TRL 1.16 has no PPO
         from .. import ppo
 
-        prompts = [row[spec.prompt_field] for row in train_rows.rows]
-        history = ppo.train(ctx, rl, policy, tokenizer, reward_model, reward_tokenizer, prompts)
-        model, metrics = policy, last_logged(history, PPO_METRICS)
+        rows = _rows(train_rows, spec)
+        history = ppo.train(ctx, rl, policy, tokenizer, rewards, rows, callbacks=[watch, hacking],
+                            completion_watch=completions)
+        model = policy
     else:
-        from ..evaluation.hacking import EmptyCompletionWatch, HackingWatch
-
-        watch = HackingWatch(ctx, rl, EmptyCompletionWatch(), rl.max_completion_length)
-        trainer = _trainer(ctx, rl, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows, generation, watch)
+        trainer = _trainer(ctx, rl, policy, tokenizer, rewards, train_rows, eval_rows, generation, [watch, hacking], completions)
         output = ctx.train(trainer)
-        watch.raise_if_stopped(ctx.stage.name)  # rl.stopOnHacking
-        model, metrics = trainer.model, last_logged(_log_history(ctx, trainer), TRL_METRICS)
-        if output.training_loss is not None and math.isfinite(output.training_loss):
-            metrics["trainLoss"] = float(output.training_loss)
-    final, stats = held_out_scores(model, tokenizer, reward_model, reward_tokenizer, eval_prompts, rl)
-    metrics.update(baselineMeanReward=baseline, meanReward=final, **{HELD_OUT_STATS[k]: v for k, v in stats.items()})
+        model, history = trainer.model, _log_history(ctx, trainer)
+    metrics = last_logged(history, PPO_METRICS if rl.algorithm == "ppo" else TRL_METRICS)
+    if rl.algorithm != "ppo" and output.training_loss is not None and math.isfinite(output.training_loss):
+        metrics["trainLoss"] = float(output.training_loss)
+    hacking.raise_if_stopped(ctx.stage.name)  # rl.stopOnHacking, during training
+    last = watch.evaluate(model, step=ctx.steps or 0)
+    metrics.update(watch.metrics())
+    metrics.update({HELD_OUT_STATS[k]: v for k, v in (("meanCompletionLength", last.mean_length),
+                   ("emptyFraction", last.empty_fraction), ("truncatedFraction", last.truncated_fraction))})
+    # Each reward on its own: its mean over the last logging window (as live), and on the held-out answers.
+    metrics.update(last_logged(history, {f"rewards/{r.name}/mean": f"rewards/{r.name}" for r in rewards}))
+    metrics.update({f"heldOutRewards/{name}": v for name, v in last.reward_means.items()})
     live = ctx.reporter.record.metrics  # the training logs' latest figures and flags (HackingWatch)
-    if "emptyFraction" in live:
-        metrics["emptyFraction"] = live["emptyFraction"]
-    metrics.update(held_out_verdict(baseline, final, stats, metrics, live, rl))
-    log.info("rlhf: mean held-out reward %.4f -> %.4f", baseline, metrics["meanReward"])
+    for key in ("emptyFraction", "distinctFraction", "groupDistinctFraction"):
+        if key in live:
+            metrics[key] = live[key]
+    metrics.update(held_out_verdict(first.reward, last, metrics, live, rl, watch))
+    log.info("rlhf: mean held-out reward %.4f -> %.4f", first.reward, last.reward)
+    _stop_if_hacking(ctx, rl, metrics, watch)
+    if rl.selects_by_audit and watch.best is not None:
+        metrics["selectedStep"] = float(watch.best["step"])
+    if rl.selects_by_audit and watch.best is not None and watch.best["step"] != last.step:
+        restore_best(model, ctx.stage_dir)
+        log.info("rlhf: saving the model of step %d, the best audit score (%.4g; rl.selectBy audit)",
+                 watch.best["step"], watch.best["audit"])
     ctx.save_final(model, tokenizer)
     return metrics
 
@@ -109,28 +129,65 @@ def _generation_kwargs(rl: RlSpec) -> dict:
     return generation_kwargs(rl.generation, cuda=torch.cuda.is_available())
 
 
-def held_out_scores(policy, tokenizer, reward_model, reward_tokenizer, prompts: list[str], rl: RlSpec):
-    """(mean reward, completion statistics) of the policy's greedy completions of the held-out prompts."""
-    from ..evaluation.completions import completion_stats
-    from ..scoring import generate_counted, score
-
-    texts, counts = generate_counted(policy, tokenizer, prompts, rl.max_completion_length)
-    rewards = score(reward_model, reward_tokenizer, prompts, texts)
-    return sum(rewards) / len(rewards), completion_stats(counts, rl.max_completion_length, texts)
-
-
-def held_out_verdict(baseline: float, final: float, stats: dict, metrics: dict, live: dict, rl: RlSpec) -> dict[str, float]:
+def held_out_verdict(first_reward: float, last, metrics: dict, live: dict, rl: RlSpec, watch) -> dict[str, float]:
     """The reward-hacking flags (1.0 / 0.0): seen in the training logs (`live`), or on the held-out
-    greedy completions, whose reward rose over the initial policy's while they collapsed."""
+    greedy completions, whose reward rose over the initial policy's while they collapsed, fell on
+    the audit or the references, or became alike. Only the checks that could run are reported."""
     from ..evaluation.hacking import hacking_verdict
 
-    verdict = hacking_verdict(first_reward=baseline, reward=final, empty=stats.get("emptyFraction"),
-                              truncated=stats.get("truncatedFraction"), kl=metrics.get("kl"), max_kl=rl.max_kl)
-    names = ["completionsCollapsed", *(["klExceeded"] if rl.max_kl is not None else [])]
+    verdict = hacking_verdict(first_reward=first_reward, reward=last.reward, empty=last.empty_fraction,
+                              truncated=last.truncated_fraction, kl=metrics.get("kl"), max_kl=rl.max_kl)
+    verdict.update(watch.verdict())
+    names = ["completionsCollapsed", "completionsDegenerate", *(["klExceeded"] if rl.max_kl is not None else []),
+             *(["rewardOveroptimized"] if rl.audit else []), *(["groundTruthFell"] if watch.has_references else [])]
     return {name: float(bool(verdict.get(name) or live.get(name))) for name in names}
 
 
-def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer, train_rows, eval_rows, generation: dict, watch):
+def _stop_if_hacking(ctx, rl: RlSpec, metrics: dict, watch) -> None:
+    """rl.stopOnHacking: a verdict after training fails the stage too, and no model is saved."""
+    from ..evaluation.hacking import REASON_REWARD_HACKING, describe
+
+    flagged = {k: v for k, v in metrics.items() if k in HACKING_FLAGS and v >= 1.0}
+    if not (rl.stop_on_hacking and flagged):
+        return
+    best = (f"; the best audit score ({watch.best['audit']:.4g}) was at step {watch.best['step']}, saved in "
+            f"{ctx.stage_dir}/audit-best" if watch.best is not None else "")
+    raise StageError(f"stage {ctx.stage.name!r} stopped after training (rl.stopOnHacking), no model saved: "
+                     f"{describe(flagged, metrics, rl.max_kl)}{best}", REASON_REWARD_HACKING)
+
+
+HACKING_FLAGS = ("completionsCollapsed", "completionsDegenerate", "klExceeded", "rewardOveroptimized", "groundTruthFell")
+
+
+def _held_out(ctx, eval_rows, rl: RlSpec) -> HeldOut:
+    rows = _rows(eval_rows, ctx.data)[: rl.eval_prompts]
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
+    return HeldOut([r["prompt"] for r in rows], columns)
+
+
+def _rows(table, spec) -> list[dict]:
+    """The prompts' rows in TRL's names: `prompt`, `reference` (data.referenceField), the other columns as they are."""
+    out = []
+    for row in table.rows:
+        new = {k: v for k, v in row.items() if k not in (spec.prompt_field, spec.reference_field, "prompt", REFERENCE)}
+        new["prompt"] = row[spec.prompt_field]
+        if spec.reference_field in row:
+            new[REFERENCE] = row[spec.reference_field]
+        out.append(new)
+    return out
+
+
+def _check_references(ctx, rewards: list[Reward], train_rows, eval_rows) -> None:
+    needs = [r.name for r in rewards if r.needs_reference]
+    field = ctx.data.reference_field
+    for table, what in ((train_rows, "data.path"), (eval_rows, "held-out prompts")):
+        if needs and not table.has_column(field):
+            raise DataError(f"stage {ctx.stage.name!r}: rewards {', '.join(needs)} check answers against a reference, but "
+                            f"the {what} ({table.path}) have no {field!r} column: add it, or set data.referenceField")
+
+
+def _trainer(ctx, rl: RlSpec, policy, tokenizer, rewards: list[Reward], train_rows, eval_rows, generation: dict,
+             callbacks: list, completions: CompletionWatch):
     from datasets import Dataset
 
     if rl.algorithm == "grpo":
@@ -138,8 +195,9 @@ def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer,
     else:
         from trl import RLOOConfig as Config, RLOOTrainer as Trainer
 
-    columns = {"prompt": ctx.data.prompt_field}
     periodic_eval = ctx.training.eval_steps is not None  # TRL's own eval: sampled rewards on held-out prompts
+    funcs = [r.trl_func() for r in rewards]
+    grpo = {"loss_type": rl.loss_type} if rl.loss_type else {}
     config = Config(
         # Held-out eval batches must hold whole groups of numGenerations completions.
         **ctx.training_args_kwargs(per_device_eval_batch_size=_round_up(ctx.training.batch_size, rl.num_generations)),
@@ -148,22 +206,26 @@ def _trainer(ctx, rl: RlSpec, policy, tokenizer, reward_model, reward_tokenizer,
         temperature=rl.temperature,
         beta=rl.beta,
         disable_dropout=True,
+        mask_truncated_completions=rl.mask_truncated_completions,
         **generation,  # rl.generation: vllm (colocate) or transformers' generate
-        reward_weights=[1.0, 0.0],
+        **grpo,
+        reward_weights=[r.weight for r in rewards] + [0.0],
     )
-    return Trainer(
+    trainer = Trainer(
         model=policy,
-        # The watch has weight 0: it only counts empty completions (evaluation/hacking.py).
-        reward_funcs=[reward_model, watch.empty_watch],
+        # The completion watch has weight 0: it only records what the completions look like (evaluation/hacking.py).
+        reward_funcs=[f for f, _ in funcs] + [completions],
         args=config,
-        train_dataset=Dataset.from_list(train_rows.select(columns)),
-        eval_dataset=Dataset.from_list(eval_rows.select(columns)) if periodic_eval else None,
+        train_dataset=Dataset.from_list(_rows(train_rows, ctx.data)),
+        eval_dataset=Dataset.from_list(_rows(eval_rows, ctx.data)) if periodic_eval else None,
         processing_class=tokenizer,
-        reward_processing_classes=[reward_tokenizer, None],
-        callbacks=[*ctx.callbacks(), watch],
+        reward_processing_classes=[p for _, p in funcs] + [None],
+        callbacks=[*ctx.callbacks(), *callbacks],
         # LoRA: only the adapters train; the KL reference is the same model with them switched off.
         peft_config=ctx.lora_config("causal"),  # None unless training.lora
     )
+    trainer.reward_func_names = [r.name for r in rewards] + [CompletionWatch.__name__]  # rewards/<name>/mean
+    return trainer
 
 
 def load_reward_model(ctx: StageContext):
@@ -182,15 +244,6 @@ def load_reward_model_from(ctx: StageContext, path):
     model.config.pad_token_id = tokenizer.pad_token_id
     model.requires_grad_(False)
     return model.eval(), tokenizer
-
-
-def mean_reward(policy, tokenizer, reward_model, reward_tokenizer, prompts: list[str], rl: RlSpec) -> float:
-    """Mean reward-model score of the policy's greedy completions of `prompts`."""
-    from ..scoring import generate, score
-
-    completions = generate(policy, tokenizer, prompts, rl.max_completion_length)
-    rewards = score(reward_model, reward_tokenizer, prompts, completions)
-    return sum(rewards) / len(rewards)
 
 
 def last_logged(history: list[dict], names: dict[str, str]) -> dict[str, float]:
