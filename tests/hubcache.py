@@ -34,7 +34,8 @@ def add_repo(cache: Path, repo_id: str, files: dict[str, bytes], repo_type: str 
         blob.write_bytes(data)
         link = storage / "snapshots" / commit / name
         link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(blob, link.parent), link)
+        if not link.is_symlink():  # the same files again: the same commit, already in place
+            os.symlink(os.path.relpath(blob, link.parent), link)
     (storage / "refs").mkdir(parents=True, exist_ok=True)
     (storage / "refs" / ref).write_text(commit)
     return commit

@@ -8,7 +8,8 @@ import pytest
 from refinery_operator.api.run import StageRun
 from refinery_trainer.context import StageContext
 from refinery_trainer.packing import use_row_packing
-from refinery_trainer.stages.sft import sft_config
+from refinery_trainer.stages.sft import chat_loss_plan, sft_config
+from refinery_trainer.stages.sft import sft_rows as sft_rows_for
 
 from .conftest import sft_rows, stage_run
 
@@ -22,8 +23,10 @@ def _trainer(workspace, model, tokenizer, rows, packing: bool, chat: bool, layou
     run = stage_run(workspace, "sft", "sft", data={"path": "unused.jsonl"}, from_="pretrain",
                     training={"batchSize": 8, "packing": packing})
     ctx = StageContext(StageRun.model_validate(run))
-    config = sft_config(ctx, MAX_LENGTH, chat, output_dir=str(workspace / f"out-{packing}"))
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    plan = chat_loss_plan(ctx, tokenizer, chat, rows)  # chat rows arrive tokenized with their assistant masks
+    config = sft_config(ctx, MAX_LENGTH, plan, output_dir=str(workspace / f"out-{packing}"))
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(sft_rows_for(tokenizer, rows, plan)),
+                         processing_class=tokenizer)
     if packing and layout == "rows":  # what the stage does unless the attention is FlashAttention's
         use_row_packing(trainer, tokenizer.pad_token_id)
     return trainer
@@ -79,6 +82,6 @@ def test_packed_batches_have_the_loss_of_the_unpacked_rows(pretrained, workspace
 def test_packing_is_on_by_default_and_can_be_turned_off(workspace):
     run = stage_run(workspace, "sft", "sft", data={"path": "d.jsonl"}, from_="x")
     ctx = StageContext(StageRun.model_validate(run))
-    assert sft_config(ctx, MAX_LENGTH, chat=False).packing is True
+    assert sft_config(ctx, MAX_LENGTH).packing is True
     run["stage"]["training"]["packing"] = False
-    assert sft_config(StageContext(StageRun.model_validate(run)), MAX_LENGTH, chat=False).packing is False
+    assert sft_config(StageContext(StageRun.model_validate(run)), MAX_LENGTH).packing is False

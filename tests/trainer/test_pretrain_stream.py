@@ -45,3 +45,42 @@ def test_sharded_corpus_is_tokenized_once_and_learned(workspace):
     assert read_json(stage_dir / "progress.json")["resumedFrom"]["step"] == 40
     assert [p.name for p in (stage_dir / "tokenized").iterdir()] == [tokens.name]
     assert (tokens / TOKENS).stat().st_mtime_ns == written
+
+
+def test_only_rank_0_tokenizes_and_the_other_ranks_wait_for_its_marker(tmp_path, monkeypatch):
+    """Ranks of one attempt share the volume: one writer of the token folder, the others read its copy."""
+    import threading
+
+    from refinery_trainer.sources import corpus
+    from refinery_trainer.tokenizer import train_bpe_tokenizer
+
+    make_corpus(tmp_path / "shards" / "a.txt", docs=50)
+    files = [tmp_path / "shards" / "a.txt"]
+    tokenizer = train_bpe_tokenizer((tmp_path / "shards" / "a.txt").read_text().split("\n\n"), vocab_size=300)
+    writers = []
+    real_write = corpus._write
+    monkeypatch.setattr(corpus, "_write", lambda *a: writers.append(threading.current_thread().name) or real_write(*a))
+    got = {}
+    waiter = threading.Thread(name="rank-1", target=lambda: got.update(
+        rank1=corpus.tokenize_once(files, tokenizer, "text", tmp_path / "cache", rank=1)))
+    monkeypatch.setattr(corpus, "WAIT_POLL_S", 0.01)
+    waiter.start()
+    waiter.join(timeout=0.3)
+    assert waiter.is_alive() and not (tmp_path / "cache").exists()  # rank 1 waits and writes nothing
+    folder = corpus.tokenize_once(files, tokenizer, "text", tmp_path / "cache", rank=0)
+    waiter.join(timeout=10)
+    assert got["rank1"] == folder and (folder / MARKER).is_file()
+    assert set(writers) == {threading.current_thread().name}  # every batch written by rank 0
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]  # no second copy, no leftovers
+
+
+def test_a_rank_whose_corpus_key_rank_0_never_writes_fails_instead_of_waiting_forever(tmp_path, monkeypatch):
+    import pytest
+
+    from refinery_trainer.errors import DataError
+    from refinery_trainer.sources import corpus
+
+    monkeypatch.setattr(corpus, "WAIT_POLL_S", 0.01)
+    monkeypatch.setattr(corpus, "KEY_GRACE_S", 0.05)
+    with pytest.raises(DataError, match="the ranks built different tokenizers"):
+        corpus.wait_for_tokens(tmp_path / "cache" / "0123abcd")

@@ -64,6 +64,19 @@ def test_application_failure_is_retried_once_then_fails_the_pipeline():
     assert get_condition(second.status.conditions, "Failed").status == "True"
 
 
+def test_a_misconfigured_stage_is_not_retried_whatever_budget_is_left():
+    """The trainer's `Misconfigured` (settings that do not fit the model or data) fails the stage at once."""
+    pipeline = make_pipeline().stage("pretrain", "pretrain", retries={"backoffSeconds": 0, "application": 5}).obj()
+    record = ProgressRecord(phase="Failed", attempt=1, failure_reason="Misconfigured",
+                            message="training.seqLen 4096 is beyond the model's 128 positions: set training.seqLen <= 128")
+    result = run(pipeline, {"pretrain": [AttemptState(1, "Failed", "TrainerError", "exit code 1")]},
+                 records={"pretrain": record})
+    stage = result.status.stage("pretrain")
+    assert result.launches == () and (result.status.phase, stage.phase, stage.restarts) == ("Failed", "Failed", 0)
+    assert stage.last_failure.reason == "Misconfigured"
+    assert "not retried" in stage.message and "set training.seqLen <= 128" in stage.message
+
+
 def test_infrastructure_failures_spend_their_own_budget():
     pipeline = make_pipeline().stage("pretrain", "pretrain", retries={"backoffSeconds": 0}).obj()
     evicted = [AttemptState(i, "Failed", "Evicted", "node drained", infrastructure=True) for i in (1, 2, 3)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 REASON_BAD_DATA = "BadData"
 REASON_BAD_MODEL = "BadModel"
+REASON_MISCONFIGURED = "Misconfigured"  # never retried: refinery_operator.core.plan.NOT_RETRIED
 REASON_NAN_LOSS = "NanLoss"
 REASON_SOURCE_ERROR = "SourceError"
 REASON_STAGE_FAILED = "StageFailed"
@@ -41,6 +42,17 @@ class ModelError(StageError):
     """The initial model or tokenizer is missing or cannot be loaded."""
 
     reason = REASON_BAD_MODEL
+
+
+class MisconfiguredError(StageError):
+    """The stage's settings do not fit its model, tokenizer or data (no chat template for `messages`
+    data, `seqLen` beyond the model's positions, LoRA target modules the model lacks ...).
+
+    Deterministic: a retry would fail the same way, so the operator does not spend a retry on it.
+    The message says which setting to change.
+    """
+
+    reason = REASON_MISCONFIGURED
 
 
 class NanLossError(StageError):

@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from refinery_operator.api.v1alpha1 import ModelConfig
 
 from .errors import ModelError
+
+log = logging.getLogger(__name__)
 
 
 def build_model(config: ModelConfig, tokenizer, seed: int = 0, attn_implementation: str | None = None):
@@ -62,5 +65,14 @@ def load_model(path_or_id: str | Path, model_class=None, **kwargs):
     kwargs.setdefault("dtype", torch.float32)
     try:
         return model_class.from_pretrained(str(path_or_id), **kwargs)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
+        # Architectures without an sdpa path (Gemma 2: its attention logit soft-capping) refuse
+        # `attn_implementation="sdpa"`, the default of `training.attention: auto` on a CPU or without
+        # flash-attn; they get transformers' eager attention instead
+        # (https://github.com/huggingface/transformers/issues/28005).
+        if kwargs.get("attn_implementation") != "sdpa" or "scaled_dot_product_attention" not in str(exc):
+            raise ModelError(f"cannot load a model from {path_or_id}: {exc}") from None
+        log.warning("%s: the architecture has no sdpa attention; loading it with eager attention", path_or_id)
+        return load_model(path_or_id, model_class, **{**kwargs, "attn_implementation": "eager"})
+    except OSError as exc:
         raise ModelError(f"cannot load a model from {path_or_id}: {exc}") from None

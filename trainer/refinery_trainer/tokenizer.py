@@ -70,7 +70,13 @@ def wrap_tokenizer(core):
 
 
 def load_tokenizer(path_or_id: str | Path):
-    """A saved tokenizer (folder or hub id), made usable for training: pad token and chat template set."""
+    """A saved tokenizer (folder or hub id), made usable for training: a pad token set when it has none
+    (its EOS, else UNK: what `pad_token_summary` reports in preflight).
+
+    A tokenizer without a chat template keeps having none: a made-up template would teach a hub
+    model role markers its family never uses. `messages` data then fails in preflight as
+    `Misconfigured` (refinery_trainer.sources.model_checks); prompt/completion data needs none.
+    """
     from transformers import AutoTokenizer
 
     try:
@@ -79,6 +85,4 @@ def load_tokenizer(path_or_id: str | Path):
         raise ModelError(f"cannot load a tokenizer from {path_or_id}: {exc}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
-    if not getattr(tok, "chat_template", None):
-        tok.chat_template = CHAT_TEMPLATE
     return tok

@@ -62,6 +62,14 @@ class TrainingSpec(ApiModel):
         description="sft: pack examples into rows of `seqLen` tokens with no padding (best-fit, each example its own "
         "positions and attention, so the loss is the unpacked one). Default: on. Pretrain always trains on full blocks.",
     )
+    loss_on: Literal["assistant", "completion", "all"] = Field(
+        "assistant",
+        description="sft: the tokens the loss is computed on. `assistant`: every assistant turn of `messages` data "
+        "(its end-of-turn token included), or the completion of prompt/completion data. `completion`: the last "
+        "assistant turn only (the completion of prompt/completion data). `all`: every token, prompts and template "
+        "included. Works on any chat template: without `{% generation %}` markers the assistant spans are found by "
+        "rendering each conversation's prefixes.",
+    )
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto",
         description="Attention implementation. `auto`: FlashAttention 2 on a GPU training in bf16/fp16 when flash-attn "

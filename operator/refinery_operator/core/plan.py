@@ -14,6 +14,8 @@ Decisions written down here:
   for the trainer's own failures — exit code, `NanLoss`, `BadData` —, `retries.infrastructure`
   for the platform's — evicted, preempted, node lost, OOM-killed, `StartTimeout`). The retry is a
   new attempt number; the trainer resumes it from the newest complete checkpoint.
+- A `Misconfigured` failure (`NOT_RETRIED`: the stage's settings do not fit its model or data) is
+  not retried whatever budget is left, since it is deterministic; the message says what to change.
 - Retries back off exponentially: `retries.backoffSeconds` x 2^(failures - 1), capped at 32x
   (and 1 h); `status.stages[].nextAttemptTime` says when, `Plan.requeue_after` when to look again.
 - Attempt N+1 starts only when no pod of any earlier attempt remains (`AttemptState.pods_gone`:
@@ -54,6 +56,9 @@ AttemptPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 MAX_BACKOFF_FACTOR = 32
 MAX_BACKOFF_S = 3600
 REASON_START_TIMEOUT = "StartTimeout"  # no pod of an attempt (a stage's or the initializer's) became ready in time
+# Failures a retry would repeat (the trainer's refinery_trainer.errors.REASON_MISCONFIGURED: settings
+# that do not fit the model, tokenizer or data): the stage fails at once, whatever budget is left.
+NOT_RETRIED = frozenset({"Misconfigured"})
 
 
 @dataclass(frozen=True)
@@ -259,7 +264,7 @@ def observe_stage(stage: Stage, prev: StageStatus, observed: Observed, pipeline:
         status.completion_time = status.completion_time or latest.completion_time or stamp
         status.output = status.output or (record.output if record else None)
         # lastFailure stays: a stage that succeeded on its second attempt still says why it needed one.
-    elif retry_budget_left(stage, failures):
+    elif status.last_failure.reason not in NOT_RETRIED and retry_budget_left(stage, failures):
         status.phase = Phase.running  # a retry is launched when the back-off ends
         same = prev.last_failure is not None and prev.last_failure.attempt == latest.attempt
         status.next_attempt_time = prev.next_attempt_time if same and prev.next_attempt_time else \
@@ -273,6 +278,9 @@ def observe_stage(stage: Stage, prev: StageStatus, observed: Observed, pipeline:
         kind = "infrastructure" if latest.infrastructure else "application"
         status.message = (f"attempt {latest.attempt} failed and the {kind} retry budget ({budget}) is spent: "
                           f"{status.last_failure.message}")
+        if status.last_failure.reason in NOT_RETRIED:
+            status.message = (f"attempt {latest.attempt} failed ({status.last_failure.reason}, not retried: a retry "
+                              f"would fail the same way): {status.last_failure.message}")
     return status
 
 

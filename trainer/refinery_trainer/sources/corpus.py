@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -29,6 +31,10 @@ MARKER = "refinery-tokens-complete.json"
 TOKENS = "tokens.bin"
 BATCH_DOCS = 512  # documents per tokenizer call (the fast tokenizer parallelises within one)
 STREAM_BYTES = 64 << 20  # a single file above this size is streamed instead of read whole
+WAIT_POLL_S = 1.0  # how often a rank other than 0 looks for rank 0's marker
+KEY_GRACE_S = 600.0  # a rank gives up when rank 0 has not even started on its corpus key by then
+
+log = logging.getLogger(__name__)
 
 
 def documents(files: Iterable[Path], text_field: str) -> Iterator[str]:
@@ -81,11 +87,20 @@ def corpus_key(files: list[Path], tokenizer, text_field: str) -> str:
     return h.hexdigest()[:20]
 
 
-def tokenize_once(files: list[Path], tokenizer, text_field: str, cache_dir: Path) -> Path:
-    """The folder of the corpus' tokens (BOS doc EOS, concatenated), tokenizing only if needed."""
+def tokenize_once(files: list[Path], tokenizer, text_field: str, cache_dir: Path, rank: int | None = None) -> Path:
+    """The folder of the corpus' tokens (BOS doc EOS, concatenated), tokenizing only if needed.
+
+    Only the global rank 0 (`RANK`, as torchrun sets it) writes; every other rank waits for its
+    marker. Before, each rank tokenized the whole corpus into a folder of its own and renamed it
+    into place, so ranks raced on one folder (one could delete another's renamed, not yet marked
+    copy as "partial") and N ranks did N times the work.
+    """
     folder = cache_dir / corpus_key(files, tokenizer, text_field)
     if (folder / MARKER).is_file():
         return folder
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    if rank != 0:
+        return wait_for_tokens(folder)
     tmp = cache_dir / f".{folder.name}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.uint32
@@ -112,6 +127,23 @@ def tokenize_once(files: list[Path], tokenizer, text_field: str, cache_dir: Path
     os.replace(tmp, folder)
     atomic_write_text(folder / MARKER, json.dumps({"tokens": count, "dtype": np.dtype(dtype).name,
                                                    "files": [f.name for f in files]}) + "\n")
+    return folder
+
+
+def wait_for_tokens(folder: Path) -> Path:
+    """Wait until rank 0 marks `folder` complete. No deadline while rank 0 works on it (a big corpus
+    takes hours; when rank 0 fails, torchrun ends every rank); but if after `KEY_GRACE_S` rank 0 is
+    not writing this folder at all, the ranks keyed the corpus differently (each trains its own BPE
+    for a `config` model, which should come out the same) and waiting would never end."""
+    waited, poll_s = 0.0, WAIT_POLL_S
+    while not (folder / MARKER).is_file():
+        if waited >= KEY_GRACE_S and not folder.exists() and not any(folder.parent.glob(f".{folder.name}.tmp-*")):
+            raise DataError(f"rank 0 is not tokenizing the corpus into {folder} after {waited:.0f} s: the ranks built "
+                            "different tokenizers from the same data (set model.tokenizer to a saved one)")
+        if waited and waited % 60 < poll_s:
+            log.info("waiting for rank 0 to tokenize the corpus into %s (%.0f s)", folder, waited)
+        time.sleep(poll_s)
+        waited += poll_s
     return folder
 
 

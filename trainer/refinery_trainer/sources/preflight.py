@@ -5,14 +5,17 @@ For each data source (fetched, or a path on the volume): it exists, it is readab
 first rows have the columns its stage reads — the same `Table` checks, and so the same BadData
 messages, as the stage itself. For each model source: a saved model (config.json) is there.
 Inputs that another stage produces (`from`, `rewardModel`) do not exist yet and are not checked.
+Then each training stage against its model's config and tokenizer (`model_checks.py`): chat
+template, pad token, seqLen, LoRA target modules, reward head — failing as `Misconfigured`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 from refinery_operator.api.sources import stage_sources
@@ -22,6 +25,8 @@ from ..errors import DataError, ModelError, SourceError
 from .files import data_files
 
 HEAD_ROWS = 64  # rows of each file read to check its columns (whole files: the stage reads those)
+WHOLE_JSON_BYTES = 16 * 2**20  # a .json list up to this size is read whole (the stage's own reader and messages)
+JSON_CHUNK = 2**20  # characters of a bigger .json read at a time until HEAD_ROWS objects are decoded
 
 
 def check_pipeline(stages, data_root: str, fetched: Mapping[str, str]) -> list[str]:
@@ -39,7 +44,9 @@ def check_pipeline(stages, data_root: str, fetched: Mapping[str, str]) -> list[s
             elif source.ref.remote or path.exists():  # a tokenizer that is neither may be a hub id (as before)
                 check_tokenizer(stage, path)
             checked.append(f"{stage.name} {source.field}: {path}")
-    return checked
+    from .model_checks import check_models  # torch and transformers: only once the files are known to be there
+
+    return checked + check_models(stages, data_root, fetched)
 
 
 def local_path(uri: str, data_root: str, fetched: Mapping[str, str]) -> Path:
@@ -89,11 +96,16 @@ def check_data(stage, field: str, path: Path) -> None:
 
 
 def head(path: Path, text_field: str) -> Table:
-    """The first rows of a data file: JSON lines and Parquet are read lazily; .json and .txt whole
-    (read_table: the formats of small files)."""
+    """The first rows of a data file, never the whole of a big one: JSON lines, Parquet and .txt
+    are read lazily; a .json list up to WHOLE_JSON_BYTES whole (read_table, so its messages are the
+    stage's), a bigger one object by object from its start."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_head(path)
+    if suffix == ".txt":
+        return _txt_head(path, text_field)
+    if suffix == ".json" and path.is_file() and path.stat().st_size > WHOLE_JSON_BYTES:
+        return _json_head(path)
     if suffix != ".jsonl":
         return read_table(path, text_field=text_field)
     rows, lines = [], []
@@ -110,6 +122,63 @@ def head(path: Path, text_field: str) -> Table:
     if not rows:
         raise DataError(f"{path}: the file is empty: no JSON lines")
     return Table(path, rows, lines)
+
+
+def _txt_head(path: Path, text_field: str) -> Table:
+    """The first HEAD_ROWS documents (blank-line-separated blocks), with the line each starts on."""
+    rows, lines, block, start = [], [], [], 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(chain(f, [""]), start=1):
+                if line.strip():
+                    start = start if block else number
+                    block.append(line.rstrip("\n"))
+                elif block:
+                    rows.append({text_field: "\n".join(block)})
+                    lines.append(start)
+                    block = []
+                    if len(rows) == HEAD_ROWS:
+                        break
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} near the start)") from None
+    if not rows:
+        raise DataError(f"{path}: the file is empty: no text (documents are blank-line-separated blocks)")
+    return Table(path, rows, lines)
+
+
+def _json_head(path: Path) -> Table:
+    """The first HEAD_ROWS objects of a JSON list (or `{"data": [...]}`), decoded from the start of the file."""
+    decoder, rows = json.JSONDecoder(), []
+    with open(path, encoding="utf-8") as f:
+        buf = f.read(JSON_CHUNK)
+        opening = re.match(r'\s*(\{\s*"data"\s*:\s*)?\[', buf)
+        if opening is None:
+            raise DataError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})")
+        pos = opening.end()
+        while len(rows) < HEAD_ROWS:
+            pos = _skip_separators(buf, pos)
+            if pos < len(buf) and buf[pos] == "]":
+                break
+            try:
+                row, pos = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError as exc:
+                more = f.read(JSON_CHUNK)
+                if not more:  # the object really is malformed (or cut off), not just unread yet
+                    raise DataError(f"{path} row {len(rows) + 1}: malformed JSON ({exc.msg})") from None
+                buf, pos = buf[pos:] + more, 0
+                continue
+            if not isinstance(row, dict):
+                raise DataError(f"{path} row {len(rows) + 1}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: the file is empty: no rows")
+    return Table(path, rows, unit="row")
+
+
+def _skip_separators(buf: str, pos: int) -> int:
+    while pos < len(buf) and (buf[pos].isspace() or buf[pos] == ","):
+        pos += 1
+    return pos
 
 
 def _parquet_head(path: Path) -> Table:

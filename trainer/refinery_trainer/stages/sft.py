@@ -3,8 +3,9 @@
     refinery-train run --config stage.yaml      # stage.type: sft
 
 tokenizer + model (the `from` stage's `model/`) → rows: `messages` (a chat) when the file has
-that column, else `prompt`/`completion` → SFTTrainer (loss on the completion/assistant part
-only) → evaluate, train, evaluate → `model/`.
+that column, else `prompt`/`completion` → SFTTrainer (loss on `training.lossOn`: the assistant
+turns or the completion by default, on any chat template: see refinery_trainer.lossmask) →
+evaluate, train, evaluate → `model/`.
 Metrics: `initialEvalLoss`, `evalLoss` (held-out loss before/after), `trainLoss`.
 With `training.lora`, only LoRA adapters are trained (see `refinery_trainer.lora`). Training rows are
 packed (`training.packing`, default on): tests/trainer/test_packing.py shows the loss is the same.
@@ -17,8 +18,10 @@ import logging
 
 from ..context import StageContext
 from ..data import Table
+from ..errors import MisconfiguredError
 
 log = logging.getLogger(__name__)
+SAMPLE_ROWS = 16  # conversations the chat template is tried on before choosing how to mask the loss
 
 
 def run(ctx: StageContext) -> dict[str, float]:
@@ -39,15 +42,22 @@ def run(ctx: StageContext) -> dict[str, float]:
 
     from ..packing import use_row_packing
 
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(ctx, min(ctx.training.seq_len, model.config.max_position_embeddings), chat),
-        train_dataset=Dataset.from_list(train_rows.select(columns)),
-        eval_dataset=Dataset.from_list(eval_rows.select(columns)),
-        processing_class=tokenizer,
-        peft_config=ctx.lora_config("causal"),  # None unless training.lora
-        callbacks=ctx.callbacks(),
-    )
+    plan = chat_loss_plan(ctx, tokenizer, chat, train_rows.select(columns))
+    try:
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(ctx, min(ctx.training.seq_len, model.config.max_position_embeddings), plan),
+            train_dataset=Dataset.from_list(sft_rows(tokenizer, train_rows.select(columns), plan)),
+            eval_dataset=Dataset.from_list(sft_rows(tokenizer, eval_rows.select(columns), plan)),
+            processing_class=tokenizer,
+            peft_config=ctx.lora_config("causal"),  # None unless training.lora
+            callbacks=ctx.callbacks(),
+        )
+    except ValueError as exc:  # TRL's "The chat template is not training-compatible": the same on every retry
+        if "chat template" not in str(exc):
+            raise
+        raise MisconfiguredError(f"TRL refuses the tokenizer's chat template ({exc}): set training.lossOn: all, or "
+                                 "give the tokenizer a template with {% generation %} markers") from None
     if trainer.args.packing:  # rows of batchSize x seqLen, unless FlashAttention reads flattened batches faster
         use_row_packing(trainer, tokenizer.pad_token_id)
     metrics = ctx.train_and_evaluate(trainer)
@@ -55,8 +65,33 @@ def run(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
-def sft_config(ctx: StageContext, max_length: int, chat: bool, **overrides):
-    """The stage's SFTConfig: `training` as every stage has it, plus packing and the loss mask."""
+def chat_loss_plan(ctx: StageContext, tokenizer, chat: bool, rows: list[dict]):
+    """How the loss is masked (`training.lossOn`, refinery_trainer.lossmask). Raises MisconfiguredError
+    for `messages` data on a tokenizer without a chat template (preflight says so first)."""
+    from ..lossmask import loss_plan
+
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise MisconfiguredError(
+            f"the tokenizer of {ctx.init_model_dir} has no chat template, which `messages` data needs: use "
+            "prompt/completion data (data.promptField/data.completionField), or a tokenizer with a chat_template")
+    plan = loss_plan(tokenizer, chat, ctx.training.loss_on, [row["messages"] for row in rows[:SAMPLE_ROWS]] if chat else None)
+    if plan.note:
+        log.warning("%s", plan.note)
+    return plan
+
+
+def sft_rows(tokenizer, rows: list[dict], plan) -> list[dict]:
+    """The rows handed to SFTTrainer: as they are (TRL tokenizes them), or tokenized with their loss mask."""
+    if not plan.pretokenize:
+        return rows
+    from ..lossmask import tokenize_chats
+
+    return tokenize_chats(tokenizer, [row["messages"] for row in rows], plan.loss_on)
+
+
+def sft_config(ctx: StageContext, max_length: int, plan=None, **overrides):
+    """The stage's SFTConfig: `training` as every stage has it, plus packing and the loss mask
+    (`plan`: a refinery_trainer.lossmask.LossPlan; None: prompt/completion with the completion's loss)."""
     from trl import SFTConfig
 
     return SFTConfig(
@@ -70,9 +105,11 @@ def sft_config(ctx: StageContext, max_length: int, chat: bool, **overrides):
         packing=ctx.training.packing is not False,
         packing_strategy="bfd",
         eval_packing=False,
-        # Loss on what the model should learn to say: the completion, or the assistant turns.
-        completion_only_loss=None if not chat else False,
-        assistant_only_loss=chat,
+        # Loss on what the model should learn to say (training.lossOn). Chat rows come tokenized with
+        # their `assistant_masks` (refinery_trainer.lossmask), which TRL folds into the labels itself;
+        # TRL's own assistant_only_loss only for templates whose turns rendering cannot tell apart.
+        completion_only_loss=None if plan is None else plan.completion_only_loss,
+        assistant_only_loss=False if plan is None else plan.assistant_only_loss,
         dataset_num_proc=None,
     )
 
