@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from transformers import TrainerCallback
 
+from refinery_operator.api.rewards import WATCH_NAME
 from refinery_operator.api.run import METRICS_PORT_ENV
 
 if TYPE_CHECKING:
@@ -137,7 +138,8 @@ class TrainerMetrics:
                 continue  # a NaN loss fails the stage elsewhere; a gauge would only hide it
             if key in LOG_GAUGES:
                 self.set(LOG_GAUGES[key], value)
-            elif key.startswith("rewards/") and key.endswith("/mean") and key.count("/") == 2 and "watch" not in key:
+            elif key.startswith("rewards/") and key.endswith("/mean") and key.count("/") == 2 \
+                    and key != f"rewards/{WATCH_NAME}/mean":
                 self.set("refinery_trainer_reward_component", value, reward=key.split("/")[1])
             elif key.startswith("held_out_") and "/" not in key:
                 self.set("refinery_trainer_held_out", value, measure=key.removeprefix("held_out_"))

@@ -31,6 +31,7 @@ from .sources import SourceUriError, parse_source
 MAX_REWARDS = 8
 VERIFIER_KINDS = ("exactMatch", "contains", "numeric", "regex", "length", "python")
 SOURCE_KINDS = ("model", *VERIFIER_KINDS)
+WATCH_NAME = "completion_watch"  # the zero-weight reward that records what completions look like (reserved)
 REWARD_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"  # no dots: status metrics `<model>.<score>` are eval scores
 
 
@@ -133,5 +134,7 @@ RewardList = Annotated[list[RewardSource], Field(min_length=1, max_length=MAX_RE
 def reward_list_problems(field: str, sources: list[RewardSource]) -> list[str]:
     """Two sources logged under one name would hide one curve behind the other."""
     labels = [s.label for s in sources]
-    return [f"{field}: two rewards are named {dup!r}: set `name` on one of them"
+    reserved = [f"{field}: the name {WATCH_NAME!r} is Refinery's own (its completion watch): choose another"
+                for label in labels if label == WATCH_NAME]
+    return reserved + [f"{field}: two rewards are named {dup!r}: set `name` on one of them"
             for dup in sorted({x for x in labels if labels.count(x) > 1})]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..api.rewards import WATCH_NAME
 from ..api.run import METRICS_LOG_FILE
 from ..api.v1alpha1 import PipelineStatus, StageStatus, TrainingPipeline
 from ..core.naming import stage_dir
@@ -187,8 +188,8 @@ def draw_panel(ax, stage: StageCurves) -> None:
         if curve.right and panel.right_from_zero is not None:
             right.set_ylim(0, max(panel.right_from_zero, 1.25 * max(values)))
     if lines:  # below the panel: never over a curve of either axis
-        ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=len(lines), fontsize="small",
-                  frameon=False)
+        ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=min(len(lines), 3),
+                  fontsize="small", frameon=False)
     else:
         ax.text(0.5, 0.5, "no training logs", ha="center", va="center", transform=ax.transAxes, color="gray")
 
@@ -196,7 +197,7 @@ def draw_panel(ax, stage: StageCurves) -> None:
 def rlhf_panel(panel: Panel, history: History) -> Panel:
     """The rlhf panel with what this stage logged besides: each reward of `rl.rewards` on its own
     (TRL's `rewards/<name>/mean`), and the held-out watch's audit and exact match."""
-    names = sorted(k for k in history if k.startswith("rewards/") and k.endswith("/mean") and "watch" not in k)
+    names = sorted(k for k in history if k.startswith("rewards/") and k.endswith("/mean") and k != f"rewards/{WATCH_NAME}/mean")
     extra = [Curve(k, f"reward {k.split('/')[1]} (sampled)") for k in names] if len(names) > 1 else []
     extra += [Curve(k, label, evaluation=True) for k, label in (("held_out_audit", "held-out audit (greedy)"),
                                                                  ("held_out_exact_match", "held-out exact match"))

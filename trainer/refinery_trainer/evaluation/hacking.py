@@ -17,6 +17,8 @@ import logging
 
 from transformers import TrainerCallback
 
+from refinery_operator.api.rewards import WATCH_NAME
+
 from ..errors import StageError
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ class CompletionWatch:
     the share of empty completions, the share of distinct ones across the batch, and within each
     prompt's group of `group` completions (TRL samples a prompt's group consecutively)."""
 
-    __name__ = "completion_watch"  # TRL names the reward's log keys after it
+    __name__ = WATCH_NAME  # TRL names an instance's log keys after it (rewards/completion_watch/mean)
 
     def __init__(self, group: int = 1) -> None:
         self.group = max(1, group)
@@ -129,7 +131,7 @@ class HackingWatch(TrainerCallback):
         # Each reward's own mean (TRL: rewards/<name>/mean), so users see which part moves.
         live.update({key.removesuffix("/mean"): float(v) for key, v in logs.items()
                      if key.startswith("rewards/") and key.endswith("/mean") and isinstance(v, (int, float))
-                     and key != f"rewards/{CompletionWatch.__name__}/mean"})
+                     and key != f"rewards/{WATCH_NAME}/mean"})
         verdict = hacking_verdict(first_reward=self.first_reward, reward=reward, empty=live.get("emptyFraction"),
                                   truncated=live.get("truncatedFraction"), kl=live.get("kl"), max_kl=self.rl.max_kl)
         if reward > self.first_reward + REWARD_RISE and self.completions.first_distinct is not None:

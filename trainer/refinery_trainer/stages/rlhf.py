@@ -36,6 +36,7 @@ import logging
 import math
 from pathlib import Path
 
+from refinery_operator.api.rewards import WATCH_NAME
 from refinery_operator.api.v1alpha1 import RlSpec
 
 from ..context import StageContext
@@ -224,7 +225,7 @@ def _trainer(ctx, rl: RlSpec, policy, tokenizer, rewards: list[Reward], train_ro
         # LoRA: only the adapters train; the KL reference is the same model with them switched off.
         peft_config=ctx.lora_config("causal"),  # None unless training.lora
     )
-    trainer.reward_func_names = [r.name for r in rewards] + [CompletionWatch.__name__]  # rewards/<name>/mean
+    trainer.reward_func_names = [r.name for r in rewards] + [WATCH_NAME]  # rewards/<name>/mean
     return trainer
 
 
