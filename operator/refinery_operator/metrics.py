@@ -40,7 +40,7 @@ from .core import accounting
 
 PORT_ENV = METRICS_PORT_ENV
 PHASES = [p.value for p in Phase]
-FAILURE_CLASSES = ("application", "infrastructure")  # label values; the spec's `retries` keys
+FAILURE_CLASSES = ("application", "infrastructure", "disruption")  # label values; the spec's `retries` keys
 # Around the 1 s target of DESIGN.md ("checkpoint written -> visible in kubectl get tp, p99").
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -179,7 +179,7 @@ class OperatorMetrics(Collector):
         if stage is not None:
             snap.type = str(stage.type)
             snap.gpus = accounting.gpus_of(stage)
-            snap.budgets = {"application": stage.retries.application, "infrastructure": stage.retries.infrastructure}
+            snap.budgets = {cls: getattr(stage.retries, cls) for cls in FAILURE_CLASSES}
         return snap
 
     # ---- collecting --------------------------------------------------------------------------

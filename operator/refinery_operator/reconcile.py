@@ -31,6 +31,9 @@ from .api.v1alpha1 import PipelineStatus, TrainingPipeline
 from .children import Children
 from .cleanup import launch_cleanup_jobs
 from .core import naming
+from .disruptions import (
+    ANNOTATION_DISRUPTION_MESSAGE, ANNOTATION_DISRUPTION_NODE, ANNOTATION_DISRUPTION_REASON, note_disruptions,
+)
 from .core.accounting import parse_time
 from .core.events import pipeline_events
 from .core.plan import AttemptState, Launch, Observed, Stop, plan
@@ -121,12 +124,17 @@ def attempt_state(job: Mapping[str, Any]) -> AttemptState:
     if "Failed" in conditions:
         failed = conditions["Failed"]
         stopped = annotations.get(ANNOTATION_STOP_REASON)
+        disrupted = annotations.get(ANNOTATION_DISRUPTION_REASON)
         if stopped:  # ended by the operator (StartTimeout, Superseded): its words, not the Job's
-            infrastructure, reason, message = stopped != REASON_SUPERSEDED, stopped, annotations.get(ANNOTATION_STOP_MESSAGE, "")
+            kind, reason, message = ("Application" if stopped == REASON_SUPERSEDED else "Infrastructure"), stopped, \
+                annotations.get(ANNOTATION_STOP_MESSAGE, "")
+        elif disrupted:  # seen on its pods before the Job failed (disruptions.py): whatever pod failed first
+            kind, reason, message = "Disruption", disrupted, annotations.get(ANNOTATION_DISRUPTION_MESSAGE, "")
         else:
-            infrastructure, reason = failure_class(failed.get("reason"), failed.get("message") or "")
+            kind, reason = failure_class(failed.get("reason"), failed.get("message") or "")
             message = failure_message(reason, meta.get("name", ""), failed.get("message") or "")
-        return AttemptState(attempt, "Failed", reason=reason, message=message, infrastructure=infrastructure,
+        return AttemptState(attempt, "Failed", reason=reason, message=message, infrastructure=kind == "Infrastructure",
+                            disruption=kind == "Disruption", node=annotations.get(ANNOTATION_DISRUPTION_NODE) or None,
                             completion_time=failed.get("lastTransitionTime"), superseded=stopped == REASON_SUPERSEDED,
                             **common)
     if status.get("active") or status.get("ready"):
@@ -141,19 +149,19 @@ def held_seconds(text: str | None) -> float:
         return 0.0
 
 
-def failure_class(reason: str | None, message: str) -> tuple[bool, str]:
-    """(infrastructure?, CamelCase reason) of a failed Job, from the podFailurePolicy rule."""
+def failure_class(reason: str | None, message: str) -> tuple[str, str]:
+    """(class, CamelCase reason) of a failed Job, from the podFailurePolicy rule."""
     match = _RULE_INDEX.search(message) if reason == "PodFailurePolicy" else None
     if match and int(match.group(1)) < len(builders.POD_FAILURE_RULES):
         return builders.POD_FAILURE_RULES[int(match.group(1))]
     if reason == "DeadlineExceeded":
-        return True, "DeadlineExceeded"
-    return False, "TrainerError"
+        return "Infrastructure", "DeadlineExceeded"
+    return "Application", "TrainerError"
 
 
 FAILURE_WORDS = {
-    "Disrupted": "the pod was evicted, preempted or lost its node (DisruptionTarget); the retry resumes from the "
-                 "newest complete checkpoint",
+    "Disrupted": "the pod was evicted, preempted or lost its node (DisruptionTarget); the next attempt resumes from "
+                 "the newest complete checkpoint",
     "OOMKilled": "the trainer was killed for memory (exit code 137): raise resources.memory, or lower "
                  "training.batchSize or seqLen",
     "DeadlineExceeded": "the Job ran longer than its activeDeadlineSeconds",
@@ -233,6 +241,8 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
         return await report_invalid(cluster, body, describe_validation_error(e), now, version)
 
     jobs, configmaps = children.jobs(namespace, name), children.progress(namespace, name)
+    if not pipeline.spec.suspend:  # a suspension's SIGTERMs are ours, not disruptions
+        jobs = await note_disruptions(cluster, namespace, name, jobs, children.pods(namespace, name), now)
     root = naming.pipeline_root(naming.VOLUME_ROOT, namespace, name)
     rerun = ((meta.get("annotations") or {}).get(RERUN_ANNOTATION) or "").strip() or None
     observed = observe(pipeline, jobs, configmaps, rerun)
