@@ -76,10 +76,12 @@ METRICS: tuple[MetricDef, ...] = (
               "Wall-clock time from the stage's first start to its completion (or to now while it runs)."),
     MetricDef("refinery_stage_gpus", "gauge", STAGE_LABELS, "GPUs one attempt of the stage requests (GPUs per node x nodes)."),
     MetricDef("refinery_stage_retry_budget", "gauge", (*STAGE_LABELS, "class"),
-              "Retries the stage may spend on failures of this class (spec.stages[].retries)."),
+              "Retries the stage may spend on failures of this class (spec.stages[].retries; for disruption: in a row "
+              "without a newer checkpoint)."),
     MetricDef("refinery_stage_restarts_total", "counter", (*STAGE_LABELS, "class"),
               "Stage attempts retried after a failure of this class (application: the trainer; infrastructure: the "
-              "platform). From status.restartsByClass."),
+              "platform; disruption: the attempt was stopped from outside — pod deleted, evicted, preempted, node "
+              "lost). From status.restartsByClass."),
     MetricDef("refinery_stage_gpu_seconds_total", "counter", STAGE_LABELS,
               "GPU-seconds held by the stage's pods over all attempts (status.gpuSeconds: GPUs x each attempt's time "
               "from its start to its end or latest progress report)."),
