@@ -187,6 +187,12 @@ def test_a_trainer_that_reported_stopping_on_sigterm_was_disrupted_even_unseen()
     result = run(pipeline, {"pretrain": [failed(1)]}, {"pretrain": sigterm})
     assert [l.attempt for l in result.launches] == [2]
     assert result.status.stage("pretrain").last_failure.class_ == "Disruption"
+    assert result.status.stage("pretrain").restarts_by_class.disruption == 1
+    # Several ranks: rank 0 (the one that reports) gets SIGTERM from the Job controller when another
+    # rank fails, so its report proves nothing; the pods decide (the annotation), here none: the trainer's.
+    multi = single(retries={"application": 0, "backoffSeconds": 0}, resources={"nodes": 2, "gpus": 0})
+    result = run(multi, {"pretrain": [failed(1)]}, {"pretrain": sigterm})
+    assert result.launches == () and result.status.stage("pretrain").last_failure.class_ == "Application"
 
 
 def test_disruptions_without_a_newer_checkpoint_end_the_stage_with_a_reason_that_says_so():

@@ -62,15 +62,10 @@ def lost_gpu_seconds(stage: Stage, failed, status: StageStatus) -> float:
     return round(gpus_of(stage) * max(0.0, (end - since).total_seconds()), 3)
 
 
-def restart_counts(attempts: Sequence, final_failure: int | None, previous: RestartCounts,
-                   record: ProgressRecord | None = None) -> RestartCounts:
-    """Failed attempts retried, by class; `final_failure` is the attempt that was not retried.
-    A trainer that reported stopping on SIGTERM was disrupted (core/plan.sigterm_as_disruption)."""
+def restart_counts(attempts: Sequence, final_failure: int | None, previous: RestartCounts) -> RestartCounts:
+    """Failed attempts retried, by class; `final_failure` is the attempt that was not retried."""
     counts = {"application": 0, "infrastructure": 0, "disruption": 0}
     for a in attempts:
         if a.phase == "Failed" and not a.superseded and a.attempt != final_failure:
-            sigterm = (record is not None and record.attempt == a.attempt and record.phase == "Failed"
-                       and record.failure_reason == "Terminated")
-            kind = "infrastructure" if a.infrastructure else "disruption" if a.disruption or sigterm else "application"
-            counts[kind] += 1
+            counts["infrastructure" if a.infrastructure else "disruption" if a.disruption else "application"] += 1
     return RestartCounts(**{k: max(v, getattr(previous, k)) for k, v in counts.items()})

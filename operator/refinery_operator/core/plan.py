@@ -179,8 +179,9 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
         if latest is not None and latest.suspended and spec.queue_name and not spec.suspend and status.phase == Phase.running:
             queued.append(stage.name)
         final = latest.attempt if latest is not None and latest.phase == "Failed" and status.phase == Phase.failed else None
-        status.restarts_by_class = restart_counts(observed.attempts.get(stage.name) or (), final, status.restarts_by_class,
-                                                  observed.records.get(stage.name))
+        status.restarts_by_class = restart_counts(
+            [sigterm_as_disruption(a, observed.records.get(stage.name), stage) for a in observed.attempts.get(stage.name) or ()],
+            final, status.restarts_by_class)
         status.restarts = sum(status.restarts_by_class.model_dump().values())
         if gates.get(stage.name):
             status.message = gates[stage.name]
@@ -254,7 +255,7 @@ def observe_stage(stage: Stage, prev: StageStatus, observed: Observed, pipeline:
         return status
     if latest.phase != "Pending" or latest.start_time:
         status.spec_hash = status.spec_hash or spec_hash(stage)  # a run started before hashes existed
-    failures = [sigterm_as_disruption(a, record) for a in attempts if a.phase == "Failed" and not a.superseded]
+    failures = [sigterm_as_disruption(a, record, stage) for a in attempts if a.phase == "Failed" and not a.superseded]
     latest = next((a for a in failures if a.attempt == latest.attempt), latest)
     if failures:
         newest = max(failures, key=lambda a: a.attempt)
@@ -395,11 +396,14 @@ def fold_record(status: StageStatus, record: ProgressRecord) -> None:
         status.output = record.output
 
 
-def sigterm_as_disruption(attempt: AttemptState, record: ProgressRecord | None) -> AttemptState:
-    """A failed attempt whose trainer reported stopping on SIGTERM (exit 143, after a checkpoint) was
-    stopped from outside, even when its pods were gone before the operator saw them (it was down):
-    a disruption. Our own suspensions never fail a Job, so this SIGTERM was not ours."""
-    if attempt.disruption or attempt.infrastructure or record is None or record.attempt != attempt.attempt:
+def sigterm_as_disruption(attempt: AttemptState, record: ProgressRecord | None, stage: Stage) -> AttemptState:
+    """A failed single-pod attempt whose trainer reported stopping on SIGTERM (exit 143, after a
+    checkpoint) was stopped from outside, even when its pod was gone before the operator saw it (it
+    was down): a disruption. Our own suspensions never fail a Job, and a Job the operator ends is
+    infrastructure already. Not with several pods: when another rank fails, the Job controller
+    itself sends rank 0 (the one that reports) SIGTERM; there the pods decide (core/disruption.py)."""
+    if stage.resources.nodes > 1 or attempt.disruption or attempt.infrastructure or record is None \
+            or record.attempt != attempt.attempt:
         return attempt
     if record.phase == "Failed" and record.failure_reason == REASON_TERMINATED:
         return replace(attempt, disruption=True, reason=REASON_TERMINATED, message=record.message or attempt.message)
