@@ -80,8 +80,9 @@ def test_suspend_pod_deletion_and_eviction_save_a_checkpoint_on_sigterm_and_resu
     # 3. `kubectl delete pod`: SIGTERM again, a second checkpoint, attempt 2 resumes from it.
     pod = wait_for(lambda: running_pod(cluster), 60, "the running pod")
     cluster.kubectl.run("delete", "pod", "-n", NAME, pod, "--wait=true", timeout=180)
-    deleted = wait_for(lambda: (s := stage_status(cluster)).get("attempt") == 2 and (s.get("resumedFrom") or {}).get("step")
-                       and s.get("step", 0) > s["resumedFrom"]["step"] + 20 and s, 300, "attempt 2 to train on")
+    # resumedFrom changes when attempt 2 reports: until then it is attempt 1's (from `first`).
+    deleted = wait_for(lambda: (s := stage_status(cluster)).get("attempt") == 2 and (s.get("resumedFrom") or {}).get("step", 0)
+                       > first and s.get("step", 0) > s["resumedFrom"]["step"] + 20 and s, 300, "attempt 2 to train on")
     second = deleted["resumedFrom"]["step"]
     assert first + 20 < second < SAVE_STEPS, deleted
     assert (deleted["lastFailure"]["class"], deleted["lastFailure"]["reason"]) == ("Disruption", "PodDeleted"), deleted
