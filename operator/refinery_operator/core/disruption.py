@@ -3,8 +3,12 @@
 A disruption is not a failure: a pod deleted (`kubectl delete pod`, a drain), evicted through the
 Eviction API, preempted, killed with its node, or sent SIGTERM — and every rank of the same
 attempt that failed because a peer went away (a gloo/NCCL "connection reset"). None of that is
-the user's fault, so it never spends `retries.application`; it has its own budget
-(`retries.disruption`, counted in a row without a newer checkpoint: see core/plan.py).
+the user's fault, so it never spends `retries.application`. It has its own budget,
+`retries.disruption`, and spends it only when disruptions come in a row without a newer
+checkpoint: one after which the stage's newest checkpoint is newer than at the previous one starts
+the count again (count_disruption). Its own budget rather than the infrastructure one: on spot
+capacity reclaims are routine and a long stage meets many, each costing only the work since its
+checkpoint; the stage worth stopping is the one that never gets past its checkpoint.
 
 Why the attempt as a whole and not the pod the Job controller saw fail first: with N ranks,
 deleting rank 1 makes rank 0's collective fail with exit 1 a few seconds later, and whichever
@@ -28,11 +32,16 @@ attempt, not a cause; so are those of a Job the operator ended or is deleting.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..api.run import ProgressRecord
+from ..api.v1alpha1 import Failure, Stage, StageStatus
 from .accounting import parse_time
+
+if TYPE_CHECKING:  # plan imports this module
+    from .plan import AttemptState
 
 REASON_NODE_LOST = "NodeLost"
 REASON_EVICTED = "Evicted"
@@ -40,6 +49,7 @@ REASON_PREEMPTED = "Preempted"
 REASON_POD_DELETED = "PodDeleted"
 REASON_TERMINATED = "Terminated"
 REASON_DISRUPTED = "Disrupted"  # a DisruptionTarget of a kind not named below
+REASON_DISRUPTED_WITHOUT_PROGRESS = "DisruptedWithoutProgress"  # retries.disruption spent: no newer checkpoint
 EXIT_SIGTERM = 143
 # DisruptionTarget reasons Kubernetes sets (k8s.io/api/core/v1 PodReason*), in our words.
 TARGET_REASONS = {
@@ -138,3 +148,44 @@ def classify_attempt(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]],
     found = [d for pod in pods if (d := classify_pod(pod, lost, ending)) is not None]
     order = [REASON_NODE_LOST, REASON_PREEMPTED, REASON_EVICTED, REASON_DISRUPTED, REASON_POD_DELETED, REASON_TERMINATED]
     return min(found, key=lambda d: order.index(d.reason), default=None)
+
+
+# ----------------------------------------------------------------------------------------------
+# what a disruption spends (core/plan.py)
+
+
+def sigterm_as_disruption(attempt: "AttemptState", record: ProgressRecord | None, stage: Stage) -> "AttemptState":
+    """A failed single-pod attempt whose trainer reported stopping on SIGTERM (exit 143, after a
+    checkpoint) was stopped from outside, even when its pod was gone before the operator saw it (it
+    was down): a disruption. Our own suspensions never fail a Job, and a Job the operator ends is
+    infrastructure already. Not with several pods: when another rank fails, the Job controller
+    itself sends rank 0 (the one that reports) SIGTERM; there the pods decide (core/disruption.py)."""
+    if stage.resources.nodes > 1 or attempt.disruption or attempt.infrastructure or record is None \
+            or record.attempt != attempt.attempt:
+        return attempt
+    if record.phase == "Failed" and record.failure_reason == REASON_TERMINATED:
+        return replace(attempt, disruption=True, reason=REASON_TERMINATED, message=record.message or attempt.message)
+    return attempt
+
+
+def count_disruption(status: StageStatus, failed: "AttemptState") -> None:
+    """On first seeing a failure: count a disruption in a row unless the stage checkpointed past the
+    step it stood at when the previous one was counted (status.lastCheckpoint is folded already)."""
+    if not failed.disruption:
+        return
+    step = status.last_checkpoint.step if status.last_checkpoint else -1
+    progressed = status.disruption_checkpoint_step is None or step > status.disruption_checkpoint_step
+    status.disruptions_in_a_row = 1 if progressed or not status.disruptions_in_a_row else status.disruptions_in_a_row + 1
+    status.disruption_checkpoint_step = step
+
+
+def disrupted_without_progress(stage: Stage, status: StageStatus) -> Failure:
+    last = status.last_failure
+    step = status.disruption_checkpoint_step
+    since = f"since its newest checkpoint (step {step}) was written" if step is not None and step >= 0 else \
+        "without writing a checkpoint"
+    n = status.disruptions_in_a_row
+    return Failure(class_="Disruption", reason=REASON_DISRUPTED_WITHOUT_PROGRESS, attempt=last.attempt if last else None,
+                   node=last.node if last else None,
+                   message=f"disrupted {n} times in a row {since}: {n - 1} retries made no progress (retries.disruption: "
+                           f"{stage.retries.disruption}); the last: {last.reason if last else ''}: {last.message if last else ''}")

@@ -14,15 +14,10 @@ Decisions written down here:
   for the trainer's own failures — exit code, `NanLoss`, `BadData` —, `retries.infrastructure`
   for the platform's — OOM-killed, `StartTimeout`, deadline). The retry is a new attempt number;
   the trainer resumes it from the newest complete checkpoint.
-- A disruption (core/disruption.py: pod deleted, evicted, preempted, node lost, SIGTERM, or a rank
-  failing because a peer was disrupted) is not a failure: it spends neither budget and is retried
-  at once, without back-off. Only disruptions in a row without progress are limited
-  (`retries.disruption`): one after which the stage's newest checkpoint is newer than at the
-  previous one starts the count again. Past the limit the stage fails with reason
-  `DisruptedWithoutProgress`, which says how many and since which step. Own budget rather than the
-  infrastructure one: on spot nodes reclaims are routine and a long stage meets many, each
-  costing only the work since its checkpoint; a stage that never gets past its checkpoint is the
-  case to stop.
+- A disruption (pod deleted, evicted, preempted, node lost, SIGTERM, a rank failing because a peer
+  was) is not a failure: it spends neither budget and is retried at once, without back-off; only
+  disruptions in a row without a newer checkpoint are limited (`retries.disruption`, then reason
+  `DisruptedWithoutProgress`). Why its own budget: core/disruption.py.
 - Retries back off exponentially: `retries.backoffSeconds` x 2^(failures - 1), capped at 32x
   (and 1 h); `status.stages[].nextAttemptTime` says when, `Plan.requeue_after` when to look again.
 - Attempt N+1 starts only when no pod of any earlier attempt remains (`AttemptState.pods_gone`:
@@ -43,7 +38,7 @@ Decisions written down here:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -53,6 +48,7 @@ from ..api.v1alpha1 import (
 )
 from .conditions import rfc3339
 from .accounting import gpu_seconds, lost_gpu_seconds, parse_time, restart_counts
+from .disruption import count_disruption, disrupted_without_progress, sigterm_as_disruption
 from .naming import job_name, model_dir
 from .reruns import downstream, requested_stage, spec_hash
 from .hacking import set_hacking_condition
@@ -61,8 +57,6 @@ from .summary import summarize
 AttemptPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 MAX_BACKOFF_FACTOR = 32
 MAX_BACKOFF_S = 3600
-REASON_DISRUPTED_WITHOUT_PROGRESS = "DisruptedWithoutProgress"  # retries.disruption spent: no newer checkpoint
-REASON_TERMINATED = "Terminated"  # the trainer's reason for stopping on SIGTERM (trainer/refinery_trainer/errors.py)
 REASON_START_TIMEOUT = "StartTimeout"  # no pod of an attempt (a stage's or the initializer's) became ready in time
 
 
@@ -394,43 +388,6 @@ def fold_record(status: StageStatus, record: ProgressRecord) -> None:
         status.metrics = {**status.metrics, **record.metrics}
     if record.output:
         status.output = record.output
-
-
-def sigterm_as_disruption(attempt: AttemptState, record: ProgressRecord | None, stage: Stage) -> AttemptState:
-    """A failed single-pod attempt whose trainer reported stopping on SIGTERM (exit 143, after a
-    checkpoint) was stopped from outside, even when its pod was gone before the operator saw it (it
-    was down): a disruption. Our own suspensions never fail a Job, and a Job the operator ends is
-    infrastructure already. Not with several pods: when another rank fails, the Job controller
-    itself sends rank 0 (the one that reports) SIGTERM; there the pods decide (core/disruption.py)."""
-    if stage.resources.nodes > 1 or attempt.disruption or attempt.infrastructure or record is None \
-            or record.attempt != attempt.attempt:
-        return attempt
-    if record.phase == "Failed" and record.failure_reason == REASON_TERMINATED:
-        return replace(attempt, disruption=True, reason=REASON_TERMINATED, message=record.message or attempt.message)
-    return attempt
-
-
-def count_disruption(status: StageStatus, failed: AttemptState) -> None:
-    """On first seeing a failure: count a disruption in a row unless the stage checkpointed past the
-    step it stood at when the previous one was counted (status.lastCheckpoint is folded already)."""
-    if not failed.disruption:
-        return
-    step = status.last_checkpoint.step if status.last_checkpoint else -1
-    progressed = status.disruption_checkpoint_step is None or step > status.disruption_checkpoint_step
-    status.disruptions_in_a_row = 1 if progressed or not status.disruptions_in_a_row else status.disruptions_in_a_row + 1
-    status.disruption_checkpoint_step = step
-
-
-def disrupted_without_progress(stage: Stage, status: StageStatus) -> Failure:
-    last = status.last_failure
-    step = status.disruption_checkpoint_step
-    since = f"since its newest checkpoint (step {step}) was written" if step is not None and step >= 0 else \
-        "without writing a checkpoint"
-    n = status.disruptions_in_a_row
-    return Failure(class_="Disruption", reason=REASON_DISRUPTED_WITHOUT_PROGRESS, attempt=last.attempt if last else None,
-                   node=last.node if last else None,
-                   message=f"disrupted {n} times in a row {since}: {n - 1} retries made no progress (retries.disruption: "
-                           f"{stage.retries.disruption}); the last: {last.reason if last else ''}: {last.message if last else ''}")
 
 
 def failure_of(attempt: AttemptState, record: ProgressRecord | None) -> Failure:
