@@ -65,7 +65,7 @@ def lose_node_then_drain(cluster: Cluster, node_b: str, second, tmp_path_factory
     example = yaml.safe_load((REPO / "examples" / "tiny-chat.yaml").read_text())
     stage = copy.deepcopy(example["spec"]["stages"][0])
     stage["resources"] = {"gpus": 0}
-    stage["training"].update(maxSteps=400, saveSteps=20, loggingSteps=10)
+    stage["training"].update(maxSteps=250, saveSteps=20, loggingSteps=10)
     stage["retries"] = {"application": 0, "infrastructure": 0, "disruption": 2}
     cluster.kubectl.run("create", "namespace", NAME)
     hostpath_volume(cluster, tmp_path_factory.mktemp("lose-volume"), NAME, f"{NAME}-workspace")

@@ -55,7 +55,7 @@ def test_suspend_pod_deletion_and_eviction_save_a_checkpoint_on_sigterm_and_resu
     example = yaml.safe_load((REPO / "examples" / "tiny-chat.yaml").read_text())
     stage = copy.deepcopy(example["spec"]["stages"][0])
     stage["resources"] = {"gpus": 0}
-    stage["training"].update(maxSteps=700, saveSteps=SAVE_STEPS, loggingSteps=10)
+    stage["training"].update(maxSteps=300, saveSteps=SAVE_STEPS, loggingSteps=10)
     stage["retries"] = {"application": 0, "infrastructure": 0, "disruption": 2}
     cluster.kubectl.run("create", "namespace", NAME)
     hostpath_volume(cluster, tmp_path_factory.mktemp("resume-volume"), NAME, f"{NAME}-workspace")
@@ -89,7 +89,7 @@ def test_suspend_pod_deletion_and_eviction_save_a_checkpoint_on_sigterm_and_resu
 
     # 4. Evicted through the Eviction API (as `kubectl drain` does): DisruptionTarget, SIGTERM, attempt 3.
     evict(cluster, NAME, wait_for(lambda: running_pod(cluster, 2), 60, "attempt 2's pod"))
-    final = wait_for(lambda: (s := stage_status(cluster))["pipeline"] in ("Succeeded", "Failed") and s, 600, "the end")
+    final = wait_for(lambda: (s := stage_status(cluster))["pipeline"] in ("Succeeded", "Failed") and s, 900, "the end")
     assert final["pipeline"] == "Succeeded" and final["phase"] == "Succeeded", final
     third = final["resumedFrom"]["step"]
     assert second < third < SAVE_STEPS and final["attempt"] == 3, final
