@@ -309,7 +309,7 @@ async def test_prometheus_scrapes_the_operator_and_the_dashboard_shows_the_run(
     (progress,) = answers["Stage progress"]
     assert series_values(progress, "stage") == {"pretrain": [1.0], "sft": [1.0]}
     (restarts,) = answers["Restarts by failure class"]
-    assert max(series_values(restarts, "class")["infrastructure"]) == 1.0
+    assert max(series_values(restarts, "class")["disruption"]) == 1.0  # the eviction: a disruption, not a failure
     assert max(series_values(restarts, "class")["application"]) == 0.0
     (age,) = answers["Checkpoint age"]
     assert all(0 <= v < 60 for v in finite_values(age))
