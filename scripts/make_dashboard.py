@@ -134,8 +134,8 @@ def build() -> dict[str, Any]:
                      target(f"refinery_trainer_mfu_ratio{{{SEL}}}"), unit="percentunit", min=0), w=8)
 
     g.row("Reliability and cost")
-    g.add(timeseries("Restarts by failure class", "Stage attempts retried, by who failed: application (the trainer) "
-                     "or infrastructure (eviction, preemption, node loss, OOM).",
+    g.add(timeseries("Restarts by failure class", "Stage attempts retried, by who ended them: application (the trainer), "
+                     "infrastructure (OOM, StartTimeout) or disruption (deleted, evicted, preempted, node lost).",
                      target(f"sum by (class) (refinery_stage_restarts_total{{{SEL}}})", "{{class}}")), w=8)
     g.add(timeseries("GPU-hours", "GPU time held by each stage (GPUs x wall-clock since it started).",
                      target(f"refinery_stage_gpu_seconds_total{{{SEL}}} / 3600")), w=8)

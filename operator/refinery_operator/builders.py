@@ -50,13 +50,13 @@ TRAINER_METRICS_PORT = 9400  # the trainer serves here by default inside a pod (
 RUN_AS_USER = 1000
 SHM_SIZE = "2Gi"  # DataLoader workers and NCCL need more than the runtime's 64 MiB /dev/shm
 OOM_EXIT_CODE = 137  # SIGKILL: the kernel's OOM killer (or the kubelet under memory pressure)
-# What each rule of the Job's podFailurePolicy means, by index: (infrastructure?, reason). The
+# What each rule of the Job's podFailurePolicy means, by index: (failure class, reason). The
 # Job's Failed condition names the matching index ("... matching FailJob rule at index 0"), which
 # is how a failure is classified without reading pods. Any other failure is the trainer's.
-POD_FAILURE_RULES: list[tuple[bool, str]] = [
-    (True, "Disrupted"),  # DisruptionTarget: evicted, preempted, node drained or lost
-    (True, "OOMKilled"),
-    (True, "SourceUnavailable"),  # the initializer's exit code 75 (builders_sources.py): a 5xx or timeout outlasted its retries
+POD_FAILURE_RULES: list[tuple[str, str]] = [
+    ("Disruption", "Disrupted"),  # DisruptionTarget: evicted, preempted, node drained or lost
+    ("Infrastructure", "OOMKilled"),
+    ("Infrastructure", "SourceUnavailable"),  # the initializer's exit code 75 (builders_sources.py): a 5xx or timeout outlasted its retries
 ]
 
 
@@ -262,7 +262,15 @@ def build_stage_service(pipeline: TrainingPipeline, launch: Launch) -> dict[str,
 
 
 def build_pod_failure_policy() -> dict[str, Any]:
-    """FailJob on every rule (the operator retries); the rules only name the failure class."""
+    """FailJob on every rule (the operator retries); the rules only name the failure class.
+
+    Not `Ignore` for DisruptionTarget: the Job would replace an evicted pod in place, unseen by the
+    status and by `retries.disruption`, so a stage evicted for ever would never end, and a
+    multi-node attempt fails anyway when its peers' collective breaks. No rule on exit code 143
+    (SIGTERM): the Job controller evaluates FailJob rules on a *suspended* Job too (its
+    getFailJobMessage has no suspended check), and suspending sends SIGTERM, so our own suspension
+    would fail the attempt. A deletion or SIGTERM from outside is told apart on the pods instead
+    (core/disruption.py)."""
     return {
         "rules": [
             {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},

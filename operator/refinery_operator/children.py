@@ -1,4 +1,4 @@
-"""What the operator knows of each pipeline's stage Jobs and progress ConfigMaps, without asking.
+"""What the operator knows of each pipeline's stage Jobs, pods and progress ConfigMaps, without asking.
 
 A reconcile reads a pipeline's children from memory, not from the API. `ChildCache` holds a slim
 copy of every stage Job and progress ConfigMap by (namespace, pipeline), filled once by a list
@@ -32,8 +32,10 @@ quadratic in the number of objects. With 1,000 pipelines (4,000 objects; benchma
 operator_scale.py), a restarted operator took 84 s to reconcile them all with kopf indexes, and
 8 s with this cache.
 
-Only what `reconcile.attempt_state` and `reconcile.progress_record` read is kept: a Job's pod
-template, the bulk of it, is not.
+Only what `reconcile.attempt_state`, `reconcile.progress_record` and `core.disruption` read is
+kept: a Job's pod template, the bulk of it, is not. Stage pods are cached so that a disruption
+(a deleted or evicted pod, a lost node) is seen while the pod still exists: a deleted pod leaves
+the API within a second of ending, before the Job it fails is read (core/disruption.py).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from . import builders
 
 UNCONFIRMED_S = 60.0  # an entry no watch event confirmed is dropped after this long
 
-Kind = Literal["jobs", "progress"]
+Kind = Literal["jobs", "progress", "pods"]
 Key = tuple[str, str]  # (namespace, pipeline name)
 
 
@@ -58,6 +60,7 @@ class Children(Protocol):
     def jobs(self, namespace: str, pipeline: str) -> list[Mapping[str, Any]]: ...
     def progress(self, namespace: str, pipeline: str) -> list[Mapping[str, Any]]: ...
     def expect(self, job: Mapping[str, Any]) -> None: ...
+    def pods(self, namespace: str, pipeline: str) -> list[Mapping[str, Any]]: ...
 
 
 def job_view(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,8 +83,24 @@ def progress_view(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-VIEWS: dict[Kind, Callable[[Mapping[str, Any]], dict[str, Any]]] = {"jobs": job_view, "progress": progress_view}
-COMPONENTS: dict[Kind, str] = {"jobs": builders.COMPONENT_STAGE, "progress": builders.COMPONENT_PROGRESS}
+def pod_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a stage pod that say whether it was disrupted (core/disruption.py)."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": {k: copy.deepcopy(meta[k]) for k in ("name", "namespace", "labels", "deletionTimestamp",
+                                                          "deletionGracePeriodSeconds") if meta.get(k) is not None},
+        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
+        "status": {"phase": status.get("phase"), "conditions": copy.deepcopy(status.get("conditions") or []),
+                   "containerStatuses": [{"state": copy.deepcopy(c.get("state") or {})}
+                                         for c in status.get("containerStatuses") or []]},
+    }
+
+
+VIEWS: dict[Kind, Callable[[Mapping[str, Any]], dict[str, Any]]] = {"jobs": job_view, "progress": progress_view,
+                                                                     "pods": pod_view}
+COMPONENTS: dict[Kind, str] = {"jobs": builders.COMPONENT_STAGE, "progress": builders.COMPONENT_PROGRESS,
+                               "pods": builders.COMPONENT_STAGE}
 
 
 @dataclass
@@ -96,10 +115,10 @@ class ChildCache:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._entries: dict[Kind, dict[Key, dict[str, Entry]]] = {"jobs": {}, "progress": {}}
+        self._entries: dict[Kind, dict[Key, dict[str, Entry]]] = {"jobs": {}, "progress": {}, "pods": {}}
         # When each object's DELETED event came, until the next resync: a list requested before
         # a deletion may still show the object, and must not bring it back.
-        self._deleted: dict[Kind, dict[tuple[Key, str], float]] = {"jobs": {}, "progress": {}}
+        self._deleted: dict[Kind, dict[tuple[Key, str], float]] = {"jobs": {}, "progress": {}, "pods": {}}
 
     # ---- reading (reconcile) -------------------------------------------------------------------
 
@@ -108,6 +127,9 @@ class ChildCache:
 
     def progress(self, namespace: str, pipeline: str) -> list[Mapping[str, Any]]:
         return self._read("progress", (namespace, pipeline))
+
+    def pods(self, namespace: str, pipeline: str) -> list[Mapping[str, Any]]:
+        return self._read("pods", (namespace, pipeline))
 
     def _read(self, kind: Kind, key: Key) -> list[Mapping[str, Any]]:
         entries = self._entries[kind].get(key)

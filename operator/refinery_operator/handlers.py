@@ -45,7 +45,7 @@ from . import builders, metrics
 from .api.v1alpha1 import GROUP, PLURAL, VERSION
 from .children import ChildCache
 from .core.reruns import RERUN_ANNOTATION
-from .k8s import CONFIGMAPS, JOBS, Cluster
+from .k8s import CONFIGMAPS, JOBS, PODS, Cluster
 from .reconcile import Outcome, reconcile_current
 
 RESYNC_S = 30.0  # backstop: a pipeline is reconciled at least this often
@@ -60,6 +60,7 @@ ANNOTATION_PREFIX = "refinery.dev"
 API_ERRORS = (ApiException, urllib3.exceptions.HTTPError)
 OWNED = {builders.LABEL_PIPELINE: kopf.PRESENT}
 PROGRESS_MAPS = {**OWNED, builders.LABEL_COMPONENT: builders.COMPONENT_PROGRESS}
+STAGE_PODS = {**OWNED, builders.LABEL_COMPONENT: builders.COMPONENT_STAGE}
 METRICS_PORT = 8000  # the chart's Service and ServiceMonitor scrape this port
 log = logging.getLogger(__name__)
 _metrics_served: list[int] = []  # once per process: an operator restarted in-process keeps the server
@@ -141,7 +142,7 @@ def rerun_annotated(memo: kopf.Memo, namespace: str, name: str, **_: Any) -> Non
         wakeup.set()
 
 
-CHILD_KINDS = ("jobs", "progress")  # children.Kind
+CHILD_KINDS = ("jobs", "progress", "pods")  # children.Kind
 
 
 async def list_children(memo: kopf.Memo, kind: str) -> list[dict[str, Any]]:
@@ -153,6 +154,8 @@ async def list_children(memo: kopf.Memo, kind: str) -> list[dict[str, Any]]:
     for namespace in memo.get("namespaces") or [None]:  # None: all namespaces
         if kind == "jobs":
             found += await cluster.list_labelled(JOBS, namespace, {builders.LABEL_COMPONENT: builders.COMPONENT_STAGE})
+        elif kind == "pods":
+            found += await cluster.list_labelled(PODS, namespace, {builders.LABEL_COMPONENT: builders.COMPONENT_STAGE})
         else:
             found += await cluster.list_labelled(CONFIGMAPS, namespace, {builders.LABEL_COMPONENT: builders.COMPONENT_PROGRESS})
     return found
@@ -172,7 +175,8 @@ async def fill_child_cache(memo: kopf.Memo, logger: logging.Logger, **_: Any) ->
                 "one namespace (the chart's watchNamespace), start the operator with `refinery operator --namespace NS`; "
                 "`kopf run --namespace` does not pass the namespace to the handlers") from e
         raise
-    logger.info("cached %d stage Jobs and %d progress ConfigMaps", counts["jobs"], counts["progress"])
+    logger.info("cached %d stage Jobs, %d progress ConfigMaps and %d stage pods", counts["jobs"], counts["progress"],
+                counts["pods"])
     memo.cache_resync = asyncio.create_task(resync_child_cache(memo))
 
 
@@ -193,6 +197,13 @@ async def resync_child_cache(memo: kopf.Memo) -> None:
 def job_changed(type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     memo.children.seen("jobs", type, body)
     wake(memo, namespace, labels)  # a prune Job too: the pipeline may be waiting on it
+
+
+@kopf.on.event("", "v1", "pods", labels=STAGE_PODS)
+def pod_changed(type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """Stage pods: a deletion, eviction or lost node is seen on them first (disruptions.py)."""
+    memo.children.seen("pods", type, body)
+    wake(memo, namespace, labels)
 
 
 @kopf.on.event("", "v1", "configmaps", labels=PROGRESS_MAPS)

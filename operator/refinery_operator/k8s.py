@@ -65,6 +65,9 @@ class Resource:
 PIPELINES = Resource(GROUP, VERSION, PLURAL)
 JOBS = Resource("batch", "v1", "jobs")
 CONFIGMAPS = Resource("", "v1", "configmaps")
+PODS = Resource("", "v1", "pods")  # stage pods: watched to tell a disruption from a failure (disruptions.py)
+NODES = Resource("", "v1", "nodes")  # read, by name, when a stage pod stops being ready: is its node lost?
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 EVENTS = Resource("", "v1", "events")
 EVENT_SOURCE = "refinery-operator"
 EVENT_MESSAGE_LIMIT = 1024  # the API server refuses longer Event messages
@@ -184,6 +187,25 @@ class Cluster:
         except ApiException as e:
             if e.status == 404:
                 return None
+            raise
+
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", f"/api/v1/nodes/{quote(name, safe='')}")
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def patch_pod_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        """Strategic merge patch of a pod's status (conditions merge by type); False when it is gone."""
+        try:
+            await self.request("PATCH", PODS.path(namespace, name, "status"), body={"status": dict(status)},
+                               content_type=STRATEGIC_MERGE_PATCH)
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
             raise
 
     async def delete(self, resource: Resource, namespace: str, name: str, propagation: str = "Foreground") -> bool:

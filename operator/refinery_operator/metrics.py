@@ -40,7 +40,7 @@ from .core import accounting
 
 PORT_ENV = METRICS_PORT_ENV
 PHASES = [p.value for p in Phase]
-FAILURE_CLASSES = ("application", "infrastructure")  # label values; the spec's `retries` keys
+FAILURE_CLASSES = ("application", "infrastructure", "disruption")  # label values; the spec's `retries` keys
 # Around the 1 s target of DESIGN.md ("checkpoint written -> visible in kubectl get tp, p99").
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -77,10 +77,12 @@ METRICS: tuple[MetricDef, ...] = (
               "Wall-clock time from the stage's first start to its completion (or to now while it runs)."),
     MetricDef("refinery_stage_gpus", "gauge", STAGE_LABELS, "GPUs one attempt of the stage requests (GPUs per node x nodes)."),
     MetricDef("refinery_stage_retry_budget", "gauge", (*STAGE_LABELS, "class"),
-              "Retries the stage may spend on failures of this class (spec.stages[].retries)."),
+              "Retries the stage may spend on failures of this class (spec.stages[].retries; for disruption: in a row "
+              "without a newer checkpoint)."),
     MetricDef("refinery_stage_restarts_total", "counter", (*STAGE_LABELS, "class"),
               "Stage attempts retried after a failure of this class (application: the trainer; infrastructure: the "
-              "platform). From status.restartsByClass."),
+              "platform; disruption: the attempt was stopped from outside — pod deleted, evicted, preempted, node "
+              "lost). From status.restartsByClass."),
     MetricDef("refinery_stage_gpu_seconds_total", "counter", STAGE_LABELS,
               "GPU-seconds held by the stage's pods over all attempts (status.gpuSeconds: GPUs x each attempt's time "
               "from its start to its end or latest progress report)."),
@@ -182,7 +184,7 @@ class OperatorMetrics(Collector):
         if stage is not None:
             snap.type = str(stage.type)
             snap.gpus = accounting.gpus_of(stage)
-            snap.budgets = {"application": stage.retries.application, "infrastructure": stage.retries.infrastructure}
+            snap.budgets = {cls: getattr(stage.retries, cls) for cls in FAILURE_CLASSES}
         return snap
 
     # ---- collecting --------------------------------------------------------------------------

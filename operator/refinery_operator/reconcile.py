@@ -31,6 +31,7 @@ from .api.v1alpha1 import PipelineStatus, TrainingPipeline
 from .children import Children
 from .cleanup import launch_cleanup_jobs
 from .core import naming
+from . import disruptions
 from .core.accounting import parse_time
 from .core.events import pipeline_events
 from .core.plan import AttemptState, Launch, Observed, Stop, plan
@@ -93,11 +94,9 @@ def describe_validation_error(error: ValidationError) -> str:
 def attempt_state(job: Mapping[str, Any]) -> AttemptState:
     """What a stage Job says about its attempt, read the way `kubectl describe job` shows it.
 
-    Whether every pod of the attempt is gone comes from the Job, not from watching pods: the Job
-    controller counts them (`active`, and `terminating` since Kubernetes 1.29 — absent before,
-    read as 0), which keeps the operator's RBAC and watches to Jobs and ConfigMaps. Since 1.31 the
-    `Failed` condition itself is only set once the pods are gone; the counts cover older clusters.
-    """
+    Whether every pod of the attempt is gone comes from the Job's counts (`active`, and
+    `terminating` since Kubernetes 1.29, absent before: read as 0); since 1.31 `Failed` itself
+    waits for the pods. Which pod ended it is read from the pods, before it fails (disruptions.py)."""
     meta = job.get("metadata") or {}
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
@@ -122,13 +121,18 @@ def attempt_state(job: Mapping[str, Any]) -> AttemptState:
         failed = conditions["Failed"]
         stopped = annotations.get(ANNOTATION_STOP_REASON)
         if stopped:  # ended by the operator (StartTimeout, Superseded): its words, not the Job's
-            infrastructure, reason, message = stopped != REASON_SUPERSEDED, stopped, annotations.get(ANNOTATION_STOP_MESSAGE, "")
+            kind = "Application" if stopped == REASON_SUPERSEDED else "Infrastructure"
+            reason, message = stopped, annotations.get(ANNOTATION_STOP_MESSAGE, "")
+        elif disrupted := annotations.get(disruptions.ANNOTATION_DISRUPTION_REASON):
+            # before the Job failed (disruptions.py): a disruption, whatever pod's failure came first
+            kind, reason, message = "Disruption", disrupted, annotations.get(disruptions.ANNOTATION_DISRUPTION_MESSAGE, "")
         else:
-            infrastructure, reason = failure_class(failed.get("reason"), failed.get("message") or "")
+            kind, reason = failure_class(failed.get("reason"), failed.get("message") or "")
             message = failure_message(reason, meta.get("name", ""), failed.get("message") or "")
-        return AttemptState(attempt, "Failed", reason=reason, message=message, infrastructure=infrastructure,
-                            completion_time=failed.get("lastTransitionTime"), superseded=stopped == REASON_SUPERSEDED,
-                            **common)
+        return AttemptState(attempt, "Failed", reason=reason, message=message, infrastructure=kind == "Infrastructure",
+                            disruption=kind == "Disruption", completion_time=failed.get("lastTransitionTime"),
+                            node=annotations.get(disruptions.ANNOTATION_DISRUPTION_NODE) or None,
+                            superseded=stopped == REASON_SUPERSEDED, **common)
     if status.get("active") or status.get("ready"):
         return AttemptState(attempt, "Running", **common)
     return AttemptState(attempt, "Pending", **common)
@@ -141,19 +145,19 @@ def held_seconds(text: str | None) -> float:
         return 0.0
 
 
-def failure_class(reason: str | None, message: str) -> tuple[bool, str]:
-    """(infrastructure?, CamelCase reason) of a failed Job, from the podFailurePolicy rule."""
+def failure_class(reason: str | None, message: str) -> tuple[str, str]:
+    """(class, CamelCase reason) of a failed Job, from the podFailurePolicy rule."""
     match = _RULE_INDEX.search(message) if reason == "PodFailurePolicy" else None
     if match and int(match.group(1)) < len(builders.POD_FAILURE_RULES):
         return builders.POD_FAILURE_RULES[int(match.group(1))]
     if reason == "DeadlineExceeded":
-        return True, "DeadlineExceeded"
-    return False, "TrainerError"
+        return "Infrastructure", "DeadlineExceeded"
+    return "Application", "TrainerError"
 
 
 FAILURE_WORDS = {
-    "Disrupted": "the pod was evicted, preempted or lost its node (DisruptionTarget); the retry resumes from the "
-                 "newest complete checkpoint",
+    "Disrupted": "the pod was evicted, preempted or lost its node (DisruptionTarget); the next attempt resumes from "
+                 "the newest complete checkpoint",
     "OOMKilled": "the trainer was killed for memory (exit code 137): raise resources.memory, or lower "
                  "training.batchSize or seqLen",
     "DeadlineExceeded": "the Job ran longer than its activeDeadlineSeconds",
@@ -233,6 +237,8 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
         return await report_invalid(cluster, body, describe_validation_error(e), now, version)
 
     jobs, configmaps = children.jobs(namespace, name), children.progress(namespace, name)
+    if not pipeline.spec.suspend:  # a suspension's SIGTERMs are ours, not disruptions
+        jobs = await disruptions.note_disruptions(cluster, namespace, name, jobs, children.pods(namespace, name), now)
     root = naming.pipeline_root(naming.VOLUME_ROOT, namespace, name)
     rerun = ((meta.get("annotations") or {}).get(RERUN_ANNOTATION) or "").strip() or None
     observed = observe(pipeline, jobs, configmaps, rerun)

@@ -29,6 +29,7 @@ from .conftest import find
 OPERATOR = REPO / "operator" / "refinery_operator"
 METHOD_VERBS = {"list_labelled": {"list"}, "patch": {"patch"}, "delete": {"delete"}, "get": {"get"}}
 EVENTS = ("", "events")
+NODES = ("", "nodes")  # cluster-scoped: granted by the chart's second ClusterRole in both modes
 
 
 def resource_key(resource: k8s.Resource) -> tuple[str, str]:
@@ -77,6 +78,10 @@ def calls_in_code() -> dict[tuple[str, str], set[str]]:
                     grant((k8s.PIPELINES.group, f"{k8s.PIPELINES.plural}/status"), "patch")
                 elif method == "post_event":
                     grant(EVENTS, "create")
+                elif method == "get_node":
+                    grant(NODES, "get")
+                elif method == "patch_pod_status":
+                    grant((k8s.PODS.group, f"{k8s.PODS.plural}/status"), "patch")
             # kopf handlers and indexes: @kopf.on.event(GROUP, VERSION, PLURAL) / @kopf.index("batch", "v1", "jobs") ...
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and ast.unparse(node.func).startswith(("kopf.on.", "kopf.daemon", "kopf.index")) \
                     and len(node.args) >= 3:
@@ -96,14 +101,22 @@ def test_builders_create_exactly_the_kinds_k8s_knows():
     assert created_kinds() == set(k8s.BY_KIND) - {"TrainingPipeline"}
 
 
-def test_operator_rbac_is_exactly_what_the_code_calls(chart):
-    role = find(chart.template(), "ClusterRole", "refinery")
+def granted_by(role) -> dict[tuple[str, str], set[str]]:
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
-    assert granted == calls_in_code()
+    return granted
+
+
+def test_operator_rbac_is_exactly_what_the_code_calls(chart):
+    needed = calls_in_code()
+    cluster_scoped = {NODES: needed.pop(NODES)}
+    assert granted_by(find(chart.template(), "ClusterRole", "refinery")) == needed
+    for values in ({}, {"watchNamespace": "team"}):  # nodes are cluster-scoped whatever the mode
+        extra = granted_by(find(chart.template(values), "ClusterRole", "refinery-crds"))
+        assert {k: v for k, v in extra.items() if k == NODES} == cluster_scoped
 
 
 def test_stage_pods_may_write_only_their_pipelines_progress_records():

@@ -10,7 +10,8 @@ installed once in its all-namespaces mode with the built operator image.
 What the node cannot show, and is not pretended: GPUs (stage pods that ask for `nvidia.com/gpu`
 stay unschedulable until a test advertises the resource on the node's status, and then run on
 its CPU: the test says where it does), image pulls from a registry, a cluster DNS and several
-nodes (the node has both as options; these tests use one node without DNS), NetworkPolicy, CSI
+nodes (the node has both as options; these tests use one node without DNS, and
+test_node_loss_on_nodes.py adds a second node to lose), NetworkPolicy, CSI
 or a PV provisioner (a claim binds to a hostPath PersistentVolume the test creates).
 
 Needs root, podman and debootstrap (images), containerd, runc, containernetworking-plugins and
@@ -81,6 +82,7 @@ class Cluster:
     node_dir: Path
     node_name: str
     images: dict[str, Any]
+    plane_dir: Path | None = None
 
     def image(self, target: str) -> str:
         return self.images[target]["tag"]
@@ -109,11 +111,14 @@ def cluster(built_images: dict[str, Any], tmp_path_factory) -> Cluster:
     try:
         up = subprocess.run([CONTROL_PLANE, "up", plane], stdout=subprocess.PIPE, text=True, check=True, timeout=600)
         kubeconfig = Path(up.stdout.splitlines()[-1])
-        joined = subprocess.run([NODE, "up", node, plane], stdout=subprocess.PIPE, text=True, check=True, timeout=300)
+        # REFINERY_NODE_PEERS=1 on every node of a cluster that gets a second one (test_node_loss_on_nodes.py)
+        joined = subprocess.run([NODE, "up", node, plane], stdout=subprocess.PIPE, text=True, check=True, timeout=300,
+                                env={**os.environ, "REFINERY_NODE_PEERS": "1"})
         for target in ("operator", "trainer-cpu"):
             subprocess.run([NODE, "load", node, built_images[target]["archive"]], stdout=subprocess.DEVNULL,
                            check=True, timeout=600)
-        yield Cluster(Kubectl(kubectl_binary(), kubeconfig), kubeconfig, node, joined.stdout.split()[-1], built_images)
+        yield Cluster(Kubectl(kubectl_binary(), kubeconfig), kubeconfig, node, joined.stdout.split()[-1], built_images,
+                      plane)
     finally:  # also after a failed up: each stops exactly what it started
         subprocess.run([NODE, "down", node], check=False, timeout=300)
         subprocess.run([CONTROL_PLANE, "down", plane], check=False, timeout=300)

@@ -49,7 +49,7 @@ def test_a_stage_over_its_memory_limit_is_oomkilled_and_retried_as_an_infrastruc
     [stage] = pipeline["status"]["stages"]
     assert pipeline["status"]["phase"] == "Failed", pipeline["status"]
     assert stage["lastFailure"]["class"] == "Infrastructure" and stage["lastFailure"]["reason"] == "OOMKilled", stage
-    assert stage["restartsByClass"] == {"application": 0, "infrastructure": 1} and stage["attempt"] == 2, stage
+    assert stage["restartsByClass"] == {"application": 0, "infrastructure": 1, "disruption": 0} and stage["attempt"] == 2, stage
     pods = cluster.get("pods", "-n", "oom")["items"]
     killed = [p["status"]["containerStatuses"][0]["state"]["terminated"] for p in pods
               if p["metadata"]["labels"].get("job-name", "").startswith("oom-pretrain-")]

@@ -41,6 +41,9 @@ RESOURCES = {
         subresources={"status"}, verbs=VERBS),
     "batch/v1/jobs": kmock.ResourceInfo(kind="Job", singular="job", namespaced=True, subresources={"status"}, verbs=VERBS),
     "v1/configmaps": kmock.ResourceInfo(kind="ConfigMap", singular="configmap", namespaced=True, verbs=VERBS),
+    # Watched by the operator (disruptions). The test kubelet writes Job status only, no pods, so the
+    # emulator serves none: disruptions here come from the Job's podFailurePolicy condition.
+    "v1/pods": kmock.ResourceInfo(kind="Pod", singular="pod", namespaced=True, subresources={"status"}, verbs=VERBS),
     "v1/persistentvolumeclaims": kmock.ResourceInfo(kind="PersistentVolumeClaim", namespaced=True, verbs=VERBS),
     "v1/services": kmock.ResourceInfo(kind="Service", namespaced=True, verbs=VERBS),  # headless, multi-node stages
     "v1/serviceaccounts": kmock.ResourceInfo(kind="ServiceAccount", namespaced=True, verbs=VERBS),

@@ -116,7 +116,7 @@ def test_pod_failure_policy_names_infrastructure_failures():
     assert rules[0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
     assert rules[1]["onExitCodes"]["values"] == [137]
     # Rule i means POD_FAILURE_RULES[i]; the initializer Job adds one more (builders_sources.py).
-    assert builders.POD_FAILURE_RULES[: len(rules)] == [(True, "Disrupted"), (True, "OOMKilled")]
+    assert builders.POD_FAILURE_RULES[: len(rules)] == [("Disruption", "Disrupted"), ("Infrastructure", "OOMKilled")]
 
 
 def test_long_names_stay_dns_labels():

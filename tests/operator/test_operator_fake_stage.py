@@ -144,7 +144,7 @@ async def test_evicted_pod_is_retried_from_its_checkpoint(emulator, cluster, sta
         retrying = await wait_for(lambda: stage_status(emulator, "evict", "pretrain", attempt=2), 15, what="attempt 2")
         await wait_for(lambda: phase(emulator, "evict") == "Succeeded", 60, what="the retry to finish")
 
-    assert retrying["lastFailure"]["class"] == "Infrastructure"
+    assert retrying["lastFailure"]["class"] == "Disruption"  # not a failure: no budget spent
     assert retrying["lastFailure"]["reason"] == "Disrupted"
     assert retrying["jobName"] == "evict-pretrain-2"
     (stage,) = stored(emulator, PIPELINES_KEY, "evict")["status"]["stages"]

@@ -138,7 +138,7 @@ async def test_a_pod_that_never_starts_is_retried_on_the_infrastructure_budget(e
     assert status["phase"] == "Succeeded", status
     (stage,) = status["stages"]
     assert stage["attempt"] == 2 and stage["jobName"] == "pull-pretrain-2" and stage["step"] == 6
-    assert stage["restartsByClass"] == {"application": 0, "infrastructure": 1} and stage["restarts"] == 1
+    assert stage["restartsByClass"] == {"application": 0, "infrastructure": 1, "disruption": 0} and stage["restarts"] == 1
     failure = stage["lastFailure"]
     assert (failure["class"], failure["reason"], failure["attempt"]) == ("Infrastructure", "StartTimeout", 1)
     assert "no pod of attempt 1 was ready 1s after it started" in failure["message"]
@@ -166,7 +166,7 @@ async def test_a_pod_that_never_starts_fails_the_pipeline_when_the_budget_is_spe
     status = status_of(emulator, "stuck")
     (stage,) = status["stages"]
     assert stage["phase"] == "Failed" and stage["attempt"] == 1
-    assert stage["restartsByClass"] == {"application": 0, "infrastructure": 0}
+    assert stage["restartsByClass"] == {"application": 0, "infrastructure": 0, "disruption": 0}
     failure = stage["lastFailure"]
     assert (failure["class"], failure["reason"], failure["attempt"]) == ("Infrastructure", "StartTimeout", 1)
     assert "ImagePullBackOff" in failure["message"] and "kubectl describe pod" in failure["message"]

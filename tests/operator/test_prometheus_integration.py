@@ -279,7 +279,7 @@ async def test_prometheus_scrapes_the_operator_and_the_dashboard_shows_the_run(
         await kubelet.evict(f"{PIPELINE}-pretrain-1")
         await wait_for(lambda: phase(emulator, PIPELINE) in ("Succeeded", "Failed"), 45, what="the pipeline to finish")
         assert phase(emulator, PIPELINE) == "Succeeded", status_of(emulator)
-        assert status_of(emulator)["stages"][0]["restartsByClass"] == {"application": 0, "infrastructure": 1}
+        assert status_of(emulator)["stages"][0]["restartsByClass"] == {"application": 0, "infrastructure": 0, "disruption": 1}
         # Two scrapes of the final state (the operator forgets the pipeline when it stops: query now).
         await eventually(f'refinery_pipeline_phase{{pipeline="{PIPELINE}", phase="Succeeded"}} == 1', "the Succeeded phase")
         await asyncio.sleep(2 * SCRAPE_S)
@@ -309,7 +309,7 @@ async def test_prometheus_scrapes_the_operator_and_the_dashboard_shows_the_run(
     (progress,) = answers["Stage progress"]
     assert series_values(progress, "stage") == {"pretrain": [1.0], "sft": [1.0]}
     (restarts,) = answers["Restarts by failure class"]
-    assert max(series_values(restarts, "class")["infrastructure"]) == 1.0
+    assert max(series_values(restarts, "class")["disruption"]) == 1.0  # the eviction: a disruption, not a failure
     assert max(series_values(restarts, "class")["application"]) == 0.0
     (age,) = answers["Checkpoint age"]
     assert all(0 <= v < 60 for v in finite_values(age))

@@ -19,6 +19,10 @@ def cond(type_, reason=None, message=None):
     return {"type": type_, "status": "True", "reason": reason, "message": message, "lastTransitionTime": "2026-01-01T00:00:00Z"}
 
 
+def kind_of(state) -> str | bool:
+    return "Disruption" if state.disruption else state.infrastructure
+
+
 @pytest.mark.parametrize(("obj", "phase", "infrastructure", "reason"), [
     (job(), "Pending", False, None),
     (job(active=1, startTime="t"), "Running", False, None),
@@ -26,7 +30,7 @@ def cond(type_, reason=None, message=None):
     (job(failed=1, conditions=[cond("FailureTarget", "BackoffLimitExceeded"), cond("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")]),
      "Failed", False, "TrainerError"),
     (job(failed=1, conditions=[cond("Failed", "PodFailurePolicy", "Pod ns/p has condition DisruptionTarget matching FailJob rule at index 0")]),
-     "Failed", True, "Disrupted"),
+     "Failed", "Disruption", "Disrupted"),
     (job(failed=1, conditions=[cond("Failed", "PodFailurePolicy", "Container trainer for pod ns/p failed with exit code 137 matching FailJob rule at index 1")]),
      "Failed", True, "OOMKilled"),
     (job(failed=1, conditions=[cond("Failed", "PodFailurePolicy", "... matching FailJob rule at index 9")]), "Failed", False, "TrainerError"),
@@ -34,7 +38,7 @@ def cond(type_, reason=None, message=None):
 ])
 def test_attempt_state_from_job(obj, phase, infrastructure, reason):
     state = attempt_state(obj)
-    assert (state.phase, state.infrastructure, state.reason) == (phase, infrastructure, reason)
+    assert (state.phase, kind_of(state), state.reason) == (phase, infrastructure, reason)
 
 
 def test_attempt_number_comes_from_the_label():
@@ -165,6 +169,9 @@ class ClusterChildren:
 
     def progress(self, namespace, pipeline):
         return self._of(pipeline, "progress")
+
+    def pods(self, namespace, pipeline):
+        return [o for o in self._of(pipeline, "stage") if o["kind"] == "Pod"]
 
     def expect(self, job):
         pass

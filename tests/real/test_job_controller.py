@@ -55,7 +55,7 @@ async def test_application_failure_spends_its_budget_then_fails(admin, namespace
     status = await wait_until(lambda: finished(admin, namespace, "nan"), 90, "the pipeline to fail")
     assert status["phase"] == "Failed", (status, operator.log_tail())
     (stage,) = status["stages"]
-    assert stage["attempt"] == 2 and stage["restartsByClass"] == {"application": 1, "infrastructure": 0}
+    assert stage["attempt"] == 2 and stage["restartsByClass"] == {"application": 1, "infrastructure": 0, "disruption": 0}
     assert (stage["lastFailure"]["class"], stage["lastFailure"]["reason"]) == ("Application", "NanLoss")
     job = await admin.get(JOBS, namespace, "nan-pretrain-2")
     failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
@@ -75,7 +75,7 @@ async def test_oom_killed_container_is_an_infrastructure_failure_and_resumes(adm
     status = await wait_until(lambda: finished(admin, namespace, "oom"), 120, "the pipeline to finish")
     assert status["phase"] == "Succeeded", (status, operator.log_tail())
     (stage,) = status["stages"]
-    assert stage["attempt"] == 2 and stage["restartsByClass"] == {"application": 0, "infrastructure": 1}
+    assert stage["attempt"] == 2 and stage["restartsByClass"] == {"application": 0, "infrastructure": 1, "disruption": 0}
     assert stage["lastFailure"]["class"] == "Infrastructure", stage["lastFailure"]
     assert stage["resumedFrom"]["step"] >= 10 and stage["lastCheckpoint"]["step"] == 120
     job = await admin.get(JOBS, namespace, "oom-pretrain-1")

@@ -117,3 +117,20 @@ def test_a_resync_does_not_bring_back_what_was_deleted_after_the_list_was_reques
     clock.now += 1
     cache.resync("jobs", [job("p-sft-1")], clock.now)  # a later list that shows it: it is back
     assert names(cache.jobs("ns", "p")) == ["p-sft-1"]
+
+
+def test_stage_pods_are_kept_with_what_tells_a_disruption_and_forgotten_when_deleted():
+    cache = ChildCache()
+    pod = {"kind": "Pod", "metadata": {"name": "p-sft-1-abc", "namespace": "ns", "deletionTimestamp": "t",
+                                       "deletionGracePeriodSeconds": 30, "labels": job("p-sft-1")["metadata"]["labels"]},
+           "spec": {"nodeName": "n1", "containers": [{"name": "trainer", "image": "x", "env": [{"name": "A"}]}]},
+           "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+                      "containerStatuses": [{"name": "trainer", "image": "x", "state": {"running": {}}}]}}
+    assert cache.seen("pods", "MODIFIED", pod)
+    (view,) = cache.pods("ns", "p")
+    assert view == {"metadata": {"name": "p-sft-1-abc", "namespace": "ns", "labels": pod["metadata"]["labels"],
+                                 "deletionTimestamp": "t", "deletionGracePeriodSeconds": 30},
+                    "spec": {"nodeName": "n1"},
+                    "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+                               "containerStatuses": [{"state": {"running": {}}}]}}
+    assert cache.seen("pods", "DELETED", pod) and cache.pods("ns", "p") == []

@@ -25,6 +25,9 @@ def test_a_stage_starting_checkpointing_failing_retrying_and_succeeding():
     failed = status(sft=dict(phase="Running", attempt=1, lastCheckpoint={"step": 10, "path": "c"}, lastFailure=failure))
     (event,) = pipeline_events(ckpt, failed)
     assert (event.type, event.reason) == ("Warning", "AttemptFailed") and "(Infrastructure, Disrupted)" in event.message
+    disruption = {**failure, "class": "Disruption", "reason": "NodeLost", "message": "node b was lost"}
+    (event,) = pipeline_events(ckpt, status(sft=dict(phase="Running", attempt=1, lastFailure=disruption)))
+    assert (event.type, event.reason) == ("Warning", "AttemptDisrupted") and "disrupted (NodeLost): node b" in event.message
     retried = status(sft=dict(phase="Running", attempt=2, lastCheckpoint={"step": 10, "path": "c"}, lastFailure=failure))
     assert reasons(failed, retried) == [("Normal", "StageRetried")]
     done = status("Succeeded", sft=dict(phase="Succeeded", attempt=2, lastCheckpoint={"step": 10, "path": "c"},

@@ -113,7 +113,9 @@ def test_restarts_are_counted_by_failure_class_from_the_status(registry):
     spec = chat_pipeline("chat").stage("big", "sft", from_="pretrain", resources={"gpus": 8}).obj().spec
     big = dict(namespace="ml", pipeline="chat", stage="big")
     registry.record_pipeline("ml", "chat", status(big=dict(phase="Running", attempt=4, restarts=3, restartsByClass={
-        "application": 1, "infrastructure": 2}, lostGpuSeconds=8 * 660.0)), spec)
+        "application": 1, "infrastructure": 2, "disruption": 5}, lostGpuSeconds=8 * 660.0)), spec)
+    assert value(registry, "refinery_stage_restarts_total", **big, **{"class": "disruption"}) == 5
+    assert value(registry, "refinery_stage_retry_budget", **big, **{"class": "disruption"}) == 3
     assert value(registry, "refinery_stage_restarts_total", **big, **{"class": "infrastructure"}) == 2
     assert value(registry, "refinery_stage_restarts_total", **big, **{"class": "application"}) == 1
     assert value(registry, "refinery_stage_lost_gpu_seconds_total", **big) == 8 * 660

@@ -237,7 +237,7 @@ def test_the_initializer_job_gets_the_pipelines_credentials_and_nothing_more():
     assert {"name": "cache", "persistentVolumeClaim": {"claimName": "models"}} in pod["volumes"]
     assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["allowPrivilegeEscalation"] is False
     rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert rules[2]["onExitCodes"]["values"] == [75] and builders.POD_FAILURE_RULES[2] == (True, "SourceUnavailable")
+    assert rules[2]["onExitCodes"]["values"] == [75] and builders.POD_FAILURE_RULES[2] == ("Infrastructure", "SourceUnavailable")
     role = next(o for o in builders.build_pipeline_objects(p) if o["kind"] == "Role")
     assert "p-init-sources" in role["rules"][0]["resourceNames"]
 

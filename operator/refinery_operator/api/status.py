@@ -28,10 +28,13 @@ class Checkpoint(ApiModel):
 
 
 class Failure(ApiModel):
-    class_: Literal["Application", "Infrastructure"] = Field(..., alias="class", description="Who failed: the trainer or the platform.")
+    class_: Literal["Application", "Infrastructure", "Disruption"] = Field(
+        ..., alias="class", description="Who ended the attempt: the trainer (Application), the platform failing it "
+        "(Infrastructure), or something outside the trainer stopping it (Disruption: deleted, evicted, node lost).")
     reason: str = Field(..., description="CamelCase reason, e.g. `TrainerError`, `Evicted`.")
     message: str = Field(..., description="What happened, in words a user can act on.")
     attempt: int | None = Field(None, description="The attempt that failed.")
+    node: str | None = Field(None, description="The node that was lost or disrupted the attempt's pod, when known.")
 
 
 class StageInputs(ApiModel):
@@ -45,7 +48,8 @@ class StageInputs(ApiModel):
 
 class RestartCounts(ApiModel):
     application: int = Field(0, description="Retries after the trainer failed (exit code, NanLoss, BadData).")
-    infrastructure: int = Field(0, description="Retries after the platform failed the pod (evicted, OOM-killed, StartTimeout).")
+    infrastructure: int = Field(0, description="Retries after the platform failed the pod (OOM-killed, StartTimeout).")
+    disruption: int = Field(0, description="Retries after a disruption (pod deleted, evicted, preempted, node lost).")
 
 
 class StageStatus(ApiModel):
@@ -67,6 +71,10 @@ class StageStatus(ApiModel):
     restarts: int = Field(0, description="Attempts retried after a failure.")
     restarts_by_class: RestartCounts = Field(default_factory=RestartCounts, description="`restarts` by failure class.")
     last_failure: Failure | None = None
+    disruptions_in_a_row: int = Field(
+        0, description="Disruptions since the stage last wrote a newer checkpoint (limit: `retries.disruption`).")
+    disruption_checkpoint_step: int | None = Field(
+        None, description="The newest checkpoint step when the latest disruption was counted (-1: none yet).")
     next_attempt_time: str | None = Field(None, description="When the next attempt starts, after the retry back-off.")
     gpu_seconds: float = Field(0.0, description="GPU-seconds held by the stage's pods, over all attempts.")
     lost_gpu_seconds: float = Field(

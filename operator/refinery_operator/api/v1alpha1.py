@@ -191,8 +191,16 @@ class Retries(ApiModel):
     application: int = Field(1, ge=0, le=100, description="Retries after the trainer itself failed (non-zero exit).")
     infrastructure: int = Field(
         3, ge=0, le=100,
-        description="Retries after the platform failed the pod (evicted, preempted, node lost, killed by the node for "
-        "memory, no pod ready within `startTimeoutSeconds`).",
+        description="Retries after the platform failed the pod (killed by the node for memory, no pod ready within "
+        "`startTimeoutSeconds`, the Job's deadline). Disruptions have their own budget (`disruption`).",
+    )
+    disruption: int = Field(
+        3, ge=0, le=100,
+        description="Disruptions in a row without progress that are retried. A disruption ends an attempt from outside "
+        "the trainer (pod deleted, evicted, preempted, node drained or lost, SIGTERM, or a rank failing because a "
+        "peer was disrupted); it spends neither other budget, and one after which the stage wrote a newer "
+        "checkpoint starts the count again, so a long stage on spot nodes is never failed by reclaims alone. "
+        "Disrupted attempts are retried at once, without back-off.",
     )
     backoff_seconds: int = Field(
         10, ge=0, le=3600,

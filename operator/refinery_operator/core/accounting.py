@@ -64,11 +64,8 @@ def lost_gpu_seconds(stage: Stage, failed, status: StageStatus) -> float:
 
 def restart_counts(attempts: Sequence, final_failure: int | None, previous: RestartCounts) -> RestartCounts:
     """Failed attempts retried, by class; `final_failure` is the attempt that was not retried."""
-    counts = {"application": 0, "infrastructure": 0}
+    counts = {"application": 0, "infrastructure": 0, "disruption": 0}
     for a in attempts:
         if a.phase == "Failed" and not a.superseded and a.attempt != final_failure:
-            counts["infrastructure" if a.infrastructure else "application"] += 1
-    return RestartCounts(
-        application=max(counts["application"], previous.application),
-        infrastructure=max(counts["infrastructure"], previous.infrastructure),
-    )
+            counts["infrastructure" if a.infrastructure else "disruption" if a.disruption else "application"] += 1
+    return RestartCounts(**{k: max(v, getattr(previous, k)) for k, v in counts.items()})

@@ -53,8 +53,12 @@ def stage_events(old: StageStatus, new: StageStatus) -> list[Event]:
     name = new.name
     failure = new.last_failure
     if failure is not None and (old.last_failure is None or old.last_failure.attempt != failure.attempt):
-        events.append(Event(WARNING, "AttemptFailed",
-                            f"stage {name!r} attempt {failure.attempt} failed ({failure.class_}, {failure.reason}): {failure.message}"))
+        if failure.class_ == "Disruption":  # not the user's failure: said so in the reason kubectl shows
+            events.append(Event(WARNING, "AttemptDisrupted",
+                                f"stage {name!r} attempt {failure.attempt} was disrupted ({failure.reason}): {failure.message}"))
+        else:
+            events.append(Event(WARNING, "AttemptFailed",
+                                f"stage {name!r} attempt {failure.attempt} failed ({failure.class_}, {failure.reason}): {failure.message}"))
     if new.attempt > old.attempt and new.phase == Phase.running:
         if new.attempt == new.first_attempt:
             run = f" (re-run {new.run})" if new.run else ""

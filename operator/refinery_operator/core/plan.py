@@ -12,10 +12,14 @@ Decisions written down here:
   `GateNotMet`), no new stage starts (fail fast, like Argo's DAG default); running ones finish.
 - A failed attempt is retried while its failure class has budget left (`retries.application`
   for the trainer's own failures — exit code, `NanLoss`, `BadData` —, `retries.infrastructure`
-  for the platform's — evicted, preempted, node lost, OOM-killed, `StartTimeout`). The retry is a
-  new attempt number; the trainer resumes it from the newest complete checkpoint.
+  for the platform's — OOM-killed, `StartTimeout`, deadline). The retry is a new attempt number;
+  the trainer resumes it from the newest complete checkpoint.
 - A `Misconfigured` failure (`NOT_RETRIED`: the stage's settings do not fit its model or data) is
   not retried whatever budget is left, since it is deterministic; the message says what to change.
+- A disruption (pod deleted, evicted, preempted, node lost, SIGTERM, a rank failing because a peer
+  was) is not a failure: it spends neither budget and is retried at once, without back-off; only
+  disruptions in a row without a newer checkpoint are limited (`retries.disruption`, then reason
+  `DisruptedWithoutProgress`). Why its own budget: core/disruption.py.
 - Retries back off exponentially: `retries.backoffSeconds` x 2^(failures - 1), capped at 32x
   (and 1 h); `status.stages[].nextAttemptTime` says when, `Plan.requeue_after` when to look again.
 - Attempt N+1 starts only when no pod of any earlier attempt remains (`AttemptState.pods_gone`:
@@ -46,6 +50,7 @@ from ..api.v1alpha1 import (
 )
 from .conditions import rfc3339
 from .accounting import gpu_seconds, lost_gpu_seconds, parse_time, restart_counts
+from .disruption import count_disruption, disrupted_without_progress, sigterm_as_disruption
 from .naming import job_name, model_dir
 from .reruns import downstream, requested_stage, spec_hash
 from .hacking import export_hold, set_hacking_condition
@@ -78,6 +83,8 @@ class AttemptState:
     held_seconds: float = 0.0  # time its pods ran before its latest suspension (Kubernetes restarts startTime on resume)
     deleting: bool = False  # the Job is being deleted
     superseded: bool = False  # stopped by the operator for a re-run: not a failure
+    disruption: bool = False  # ended from outside the trainer (core/disruption.py): not a failure
+    node: str | None = None  # the node lost or drained, when a disruption names one
 
 
 @dataclass(frozen=True)
@@ -174,8 +181,10 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
         if latest is not None and latest.suspended and spec.queue_name and not spec.suspend and status.phase == Phase.running:
             queued.append(stage.name)
         final = latest.attempt if latest is not None and latest.phase == "Failed" and status.phase == Phase.failed else None
-        status.restarts_by_class = restart_counts(observed.attempts.get(stage.name) or (), final, status.restarts_by_class)
-        status.restarts = status.restarts_by_class.application + status.restarts_by_class.infrastructure
+        status.restarts_by_class = restart_counts(
+            [sigterm_as_disruption(a, observed.records.get(stage.name), stage) for a in observed.attempts.get(stage.name) or ()],
+            final, status.restarts_by_class)
+        status.restarts = sum(status.restarts_by_class.model_dump().values())
         if gates.get(stage.name):
             status.message = gates[stage.name]
 
@@ -249,11 +258,13 @@ def observe_stage(stage: Stage, prev: StageStatus, observed: Observed, pipeline:
         return status
     if latest.phase != "Pending" or latest.start_time:
         status.spec_hash = status.spec_hash or spec_hash(stage)  # a run started before hashes existed
-    failures = [a for a in attempts if a.phase == "Failed" and not a.superseded]
+    failures = [sigterm_as_disruption(a, record, stage) for a in attempts if a.phase == "Failed" and not a.superseded]
+    latest = next((a for a in failures if a.attempt == latest.attempt), latest)
     if failures:
         newest = max(failures, key=lambda a: a.attempt)
         if prev.last_failure is None or prev.last_failure.attempt != newest.attempt:
             status.lost_gpu_seconds = round(status.lost_gpu_seconds + lost_gpu_seconds(stage, newest, status), 3)
+            count_disruption(status, newest)
         status.last_failure = failure_of(newest, record)
     status.job_name = job_name(pipeline, stage.name, latest.attempt)
     status.start_time = status.start_time or latest.start_time or stamp
@@ -264,16 +275,21 @@ def observe_stage(stage: Stage, prev: StageStatus, observed: Observed, pipeline:
         status.completion_time = status.completion_time or latest.completion_time or stamp
         status.output = status.output or (record.output if record else None)
         # lastFailure stays: a stage that succeeded on its second attempt still says why it needed one.
-    elif status.last_failure.reason not in NOT_RETRIED and retry_budget_left(stage, failures):
+    elif status.last_failure.reason not in NOT_RETRIED and retry_budget_left(stage, failures, status):
         status.phase = Phase.running  # a retry is launched when the back-off ends
         same = prev.last_failure is not None and prev.last_failure.attempt == latest.attempt
         status.next_attempt_time = prev.next_attempt_time if same and prev.next_attempt_time else \
-            retry_time(stage, len(failures), latest.completion_time or stamp)
+            (latest.completion_time or stamp) if latest.disruption else \
+            retry_time(stage, len([a for a in failures if not a.disruption]), latest.completion_time or stamp)
         status.message = (f"attempt {latest.attempt} failed ({status.last_failure.reason}); "
                           f"attempt {latest.attempt + 1} starts at {status.next_attempt_time}")
     else:
         status.phase, status.next_attempt_time = Phase.failed, None
         status.completion_time = status.completion_time or latest.completion_time or stamp
+        if latest.disruption:
+            status.last_failure = disrupted_without_progress(stage, status)
+            status.message = f"attempt {latest.attempt} was disrupted: {status.last_failure.message}"
+            return status
         budget = stage.retries.infrastructure if latest.infrastructure else stage.retries.application
         kind = "infrastructure" if latest.infrastructure else "application"
         status.message = (f"attempt {latest.attempt} failed and the {kind} retry budget ({budget}) is spent: "
@@ -388,6 +404,9 @@ def fold_record(status: StageStatus, record: ProgressRecord) -> None:
 
 def failure_of(attempt: AttemptState, record: ProgressRecord | None) -> Failure:
     """The trainer's own words win over the Job's generic reason when it reported a failure."""
+    if attempt.disruption:
+        return Failure(class_="Disruption", reason=attempt.reason or "Disrupted", node=attempt.node,
+                       message=attempt.message or "the attempt was stopped from outside the trainer", attempt=attempt.attempt)
     reported = record is not None and record.attempt == attempt.attempt and record.phase == "Failed"
     if not attempt.infrastructure and reported and record.message:
         return Failure(class_="Application", reason=record.failure_reason or "TrainerError", message=record.message,
@@ -400,13 +419,16 @@ def failure_of(attempt: AttemptState, record: ProgressRecord | None) -> Failure:
     )
 
 
-def retry_budget_left(stage: Stage, failures: Sequence[AttemptState]) -> bool:
-    """Whether the newest failure of the run may be retried: each class spends its own budget."""
-    infra = sum(1 for a in failures if a.infrastructure)
+def retry_budget_left(stage: Stage, failures: Sequence[AttemptState], status: StageStatus) -> bool:
+    """Whether the newest failure of the run may be retried: each class spends its own budget;
+    disruptions only those in a row without progress (status.disruptionsInARow)."""
     latest = max(failures, key=lambda a: a.attempt)
+    if latest.disruption:
+        return status.disruptions_in_a_row <= stage.retries.disruption
+    infra = sum(1 for a in failures if a.infrastructure)
     if latest.infrastructure:
         return infra <= stage.retries.infrastructure
-    return len(failures) - infra <= stage.retries.application
+    return sum(1 for a in failures if not a.infrastructure and not a.disruption) <= stage.retries.application
 
 
 def next_attempt(status: StageStatus, latest: AttemptState | None) -> int | None:

@@ -132,7 +132,7 @@ def decide_initializer(pipeline: TrainingPipeline, attempts: Sequence[AttemptSta
     if latest.phase == "Succeeded":
         return InitializerDecision(ready=True, sources=tuple(reported.sources) if reported else recorded,
                                    checked_by=f"Job {job}")
-    transient = latest.infrastructure or (reported is not None and reported.transient)
+    transient = latest.infrastructure or latest.disruption or (reported is not None and reported.transient)
     if transient and len(attempts) <= INITIALIZER_RETRIES:
         return InitializerDecision(ready=False, launch=after + 1 if latest.pods_gone else None, sources=recorded,
                                    checking=job)
