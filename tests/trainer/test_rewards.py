@@ -83,3 +83,25 @@ def test_one_answer_for_every_prompt_is_degenerate():
     assert degenerate(9, 1) and degenerate(40, 9) and not degenerate(9, 6) and not degenerate(1, 1)
     assert verdicts([point(0, 1.0, distinct=9), point(10, 4.0, distinct=1)], 3) == {"completionsDegenerate": 1.0}
     assert verdicts([point(0, 1.0, distinct=9), point(10, 0.5, distinct=1)], 3) == {}  # the reward fell: not hacking
+
+
+@pytest.mark.parametrize(("rewards", "audit", "missing_in"), [
+    ([{"exactMatch": {}}], None, "training prompts"),  # the optimised reward needs it where it trains
+    ([{"regex": {"pattern": "x"}}], [{"numeric": {}}], "held-out prompts"),  # the audit only where it scores
+])
+def test_verifiers_without_a_reference_column_fail_before_any_model_loads(workspace, rewards, audit, missing_in):
+    from refinery_trainer import cli
+
+    from .conftest import read_json, stage_run, write_config, write_jsonl
+
+    prompts = write_jsonl(workspace / "prompts.jsonl", [{"prompt": "What is 1 plus 1?", "answer": " 2"}] * 4)
+    with_refs = write_jsonl(workspace / "refs.jsonl", [{"prompt": "What is 1 plus 1?", "reference": " 2"}] * 4)
+    train, held_out = (prompts, with_refs) if missing_in == "training prompts" else (with_refs, prompts)
+    run = stage_run(workspace, "rl", "rlhf", data={"path": str(train), "evalPath": str(held_out)}, from_="sft",
+                    initModel=str(workspace / "no-model-needed"))
+    run["stage"]["rl"] = {"rewards": rewards, **({"audit": audit} if audit else {})}
+    assert cli.main(["run", "--config", str(write_config(workspace / "rl.yaml", run))]) == 1
+    progress = read_json(workspace / "p" / "rl" / "progress.json")
+    assert progress["failureReason"] == "BadData", progress
+    assert f"the {missing_in}" in progress["message"] and "no 'reference' column" in progress["message"]
+    assert "data.referenceField" in progress["message"]

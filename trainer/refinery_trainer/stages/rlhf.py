@@ -58,7 +58,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         table.require_text(spec.prompt_field)
     rewards = build_rewards(ctx, ctx.stage.rewards)
     audit = build_rewards(ctx, rl.audit or [])
-    _check_references(ctx, [*rewards, *audit], train_rows, eval_rows)
+    _check_references(ctx, rewards, audit, train_rows, eval_rows)
     held_out = _held_out(ctx, eval_rows, rl)
 
     policy, tokenizer = ctx.load_causal_lm()
@@ -178,10 +178,12 @@ def _rows(table, spec) -> list[dict]:
     return out
 
 
-def _check_references(ctx, rewards: list[Reward], train_rows, eval_rows) -> None:
-    needs = [r.name for r in rewards if r.needs_reference]
+def _check_references(ctx, rewards: list[Reward], audit: list[Reward], train_rows, eval_rows) -> None:
+    """Verifiers need the reference column: the optimised ones in the training prompts (and held out,
+    where every reward is scored), the audit's only in the held-out prompts it scores."""
     field = ctx.data.reference_field
-    for table, what in ((train_rows, "data.path"), (eval_rows, "held-out prompts")):
+    for table, what, sources in ((train_rows, "training prompts", rewards), (eval_rows, "held-out prompts", [*rewards, *audit])):
+        needs = [r.name for r in sources if r.needs_reference]
         if needs and not table.has_column(field):
             raise DataError(f"stage {ctx.stage.name!r}: rewards {', '.join(needs)} check answers against a reference, but "
                             f"the {what} ({table.path}) have no {field!r} column: add it, or set data.referenceField")
