@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from refinery_operator.api.v1alpha1 import TrainingPipeline
 
@@ -73,3 +76,14 @@ def catalog_expectation(path) -> tuple[str, str]:
     line = next(l for l in path.read_text().splitlines() if l.startswith("# expect:"))
     field, _, text = line.removeprefix("# expect:").partition("|")
     return field.strip(), text.strip()
+
+
+def tiny_chat_data_files() -> list[Path]:
+    """The data files examples/tiny-chat.yaml reads (examples/data holds tiny-math's too)."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    manifest = yaml.safe_load((examples / "tiny-chat.yaml").read_text())
+    names = set()
+    for stage in manifest["spec"]["stages"]:
+        names |= {stage.get("data", {}).get(k) for k in ("path", "evalPath")}
+        names.add(((stage.get("eval") or {}).get("generate") or {}).get("path"))
+    return sorted(examples / name for name in names if name)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.builders import tiny_chat_data_files
 from tests.hubcache import add_folder
 from tests.s3server import start_moto_server
 
@@ -67,7 +68,7 @@ def s3_run(tmp_path_factory):
     client = server.client()
     client.create_bucket(Bucket=BUCKET)
     etags = {}
-    for f in sorted(DATA.iterdir()):
+    for f in tiny_chat_data_files():
         client.put_object(Bucket=BUCKET, Key=f"data/{f.name}", Body=f.read_bytes())
         etags[f"s3://{BUCKET}/data/{f.name}"] = hashlib.md5(f.read_bytes()).hexdigest()
     manifest = s3_manifest(tmp / "tiny-chat-s3.yaml")
@@ -87,7 +88,7 @@ def test_the_example_with_its_data_in_s3_succeeds(s3_run):
 
 
 def test_each_object_is_fetched_exactly_once_across_stages_and_a_rerun(s3_run):
-    expected = {f"/{BUCKET}/data/{f.name}": 1 for f in DATA.iterdir()}
+    expected = {f"/{BUCKET}/data/{f.name}": 1 for f in tiny_chat_data_files()}
     assert s3_run["gets_after_first"] == expected
     assert s3_run["gets"] == expected  # the re-run read the complete folders, asked the server nothing
 

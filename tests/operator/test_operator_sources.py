@@ -23,6 +23,7 @@ import yaml
 
 from refinery_operator.handlers import RESYNC_S
 from refinery_operator.k8s import PIPELINES
+from tests.builders import tiny_chat_data_files
 from tests.s3server import start_moto_server
 
 from .conftest import NAMESPACE, create_pipeline, stored, stored_all, wait_for
@@ -40,7 +41,7 @@ def s3():
     server = start_moto_server()
     client = server.client()
     client.create_bucket(Bucket=BUCKET)
-    for f in sorted(DATA.iterdir()):
+    for f in tiny_chat_data_files():
         client.put_object(Bucket=BUCKET, Key=f"data/{f.name}", Body=f.read_bytes())
     yield server
     server.stop()
@@ -103,11 +104,11 @@ async def test_s3_data_is_fetched_once_by_one_initializer_job(emulator, cluster,
     for name, job in jobs.items():
         assert job["spec"]["template"]["spec"]["containers"][0]["envFrom"] == init["envFrom"], name
 
-    expected = {f"/{BUCKET}/data/{f.name}": 1 for f in DATA.iterdir() if f.name != "answers_eval.jsonl"}
+    expected = {f"/{BUCKET}/data/{f.name}": 1 for f in tiny_chat_data_files() if f.name != "answers_eval.jsonl"}
     assert gets_first == expected  # the S3 server's own log: one GetObject per object, for all stages
     assert s3.object_gets() == expected  # and none for the re-run
     status = status_of(emulator, "tiny-chat")
-    etags = {f"s3://{BUCKET}/data/{f.name}": hashlib.md5(f.read_bytes()).hexdigest() for f in DATA.iterdir()
+    etags = {f"s3://{BUCKET}/data/{f.name}": hashlib.md5(f.read_bytes()).hexdigest() for f in tiny_chat_data_files()
              if f.name != "answers_eval.jsonl"}
     assert {s["uri"]: s["resolved"] for s in status["sources"]} == etags
 
