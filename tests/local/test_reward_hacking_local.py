@@ -68,5 +68,9 @@ def test_a_planted_judge_is_caught_and_the_export_held_back(tmp_path, tmp_path_f
     metrics = stages["rlhf"]["metrics"]
     best = json.loads((tmp_path / "runs" / "planted" / "rlhf" / "audit-best" / "audit-best.json").read_text())
     assert metrics["selectedStep"] == best["step"] == metrics["bestAuditStep"]
-    assert metrics["heldOutExactMatch"] < metrics["baselineHeldOutExactMatch"]
+    assert metrics["meanReward"] > metrics["baselineMeanReward"]  # the judge is pleased ...
+    print({k: v for k, v in sorted(metrics.items()) if not k.startswith(("rewards/", "heldOutRewards/"))})
+    assert metrics["heldOutExactMatch"] < metrics["baselineHeldOutExactMatch"]  # ... the answers are worse
+    assert metrics["rewardOveroptimized"] == metrics["groundTruthFell"] == 1.0
+    assert metrics["completionsCollapsed"] == 0.0  # neither empty nor truncated: the collapse detector saw nothing
     assert "pipeline Failed" in out

@@ -1,7 +1,8 @@
 """Ground truth for RL: verifier rewards raise held-out exact match with no reward stage (RLVR), and
 a reward model planted to prefer a wrong answer — neither empty nor truncated, the case the
 collapse detector cannot see — is caught by the audit, the references and the diversity watch,
-stopped by rl.stopOnHacking, with the audit's best model kept and named."""
+stopped by rl.stopOnHacking, with the audit's best model kept and named. (The planted case run to
+its end, with the export held back, is tests/local/test_reward_hacking_local.py.)"""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def rl_run(ws, tasks, name: str, rl: dict, references: bool = True, judge: bool 
 
 
 def test_verifier_rewards_raise_held_out_exact_match_with_no_reward_stage(tasks, workspace):
-    run = rl_run(workspace, tasks, "rlvr", {"rewards": [{"exactMatch": {}}, {"regex": {"pattern": r"^ \w+$"}, "weight": 0.1}]})
+    run = rl_run(workspace, tasks, "rlvr", {"rewards": [{"exactMatch": {}}, {"regex": {"pattern": r"^ \w+$"}, "weight": 0.1}]},
+                 steps=60)
     metrics = run_stage(workspace, run)["metrics"]
     print({k: v for k, v in metrics.items() if "xact" in k or "eward" in k})
     # Ground truth, greedy, on held-out prompts the policy never trained on.
@@ -55,21 +57,7 @@ def test_verifier_rewards_raise_held_out_exact_match_with_no_reward_stage(tasks,
     assert {"rewards/exactMatch", "rewards/regex", "heldOutRewards/exactMatch", "heldOutRewards/regex"} <= metrics.keys()
     assert metrics["groundTruthFell"] == metrics["completionsDegenerate"] == metrics["completionsCollapsed"] == 0.0
     logged = [json.loads(line) for line in (workspace / "p" / "rlvr" / "attempt-1" / "metrics.jsonl").read_text().splitlines()]
-    assert any("rewards/exactMatch/mean" in e for e in logged) and sum("held_out_exact_match" in e for e in logged) >= 10
-
-
-def test_a_planted_wrong_preference_is_caught_and_the_audits_best_model_kept(tasks, workspace):
-    run = rl_run(workspace, tasks, "planted", {"audit": [{"exactMatch": {}}], "auditSteps": 10}, judge=True)
-    metrics = run_stage(workspace, run)["metrics"]
-    print({k: v for k, v in metrics.items()})
-    assert metrics["meanReward"] > metrics["baselineMeanReward"]  # the judge is pleased ...
-    assert metrics["heldOutExactMatch"] < metrics["baselineHeldOutExactMatch"] - 0.3  # ... the answers are wrong
-    assert metrics["rewardOveroptimized"] == metrics["groundTruthFell"] == metrics["completionsDegenerate"] == 1.0
-    assert metrics["completionsCollapsed"] == 0.0  # neither empty nor truncated: the old detector saw nothing
-    # rl.selectBy defaults to audit: the saved model is the best-audited step's, named, not the last step's.
-    best = read_json(workspace / "p" / "planted" / "audit-best" / "audit-best.json")
-    assert metrics["selectedStep"] == best["step"] == metrics["bestAuditStep"] < 100
-    assert best["audit"] >= metrics["baselineAuditScore"]
+    assert any("rewards/exactMatch/mean" in e for e in logged) and sum("held_out_exact_match" in e for e in logged) >= 6
 
 
 def test_stop_on_hacking_stops_the_planted_run_and_saves_no_model(tasks, workspace):
