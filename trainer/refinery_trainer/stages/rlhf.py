@@ -1,31 +1,38 @@
-"""rlhf: reinforcement learning from a reward model with TRL's `RLOOTrainer` (or `GRPOTrainer`, or
+"""rlhf: reinforcement learning against `rl.rewards` with TRL's `RLOOTrainer` (or `GRPOTrainer`, or
 our PPO loop with a value model: `refinery_trainer.ppo`).
 
     refinery-train run --config stage.yaml      # stage.type: rlhf, rl.algorithm: rloo | grpo | ppo
 
 `rl.generation: vllm` samples with vLLM in the training process (TRL's colocate mode; GPU only,
-see `refinery_trainer.kernels`). policy + tokenizer (the `from` stage's `model/`, usually sft) and the reward model (the
-`rewardModel` stage's `model/`) → prompts → greedy completions of the held-out prompts scored by
-the reward model (the baseline) → RLOOTrainer/GRPOTrainer: `rl.numGenerations` completions per
-prompt sampled at `rl.temperature`, up to `rl.maxCompletionLength` tokens, scored by the reward
-model, KL penalty `rl.beta` against the initial policy → the same held-out scoring → `model/`.
+see `refinery_trainer.kernels`). policy + tokenizer (the `from` stage's `model/`, usually sft) and
+the rewards (`rl.rewards`, or `rewardModel`: reward stages' models, verifiers against the prompts'
+`reference` column, a user's function — `refinery_trainer.rewards`) → the held-out watch scores the
+initial policy's greedy answers (the baseline; `evaluation/audit.py`) → RLOOTrainer/GRPOTrainer:
+`rl.numGenerations` completions per prompt sampled at `rl.temperature`, up to
+`rl.maxCompletionLength` tokens, scored by the weighted rewards, KL penalty `rl.beta` against the
+initial policy; the watch again every `rl.auditSteps` → the same held-out scoring → `model/`
+(the audit's best step's with `rl.selectBy: audit`).
 
 Each optimiser step samples `training.batchSize` completions (batchSize / numGenerations
 prompts), so batchSize x gradientAccumulationSteps must be a multiple of `rl.numGenerations`.
 
 Metrics:
-- `meanReward`: mean reward-model score of the trained policy's greedy completions of the first
+- `meanReward`: mean weighted reward of the trained policy's greedy completions of the first
   `rl.evalPrompts` held-out prompts; `baselineMeanReward`: the same for the initial policy (same
-  prompts, same decoding), so the two compare like for like.
+  prompts, same decoding), so the two compare like for like. `heldOutRewards/<name>` each reward
+  on its own; `auditScore`, `heldOutExactMatch`, `heldOutDistinct` and their `baseline*` (the
+  watch); the verdicts (`rewardOveroptimized`, `groundTruthFell`, `completionsDegenerate`,
+  `completionsCollapsed`, `klExceeded`: 1.0 when true) for the checks that could run.
 - `kl`: KL divergence to the initial policy as TRL logs it (mean per completion token of
   log pi/pi_ref over the sampled training completions) in the last logging window; only when
   `rl.beta` > 0, since TRL keeps no reference model otherwise.
-- `trainReward`: mean reward of the sampled training completions in the last logging window.
+- `trainReward`: mean reward of the sampled training completions in the last logging window;
+  `rewards/<name>` each reward's.
 - `trainLoss`: mean policy loss (near 0 by construction: advantages are centred per prompt).
-- ppo (`refinery_trainer.ppo`, our own loop with a critic initialised from the reward model):
-  `kl` (the same per-token mean), `trainReward`, `trainLoss` (policy + valueCoef x value loss),
-  `policyLoss`, `valueLoss` and `beta` (the KL weight, adapted when `rl.targetKl` is set), all
-  from the last logging window.
+- ppo (`refinery_trainer.ppo`, our own loop with a critic initialised from the first reward model,
+  or the policy): `kl` (the same per-token mean), `trainReward`, `trainLoss` (policy + valueCoef x
+  value loss), `policyLoss`, `valueLoss` and `beta` (the KL weight, adapted when `rl.targetKl` is
+  set), all from the last logging window.
 This module is the only place RLOOConfig and GRPOConfig appear.
 """
 
