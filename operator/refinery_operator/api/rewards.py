@@ -26,7 +26,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from .base import DNS_LABEL, STAGE_NAME_MAX, ApiModel
-from .sources import SourceUriError, parse_source
+from .sources import checked_source
 
 MAX_REWARDS = 8
 VERIFIER_KINDS = ("exactMatch", "contains", "numeric", "regex", "length", "python")
@@ -77,11 +77,7 @@ class PythonReward(ApiModel):
     @field_validator("path")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        try:
-            parse_source(value)
-        except SourceUriError as err:
-            raise ValueError(str(err)) from None
-        return value
+        return checked_source(value)
 
 
 class RewardSource(ApiModel):

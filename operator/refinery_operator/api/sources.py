@@ -164,6 +164,16 @@ class StageSource:
     ref: SourceRef
 
 
+def checked_source(value: str | None) -> str | None:
+    """A source URI with a known scheme and shape, or a plain path; else ValueError (pydantic's validators)."""
+    if value is not None:
+        try:
+            parse_source(value)
+        except SourceUriError as err:
+            raise ValueError(str(err)) from None
+    return value
+
+
 def stage_sources(stage) -> list[StageSource]:
     """Every model, tokenizer and data source a stage names (a `Stage` of v1alpha1)."""
     found: list[tuple[str, str]] = []

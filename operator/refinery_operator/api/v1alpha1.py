@@ -23,7 +23,7 @@ from .evaluation import EXPORT_STAGE, EvalSpec, ExportSpec
 from .graph import stage_graph_problems
 from .rewards import RewardSource
 from .pod import MAX_ENV, EnvFromSource, EnvVar, Volume, VolumeMount
-from .sources import SourceUriError, parse_source
+from .sources import checked_source
 from .status import (  # noqa: F401  (re-exported: the resource's names live here)
     Checkpoint, Condition, Failure, Phase, PipelineStatus, RestartCounts, StageInputs, StageStatus,
 )
@@ -85,17 +85,7 @@ class ModelSource(ApiModel):
     @field_validator("path", "tokenizer")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
-        return _checked_source(value)
-
-
-def _checked_source(value: str | None) -> str | None:
-    """A source URI with a known scheme and shape (api/sources.py), or a plain path."""
-    if value is not None:
-        try:
-            parse_source(value)
-        except SourceUriError as err:
-            raise ValueError(str(err)) from None
-    return value
+        return checked_source(value)
 
 
 class DataSpec(ApiModel):
@@ -134,7 +124,7 @@ class DataSpec(ApiModel):
     @field_validator("path", "eval_path")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
-        return _checked_source(value)
+        return checked_source(value)
 
 
 class Toleration(ApiModel):
