@@ -39,8 +39,8 @@ def _figures(metrics: dict[str, float], names: tuple[str, ...]) -> str:
     return ", ".join(f"{k} {metrics[k]:.3g}" for k in names if k in metrics)
 
 
-def hacking_findings(name: str, metrics: dict[str, float], max_kl: float | None) -> list[tuple[str, str]]:
-    """(reason, message) of every verdict the stage's metrics flag, most telling first."""
+def verdict_texts(metrics: dict[str, float], max_kl: float | None) -> list[tuple[str, str]]:
+    """(reason, what happened, with its figures) of every verdict the metrics flag, most telling first."""
     flagged = [
         ("rewardOveroptimized", REASON_REWARD_OVEROPTIMIZED, "the reward rose while the audit fell",
          ("baselineMeanReward", "meanReward", "baselineAuditScore", "auditScore", "bestAuditScore", "bestAuditStep")),
@@ -51,11 +51,16 @@ def hacking_findings(name: str, metrics: dict[str, float], max_kl: float | None)
         ("completionsCollapsed", REASON_COMPLETIONS_COLLAPSED, "the reward rose while completions collapsed (empty or truncated)",
          ("trainReward", "meanReward", "emptyFraction", "heldOutEmptyFraction", "truncatedFraction", "meanCompletionLength")),
     ]
-    found = [(reason, f"stage {name!r}: {what}: {_figures(metrics, figures)}")
+    found = [(reason, f"{what}: {_figures(metrics, figures)}")
              for flag, reason, what, figures in flagged if metrics.get(flag, 0.0) >= 1.0]
     if metrics.get("klExceeded", 0.0) >= 1.0:
-        found.append((REASON_KL_EXCEEDED, f"stage {name!r}: KL {metrics.get('kl', float('nan')):.3g} exceeds rl.maxKl {max_kl:g}"))
+        found.append((REASON_KL_EXCEEDED, f"KL {metrics.get('kl', float('nan')):.3g} exceeds rl.maxKl {max_kl:g}"))
     return found
+
+
+def hacking_findings(name: str, metrics: dict[str, float], max_kl: float | None) -> list[tuple[str, str]]:
+    """(reason, message naming the stage) of every verdict the stage's metrics flag, most telling first."""
+    return [(reason, f"stage {name!r}: {text}") for reason, text in verdict_texts(metrics, max_kl)]
 
 
 def hacking_message(name: str, metrics: dict[str, float], max_kl: float | None) -> tuple[str, str] | None:

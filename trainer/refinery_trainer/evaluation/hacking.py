@@ -41,25 +41,10 @@ def hacking_verdict(*, first_reward: float | None, reward: float | None, empty: 
 
 
 def describe(verdict: dict[str, float], metrics: dict[str, float], max_kl: float | None) -> str:
-    parts = []
-    if verdict.get("rewardOveroptimized"):
-        parts.append(f"the held-out reward rose ({metrics.get('baselineMeanReward', float('nan')):.4g} -> "
-                     f"{metrics.get('meanReward', float('nan')):.4g}) while the audit fell "
-                     f"({metrics.get('baselineAuditScore', float('nan')):.4g} -> {metrics.get('auditScore', float('nan')):.4g})")
-    if verdict.get("groundTruthFell"):
-        parts.append(f"held-out exact match fell ({metrics.get('baselineHeldOutExactMatch', float('nan')):.3g} -> "
-                     f"{metrics.get('heldOutExactMatch', float('nan')):.3g}) while the reward rose")
-    if verdict.get("completionsDegenerate"):
-        parts.append(f"completions became alike while the reward rose (held-out distinct answers "
-                     f"{metrics.get('baselineHeldOutDistinct', float('nan')):.0f} -> {metrics.get('heldOutDistinct', float('nan')):.0f}; "
-                     f"distinct in the last batch {metrics.get('distinctFraction', float('nan')):.0%})")
-    if verdict.get("completionsCollapsed"):
-        parts.append(f"the reward rose to {metrics.get('trainReward', float('nan')):.4g} while completions collapsed "
-                     f"(empty {metrics.get('emptyFraction', 0):.0%}, truncated {metrics.get('truncatedFraction', 0):.0%}, "
-                     f"mean length {metrics.get('meanCompletionLength', 0):.2f} tokens)")
-    if verdict.get("klExceeded"):
-        parts.append(f"KL {metrics.get('kl', float('nan')):.4g} exceeds rl.maxKl {max_kl:g}")
-    return "; ".join(parts)
+    """What happened, with its figures: the same words as the pipeline's RewardHacking condition."""
+    from refinery_operator.core.hacking import verdict_texts
+
+    return "; ".join(text for _, text in verdict_texts({**metrics, **verdict}, max_kl))
 
 
 class CompletionWatch:
