@@ -131,9 +131,12 @@ class MetricsLogCallback(TrainerCallback):
         self.clock = clock
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        line = {"step": state.global_step, "time": round(self.clock(), 3)}
+        if state.is_world_process_zero and logs:
+            self.append(state.global_step, logs)
+
+    def append(self, step: int, logs: dict) -> None:
+        """One line: the step, the time, and every number of `logs`."""
+        line = {"step": step, "time": round(self.clock(), 3)}
         for key, value in logs.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 line[key] = value if math.isfinite(value) else None

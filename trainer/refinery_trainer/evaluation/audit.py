@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -174,22 +174,18 @@ class HeldOutWatch(TrainerCallback):
                  f", exact match {point.exact_match:.3f}" if point.exact_match is not None else "", point.distinct, point.n)
         if not self.ctx.is_main_process:
             return
-        from refinery_operator.api.run import METRICS_LOG_FILE
-
-        line = {"step": point.step, "held_out_reward": point.reward, "held_out_distinct": point.distinct / max(1, point.n)}
+        line = {"held_out_reward": point.reward, "held_out_distinct": point.distinct / max(1, point.n)}
         line.update({f"held_out_rewards/{k}": v for k, v in point.reward_means.items()})
         if point.audit is not None:
             line["held_out_audit"] = point.audit
         if point.exact_match is not None:
             line["held_out_exact_match"] = point.exact_match
+        from ..callbacks import MetricsLogCallback
         from ..metrics import process_metrics
 
         if (registry := process_metrics()) is not None:  # Prometheus: refinery_trainer_held_out{measure=...}
-            registry.on_log({k: v for k, v in line.items() if k != "step"})
-        path = self.ctx.attempt_dir / METRICS_LOG_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(line) + "\n")
+            registry.on_log(line)
+        MetricsLogCallback(self.ctx).append(point.step, line)
 
     def _save_best(self, model, point: Point) -> None:
         self.best = {"step": point.step, "audit": point.audit}
@@ -248,6 +244,3 @@ def _standard_error(values: list[float]) -> float:
     m = _mean(values)
     return math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1) / n)
 
-
-def points_json(points: list[Point]) -> list[dict]:
-    return [asdict(p) for p in points]

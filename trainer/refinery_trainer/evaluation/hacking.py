@@ -92,9 +92,8 @@ class CompletionWatch:
 class HackingWatch(TrainerCallback):
     """Reads each training log: reports the completion statistics and the verdict; stops on it if asked."""
 
-    def __init__(self, ctx, rl, completions: CompletionWatch, max_completion_length: int, held_out=None):
+    def __init__(self, ctx, rl, completions: CompletionWatch, held_out=None):
         self.ctx, self.rl, self.completions, self.held_out = ctx, rl, completions, held_out
-        self.max_completion_length = max_completion_length
         self.first_reward: float | None = None
         self.stopped: str | None = None  # why training was stopped
 

@@ -8,7 +8,7 @@ text and the prompts' other columns (the reference among them).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from refinery_operator.api.rewards import RewardSource
@@ -33,7 +33,6 @@ class Reward:
     model: Any = None  # a reward stage's model (kind `model`), frozen
     tokenizer: Any = None
     needs_reference: bool = False
-    means: list[float] = field(default_factory=list)  # batch means seen by `trl_func`, newest last
 
     def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> list[float]:
         if self.needs_reference and columns.get(REFERENCE) is None:
@@ -48,9 +47,7 @@ class Reward:
 
         def reward(prompts, completions, **kwargs) -> list[float]:
             columns = {k: v for k, v in kwargs.items() if k not in TRL_KWARGS}
-            values = self.score(prompts, [completion_text(c) for c in completions], columns)
-            self.means.append(sum(values) / max(1, len(values)))
-            return values
+            return self.score(prompts, [completion_text(c) for c in completions], columns)
 
         reward.__name__ = self.name  # TRL logs rewards/<name>/mean after it
         return reward, None

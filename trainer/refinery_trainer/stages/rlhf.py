@@ -76,7 +76,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     ctx.report(metrics={**ctx.reporter.record.metrics, **watch.metrics()})
 
     completions = CompletionWatch(group=rl.num_generations)
-    hacking = HackingWatch(ctx, rl, completions, rl.max_completion_length, held_out=watch)
+    hacking = HackingWatch(ctx, rl, completions, held_out=watch)
     if rl.algorithm == "ppo":  # our own loop: TRL 1.16 has no PPO
         from .. import ppo
 
