@@ -1,5 +1,5 @@
-"""Pretraining on shards (a folder of JSONL/txt files, as a fetched s3:// prefix lands): tokenized
-once into the stage folder, read as memory-mapped blocks; the model learns; a resumed attempt
+"""Pretraining on shards (a folder of JSONL/txt files, as a fetched s3:// prefix lands): each shard
+tokenized once into the stage folder, read as memory-mapped blocks; the model learns; a resumed attempt
 finds the tokens complete and tokenizes nothing."""
 
 from __future__ import annotations
@@ -32,19 +32,21 @@ def test_sharded_corpus_is_tokenized_once_and_learned(workspace):
     stage_dir = workspace / "p" / "pretrain"
     result = read_json(stage_dir / "result.json")
     assert result["metrics"]["evalLoss"] < result["metrics"]["initialEvalLoss"] - 1.0
-    [tokens] = [p for p in (stage_dir / "tokenized").iterdir() if (p / MARKER).is_file()]
-    marker = read_json(tokens / MARKER)
-    assert marker["files"] == ["part-000.jsonl", "part-001.jsonl", "part-002.jsonl", "part-003.txt"]
-    assert (tokens / TOKENS).stat().st_size == marker["tokens"] * 2  # uint16: a 384-token vocabulary
+    [tokenizer_dir] = list((stage_dir / "tokenized").iterdir())  # one tokenizer: one folder of shards
+    shards = sorted(tokenizer_dir.iterdir(), key=lambda p: read_json(p / MARKER)["file"])
+    markers = [read_json(p / MARKER) for p in shards]
+    assert [m["file"] for m in markers] == ["part-000.jsonl", "part-001.jsonl", "part-002.jsonl", "part-003.txt"]
+    for shard, marker in zip(shards, markers):  # uint16: a 384-token vocabulary
+        assert (shard / TOKENS).stat().st_size == marker["tokens"] * 2
 
     # A second attempt that trains on (resumes from checkpoint-40): the same tokens, not rewritten.
-    written = (tokens / TOKENS).stat().st_mtime_ns
+    written = [(p / TOKENS).stat().st_mtime_ns for p in shards]
     run = stage_run(workspace, "pretrain", "pretrain", data={"path": "data/shards"}, model=TINY_MODEL,
                     training={"maxSteps": 50, "saveSteps": 20}, attempt=2)
     assert cli.main(["run", "--config", str(write_config(workspace / "a2.yaml", run))]) == 0
     assert read_json(stage_dir / "progress.json")["resumedFrom"]["step"] == 40
-    assert [p.name for p in (stage_dir / "tokenized").iterdir()] == [tokens.name]
-    assert (tokens / TOKENS).stat().st_mtime_ns == written
+    assert list((stage_dir / "tokenized").iterdir()) == [tokenizer_dir]
+    assert [(p / TOKENS).stat().st_mtime_ns for p in shards] == written
 
 
 def test_only_rank_0_tokenizes_and_the_other_ranks_wait_for_its_marker(tmp_path, monkeypatch):
@@ -67,11 +69,11 @@ def test_only_rank_0_tokenizes_and_the_other_ranks_wait_for_its_marker(tmp_path,
     waiter.start()
     waiter.join(timeout=0.3)
     assert waiter.is_alive() and not (tmp_path / "cache").exists()  # rank 1 waits and writes nothing
-    folder = corpus.tokenize_once(files, tokenizer, "text", tmp_path / "cache", rank=0)
+    [folder] = corpus.tokenize_once(files, tokenizer, "text", tmp_path / "cache", rank=0)
     waiter.join(timeout=10)
-    assert got["rank1"] == folder and (folder / MARKER).is_file()
+    assert got["rank1"] == [folder] and (folder / MARKER).is_file()
     assert set(writers) == {threading.current_thread().name}  # every batch written by rank 0
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]  # no second copy, no leftovers
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no second copy, no leftovers
 
 
 def test_a_rank_whose_corpus_key_rank_0_never_writes_fails_instead_of_waiting_forever(tmp_path, monkeypatch):
@@ -83,4 +85,4 @@ def test_a_rank_whose_corpus_key_rank_0_never_writes_fails_instead_of_waiting_fo
     monkeypatch.setattr(corpus, "WAIT_POLL_S", 0.01)
     monkeypatch.setattr(corpus, "KEY_GRACE_S", 0.05)
     with pytest.raises(DataError, match="the ranks built different tokenizers"):
-        corpus.wait_for_tokens(tmp_path / "cache" / "0123abcd")
+        corpus.wait_for_tokens([tmp_path / "cache" / "0123abcd" / "4567ef"])

@@ -6,6 +6,7 @@
     refinery-train launch --wait-for HOST -- torchrun ...   # multi-node pods: wait for rank 0, then exec (launch.py)
     refinery-train prune --stage-dir DIR --keep-last N       # checkpoint retention on the volume (prune.py)
     refinery-train fetch --config fetch.json                 # fetch remote sources once, check every input (sources/)
+    refinery-train tokenize --config stage.yaml --index I --of N   # slice I of a corpus' shards (sources/tokenize.py)
 
 Exit codes: 0 success (result.json written); 1 the stage failed — a known cause (bad data, NaN
 loss …) prints one message without a traceback, anything else keeps its traceback; 2 the config
@@ -51,11 +52,12 @@ class ConfigError(Exception):
     """The StageRun file is missing, unreadable or invalid."""
 
 
-# Tools with their own parsers and no StageRun: the multi-node launcher and checkpoint retention.
+# Tools with their own parsers: the multi-node launcher, checkpoint retention, the inputs check, tokenizing.
 TOOLS: dict[str, str] = {
     "launch": "refinery_trainer.launch",
     "prune": "refinery_trainer.prune",
     "fetch": "refinery_trainer.sources.fetch",
+    "tokenize": "refinery_trainer.sources.tokenize",
 }
 
 

@@ -1,15 +1,24 @@
-"""A pretraining corpus too big for memory: documents streamed shard by shard, tokenized once
-into a flat token file on the volume, and read back as memory-mapped blocks of `seqLen`.
+"""A pretraining corpus too big for memory: documents streamed shard by shard, each shard
+tokenized once into a token file of its own on the volume, and the shards' token files read back,
+in shard order, as one sequence of memory-mapped blocks of `seqLen`.
 
     files = data_files(Path(".../files"))                     # every shard, in name order
-    tokens = tokenize_once(files, tokenizer, "text", cache)   # a marker makes it complete
-    train = PackedBlocks(tokens, seq_len)                     # map-style, nothing loaded
+    shards = tokenize_once(files, tokenizer, "text", cache)   # one folder per shard, marker last
+    train = PackedBlocks(shards, seq_len)                     # map-style, nothing loaded
 
-The token file is keyed by the data (each shard's name, size and mtime) and the tokenizer (a
-hash of its vocabulary and merges), so a retry, a resumed attempt or a later stage over the same
-data finds it complete and tokenizes nothing. Blocks are a map-style dataset over an `np.memmap`
-rather than an iterable one: a resumed attempt seeks to its step (the sampler skips indices)
-instead of replaying the stream, and the page cache, not the process, holds what was read.
+Layout: `<cache>/<tokenizer key>/<shard key>/{tokens.bin, refinery-tokens-complete.json}`. The
+tokenizer key hashes the tokenizer (vocabulary and merges) and the text field; a shard's key its
+path under the corpus folder, size and mtime. So a retry, a resumed attempt, a later stage over
+the same data or another worker finds a shard complete and tokenizes it no more, and a big corpus
+can be tokenized by N workers at once, each its own slice of shards (`slice_of`, the
+`refinery-train tokenize` step: sources/tokenize.py), with never two writers of one shard.
+
+Several files rather than one merged file: merging would copy the whole corpus once more (a
+terabyte read and written again, after the parallel step, by one writer), and a shard added to a
+corpus would rewrite everything. Reading several files costs one `searchsorted` per block.
+Blocks are a map-style dataset over `np.memmap`s rather than an iterable one: a resumed attempt
+seeks to its step (the sampler skips indices) instead of replaying the stream, and the page
+cache, not the process, holds what was read.
 """
 
 from __future__ import annotations
@@ -18,8 +27,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +42,9 @@ MARKER = "refinery-tokens-complete.json"
 TOKENS = "tokens.bin"
 BATCH_DOCS = 512  # documents per tokenizer call (the fast tokenizer parallelises within one)
 STREAM_BYTES = 64 << 20  # a single file above this size is streamed instead of read whole
-WAIT_POLL_S = 1.0  # how often a rank other than 0 looks for rank 0's marker
-KEY_GRACE_S = 600.0  # a rank gives up when rank 0 has not even started on its corpus key by then
+WAIT_POLL_S = 1.0  # how often a rank other than 0 looks for rank 0's markers
+KEY_GRACE_S = 600.0  # a rank gives up when rank 0 has not even started on its tokenizer key by then
+OPEN_SHARDS = 256  # token files kept memory-mapped at once (each mapping holds a file descriptor)
 
 log = logging.getLogger(__name__)
 
@@ -76,40 +88,78 @@ def _text(row, field: str, path: Path, number: int) -> str:
     return row[field]
 
 
-def corpus_key(files: list[Path], tokenizer, text_field: str) -> str:
-    """A hash of what the tokens depend on: the shards as they are now, the tokenizer, the field."""
+# ----------------------------------------------------------------------------------------------
+# keys and slices
+
+
+def tokenizer_key(tokenizer, text_field: str) -> str:
+    """A hash of what every shard's tokens depend on besides the shard: the tokenizer and the field."""
     h = hashlib.sha256(text_field.encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     h.update(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer") else
              json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     return h.hexdigest()[:20]
 
 
-def tokenize_once(files: list[Path], tokenizer, text_field: str, cache_dir: Path, rank: int | None = None) -> Path:
-    """The folder of the corpus' tokens (BOS doc EOS, concatenated), tokenizing only if needed.
+def shard_names(files: Sequence[Path]) -> list[str]:
+    """Each shard's path under the corpus' common folder (shards of subfolders may share a name)."""
+    if len(files) == 1:
+        return [files[0].name]
+    root = Path(os.path.commonpath([str(f) for f in files]))
+    return [str(f.relative_to(root)) for f in files]
 
-    Only the global rank 0 (`RANK`, as torchrun sets it) writes; every other rank waits for its
-    marker. Before, each rank tokenized the whole corpus into a folder of its own and renamed it
-    into place, so ranks raced on one folder (one could delete another's renamed, not yet marked
-    copy as "partial") and N ranks did N times the work.
-    """
-    folder = cache_dir / corpus_key(files, tokenizer, text_field)
-    if (folder / MARKER).is_file():
-        return folder
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-    if rank != 0:
-        return wait_for_tokens(folder)
-    tmp = cache_dir / f".{folder.name}.tmp-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
+
+def shard_key(path: Path, name: str) -> str:
+    """The shard as it is now: its name, size and mtime (a rewritten shard gets a new key)."""
+    st = path.stat()
+    return hashlib.sha256(f"{name}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:20]
+
+
+def shard_folders(files: Sequence[Path], tokenizer, text_field: str, cache_dir: Path) -> list[Path]:
+    """Where each shard's tokens go, in shard order."""
+    root = cache_dir / tokenizer_key(tokenizer, text_field)
+    return [root / shard_key(f, name) for f, name in zip(files, shard_names(files))]
+
+
+def slice_of(files: Sequence[Path], index: int, of: int) -> list[int]:
+    """The shards (indices into `files`) worker `index` of `of` tokenizes: the biggest shard first,
+    each to the worker with the fewest bytes so far (LPT), so one worker does not get all the big
+    shards. Deterministic: every worker computes the same split from the same listing."""
+    if not 0 <= index < of:
+        raise ValueError(f"worker index {index} is not in [0, {of})")
+    load = [0] * of
+    mine = []
+    for i in sorted(range(len(files)), key=lambda i: (-files[i].stat().st_size, i)):
+        worker = min(range(of), key=lambda w: (load[w], w))
+        load[worker] += files[i].stat().st_size
+        if worker == index:
+            mine.append(i)
+    return sorted(mine)
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def tokenize_shard(path: Path, folder: Path, tokenizer, text_field: str) -> int:
+    """Tokenize one shard into `folder` (BOS doc EOS per document, concatenated); returns its tokens.
+
+    The caller is the shard's only writer (its slice, or rank 0). The tokens go to a temporary
+    folder named for this host and process, are fsynced and renamed into place, and the marker is
+    written last: a folder without one is a killed attempt's and is replaced."""
+    tmp = folder.parent / f".{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.uint32
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     count = 0
     with open(tmp / TOKENS, "wb") as out:
         batch: list[str] = []
-        for doc in documents(files, text_field):
+        for doc in documents([path], text_field):
             batch.append(doc)
             if len(batch) == BATCH_DOCS:
                 count += _write(out, tokenizer, batch, bos, eos, dtype)
@@ -117,34 +167,12 @@ def tokenize_once(files: list[Path], tokenizer, text_field: str, cache_dir: Path
         if batch:
             count += _write(out, tokenizer, batch, bos, eos, dtype)
     fsync_tree(tmp)
-    import shutil
-
-    if (folder / MARKER).is_file():  # another rank finished first: keep its copy
-        shutil.rmtree(tmp)
-        return folder
     if folder.exists():  # a partial folder of an earlier, killed attempt
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     atomic_write_text(folder / MARKER, json.dumps({"tokens": count, "dtype": np.dtype(dtype).name,
-                                                   "files": [f.name for f in files]}) + "\n")
-    return folder
-
-
-def wait_for_tokens(folder: Path) -> Path:
-    """Wait until rank 0 marks `folder` complete. No deadline while rank 0 works on it (a big corpus
-    takes hours; when rank 0 fails, torchrun ends every rank); but if after `KEY_GRACE_S` rank 0 is
-    not writing this folder at all, the ranks keyed the corpus differently (each trains its own BPE
-    for a `config` model, which should come out the same) and waiting would never end."""
-    waited, poll_s = 0.0, WAIT_POLL_S
-    while not (folder / MARKER).is_file():
-        if waited >= KEY_GRACE_S and not folder.exists() and not any(folder.parent.glob(f".{folder.name}.tmp-*")):
-            raise DataError(f"rank 0 is not tokenizing the corpus into {folder} after {waited:.0f} s: the ranks built "
-                            "different tokenizers from the same data (set model.tokenizer to a saved one)")
-        if waited and waited % 60 < poll_s:
-            log.info("waiting for rank 0 to tokenize the corpus into %s (%.0f s)", folder, waited)
-        time.sleep(poll_s)
-        waited += poll_s
-    return folder
+                                                   "file": path.name, "bytes": path.stat().st_size}) + "\n")
+    return count
 
 
 def _write(out, tokenizer, texts: list[str], bos: list[int], eos: list[int], dtype) -> int:
@@ -157,22 +185,112 @@ def _write(out, tokenizer, texts: list[str], bos: list[int], eos: list[int], dty
     return len(flat)
 
 
-class PackedBlocks:
-    """Blocks `[start, stop)` of `seq_len` tokens from a token folder; items as the Trainer takes them."""
+def tokenize_slice(files: Sequence[Path], tokenizer, text_field: str, cache_dir: Path, index: int = 0,
+                   of: int = 1) -> dict[str, int]:
+    """Worker `index` of `of`: tokenize the shards of its slice not yet complete. Returns counts
+    (`shards` in the slice, `tokenized`, `skipped`: complete before, from an earlier attempt)."""
+    folders = shard_folders(files, tokenizer, text_field, cache_dir)
+    mine = slice_of(files, index, of)
+    counts = {"shards": len(mine), "tokenized": 0, "skipped": 0, "tokens": 0}
+    for n, i in enumerate(mine, start=1):
+        if is_complete(folders[i]):
+            counts["skipped"] += 1
+            continue
+        counts["tokens"] += tokenize_shard(files[i], folders[i], tokenizer, text_field)
+        counts["tokenized"] += 1
+        log.info("tokenized shard %s (%d of %d in worker %d's slice)", files[i], n, len(mine), index)
+    return counts
 
-    def __init__(self, folder: Path, seq_len: int, start: int = 0, stop: int | None = None):
-        marker = json.loads((folder / MARKER).read_text())
-        self.tokens = np.memmap(folder / TOKENS, dtype=marker["dtype"], mode="r")
+
+def tokenize_once(files: list[Path], tokenizer, text_field: str, cache_dir: Path, rank: int | None = None) -> list[Path]:
+    """The token folders of the corpus' shards, in order, tokenizing only the shards not complete
+    (none, after a `refinery-train tokenize` step or an earlier attempt).
+
+    Only the global rank 0 (`RANK`, as torchrun sets it) writes; every other rank waits for its
+    markers. Before, each rank tokenized the whole corpus into a folder of its own and renamed it
+    into place, so ranks raced on one folder and N ranks did N times the work.
+    """
+    folders = shard_folders(files, tokenizer, text_field, cache_dir)
+    if all(is_complete(f) for f in folders):
+        return folders
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    if rank != 0:
+        return wait_for_tokens(folders)
+    counts = tokenize_slice(files, tokenizer, text_field, cache_dir)
+    log.info("tokenized %d shard(s), %d complete before", counts["tokenized"], counts["skipped"])
+    return folders
+
+
+def wait_for_tokens(folders: list[Path]) -> list[Path]:
+    """Wait until rank 0 marks every shard complete. No deadline while rank 0 works on them (a big
+    corpus takes hours; when rank 0 fails, torchrun ends every rank); but if after `KEY_GRACE_S`
+    rank 0 has not written a single shard for this tokenizer, the ranks keyed the corpus
+    differently (each trains its own BPE for a `config` model, which should come out the same)
+    and waiting would never end."""
+    root = folders[0].parent
+    waited, poll_s = 0.0, WAIT_POLL_S
+    while not all(is_complete(f) for f in folders):
+        if waited >= KEY_GRACE_S and not root.exists():
+            raise DataError(f"rank 0 is not tokenizing the corpus into {root} after {waited:.0f} s: the ranks built "
+                            "different tokenizers from the same data (set model.tokenizer to a saved one)")
+        if waited and waited % 60 < poll_s:
+            log.info("waiting for rank 0 to tokenize the corpus into %s (%.0f s)", root, waited)
+        time.sleep(poll_s)
+        waited += poll_s
+    return folders
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+
+class PackedBlocks:
+    """Blocks `[start, stop)` of `seq_len` tokens of the shards' token files read as one sequence
+    (a block may span two shards, as it would in one file); items as the Trainer takes them."""
+
+    def __init__(self, folders: Path | Sequence[Path], seq_len: int, start: int = 0, stop: int | None = None):
+        folders = [folders] if isinstance(folders, Path) else list(folders)
+        markers = [json.loads((f / MARKER).read_text()) for f in folders]
+        self.paths = [f / TOKENS for f in folders]
+        self.dtypes = [m["dtype"] for m in markers]
+        # offsets[k]: the first token of shard k in the whole sequence; offsets[-1]: all tokens
+        self.offsets = np.concatenate([[0], np.cumsum([m["tokens"] for m in markers])]).astype(np.int64)
         self.seq_len = seq_len
-        total = len(self.tokens) // seq_len
+        total = int(self.offsets[-1]) // seq_len
         self.start, self.stop = start, total if stop is None else min(stop, total)
+        self._open: dict[int, np.memmap] = {}  # shard -> its mapping, at most OPEN_SHARDS (oldest closed first)
+
+    def _tokens(self, k: int) -> np.ndarray:
+        mapped = self._open.get(k)
+        if mapped is None:
+            if len(self._open) >= OPEN_SHARDS:
+                del self._open[next(iter(self._open))]
+            mapped = self._open[k] = np.memmap(self.paths[k], dtype=self.dtypes[k], mode="r")
+        return mapped
+
+    def __getstate__(self) -> dict:  # a DataLoader worker started by spawn maps the files again
+        return {**self.__dict__, "_open": {}}
 
     @classmethod
-    def blocks_in(cls, folder: Path, seq_len: int) -> int:
-        return len(cls(folder, seq_len))
+    def blocks_in(cls, folders: Path | Sequence[Path], seq_len: int) -> int:
+        return len(cls(folders, seq_len))
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
+
+    def tokens(self, begin: int, end: int) -> np.ndarray:
+        """Tokens `[begin, end)` of the whole sequence (cut at its end), as int64."""
+        end = min(end, int(self.offsets[-1]))
+        k = int(np.searchsorted(self.offsets, begin, side="right")) - 1
+        parts = []
+        while begin < end:
+            local = begin - int(self.offsets[k])
+            take = min(end, int(self.offsets[k + 1])) - begin
+            if take > 0:  # an empty shard (no documents) has no file to map
+                parts.append(self._tokens(k)[local: local + take].astype(np.int64))
+            begin += take
+            k += 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts or [np.zeros(0, np.int64)])
 
     def __getitem__(self, i: int) -> dict:
         import torch
@@ -180,5 +298,5 @@ class PackedBlocks:
         if not 0 <= i < len(self):
             raise IndexError(i)
         offset = (self.start + i) * self.seq_len
-        block = torch.from_numpy(self.tokens[offset: offset + self.seq_len].astype(np.int64))
+        block = torch.from_numpy(self.tokens(offset, offset + self.seq_len))
         return {"input_ids": block, "labels": block.clone()}

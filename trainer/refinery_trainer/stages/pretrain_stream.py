@@ -2,8 +2,10 @@
 large file. Chosen by `pretrain.run` when `data.path` is a folder or a file over 64 MiB.
 
 tokenizer (the model's; for `config`, a BPE trained on the first `TOKENIZER_SAMPLE_DOCS`
-documents) → tokens written once to `<stage>/tokenized/<key>/` (sources/corpus.py) → memory-mapped
-blocks of `seqLen` → Trainer. The held-out blocks are `data.evalPath`'s, else the last
+documents) → each shard's tokens written once to `<stage>/tokenized/<tokenizer key>/<shard key>/`
+(sources/corpus.py; by the stage's rank 0, or before the stage by the parallel `refinery-train
+tokenize` step, sources/tokenize.py, when `data.tokenize.workers` is set) → memory-mapped blocks of
+`seqLen` across the shards' token files → Trainer. The held-out blocks are `data.evalPath`'s, else the last
 `evalFraction` of the corpus' blocks (at most `MAX_EVAL_BLOCKS`), which training never sees.
 """
 
@@ -28,25 +30,45 @@ def wants_streaming(path: Path) -> bool:
     return path.is_dir() or (path.is_file() and path.stat().st_size > STREAM_BYTES)
 
 
+def tokens_dir(ctx: StageContext) -> Path:
+    """Where the stage's shards' tokens go (the tokenize step writes there too)."""
+    return ctx.stage_dir / TOKENIZED_DIR
+
+
+def corpora(ctx: StageContext) -> list[list[Path]]:
+    """The shards to tokenize: the training corpus', then `evalPath`'s when set."""
+    spec = ctx.data
+    return [data_files(ctx.data_file(p)) for p in (spec.path, spec.eval_path) if p]
+
+
+def corpus_tokenizer(ctx: StageContext, files: list[Path]):
+    """The tokenizer the corpus is tokenized with: the model's, or (`config`) a BPE trained on the
+    first `TOKENIZER_SAMPLE_DOCS` documents — deterministic, so the tokenize step's workers and the
+    stage build the same one and key the same token files (a worker that did not would only make
+    the stage tokenize those shards itself)."""
+    from .pretrain import _tokenizer
+
+    sample = list(itertools.islice(documents(files, ctx.data.text_field), TOKENIZER_SAMPLE_DOCS))
+    if not sample:
+        raise DataError(f"{ctx.data.path}: no documents")
+    return _tokenizer(ctx, sample)
+
+
 def run(ctx: StageContext) -> dict[str, float]:
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from .pretrain import _model, _tokenizer
+    from .pretrain import _model
 
     spec = ctx.data
     files = data_files(ctx.data_file(spec.path))
-    sample = list(itertools.islice(documents(files, spec.text_field), TOKENIZER_SAMPLE_DOCS))
-    if not sample:
-        raise DataError(f"{spec.path}: no documents")
-    tokenizer = _tokenizer(ctx, sample)
-    del sample
+    tokenizer = corpus_tokenizer(ctx, files)
     model = _model(ctx, tokenizer)
     seq_len = min(ctx.training.seq_len, model.config.max_position_embeddings)
-    cache = ctx.stage_dir / TOKENIZED_DIR
+    cache = tokens_dir(ctx)
     tokens = tokenize_once(files, tokenizer, spec.text_field, cache)
     if spec.eval_path:
         train = PackedBlocks(tokens, seq_len)
-        held_out = PackedBlocks(tokenize_once(data_files(ctx.data_file(spec.eval_path)), tokenizer, spec.text_field, cache),
+        held_out = PackedBlocks(tokenize_once(corpora(ctx)[1], tokenizer, spec.text_field, cache),
                                 seq_len, stop=MAX_EVAL_BLOCKS)
     else:
         total = PackedBlocks.blocks_in(tokens, seq_len)
