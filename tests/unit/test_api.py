@@ -88,6 +88,10 @@ BAD_MANIFESTS = [
     ("no stages", lambda m: m["spec"].update({"stages": []}), "spec.stages", False),
     ("rloo with one generation", lambda m: m["spec"]["stages"][3].update({"rl": {"numGenerations": 1}}), "spec.stages[3].rl", True),
     ("dpo settings on an sft stage", lambda m: m["spec"]["stages"][1].update({"dpo": {"beta": 0.1}}), "spec.stages[1]", True),
+    ("a tokenize step on an sft stage", lambda m: m["spec"]["stages"][1]["data"].update({"tokenize": {"workers": 2}}),
+     "spec.stages[1]", True),
+    ("no tokenize workers", lambda m: m["spec"]["stages"][0]["data"].update({"tokenize": {"workers": 0}}),
+     "spec.stages[0].data.tokenize.workers", False),
 ]
 
 
@@ -186,3 +190,27 @@ def test_cel_rules_stay_within_the_api_servers_cost_budget():
     # The lists and strings those rules walk are bounded, or the real estimate is unbounded.
     assert spec["properties"]["stages"]["maxItems"] == MAX_STAGES
     assert stage["properties"]["name"]["maxLength"] == STAGE_NAME_MAX
+
+
+@pytest.mark.parametrize(("tokenize", "message"), [
+    ({"workers": 0}, "spec.stages[0].data.tokenize.workers: Input should be greater than or equal to 1"),
+    ({"workers": 257}, "spec.stages[0].data.tokenize.workers: Input should be less than or equal to 256"),
+    ({}, "spec.stages[0].data.tokenize.workers: Field required"),
+    ({"workers": 2, "cpu": "lots"}, "spec.stages[0].data.tokenize.cpu: String should match pattern"),
+])
+def test_a_bad_tokenize_step_is_rejected_with_what_to_change(tokenize, message):
+    manifest = make_pipeline().stage("pretrain", "pretrain").manifest()
+    manifest["spec"]["stages"][0]["data"]["tokenize"] = tokenize
+    with pytest.raises(InvalidManifest) as caught:
+        parse_pipeline(manifest)
+    assert any(p.startswith(message) for p in caught.value.problems), caught.value.problems
+
+
+def test_a_tokenize_step_on_another_stage_type_says_it_is_for_pretrain_only():
+    manifest = chat_pipeline().manifest()
+    manifest["spec"]["stages"][1]["data"]["tokenize"] = {"workers": 4}
+    with pytest.raises(InvalidManifest) as caught:
+        parse_pipeline(manifest)
+    assert caught.value.problems == ["spec.stages[1]: `data.tokenize` is only valid on pretrain stages: only a streamed "
+                                     "pretraining corpus is tokenized ahead of its stage"]
+    assert evaluate_cel_rules(manifest["spec"]) == [f"spec.stages[1]: {caught.value.problems[0].split(': ', 1)[1]}"]

@@ -18,6 +18,7 @@ import yaml
 from .sources import CEL_KNOWN_SCHEME, UNKNOWN_SCHEME_MESSAGE
 from .v1alpha1 import (
     GROUP, KIND, PACKING_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, RLHF_INPUTS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
+    TOKENIZE_ONLY_PRETRAIN_MESSAGE,
     VERSION, VLLM_GPU_MESSAGE, PipelineSpec, PipelineStatus,
 )
 from .evaluation import SAMPLES_NEED_TEMPERATURE_MESSAGE
@@ -80,6 +81,10 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         {
             "rule": "self.type != 'pretrain' || !has(self.training) || !has(self.training.lora)",
             "message": "`training.lora` is not valid on pretrain stages: pretraining trains every weight",
+        },
+        {
+            "rule": "self.type == 'pretrain' || !has(self.data) || !has(self.data.tokenize)",
+            "message": TOKENIZE_ONLY_PRETRAIN_MESSAGE,
         },
         {
             "rule": "self.type == 'sft' || !has(self.training) || !has(self.training.packing)",

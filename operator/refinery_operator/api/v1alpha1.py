@@ -88,6 +88,27 @@ class ModelSource(ApiModel):
         return checked_source(value)
 
 
+MAX_TOKENIZE_WORKERS = 256  # pods of a tokenize step (each its slice of the shards)
+TOKENIZE_ONLY_PRETRAIN_MESSAGE = ("`data.tokenize` is only valid on pretrain stages: only a streamed pretraining "
+                                  "corpus is tokenized ahead of its stage")
+
+
+class TokenizeSpec(ApiModel):
+    """The pretrain stage's streamed corpus tokenized before the stage, by several workers at once."""
+
+    workers: int = Field(
+        ..., ge=1, le=MAX_TOKENIZE_WORKERS,
+        description="Workers tokenizing the corpus' shards in parallel, each its slice (shards balanced by size): "
+        "pods of an Indexed Job on a cluster, processes in local mode. A retry skips the shards already "
+        "complete. More workers than shards leaves the extra ones idle.",
+    )
+    cpu: str = Field("1", max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit of each worker pod.")
+    memory: str = Field(
+        "2Gi", max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?)?$",
+        description="Memory request and limit of each worker pod (one shard's token list is held at a time).",
+    )
+
+
 class DataSpec(ApiModel):
     """A dataset on the volume. Column names follow TRL's conventions."""
 
@@ -108,6 +129,12 @@ class DataSpec(ApiModel):
         0.1, gt=0, lt=1, description="Share of `path` held out for evaluation when `evalPath` is not set."
     )
     text_field: str = Field("text", max_length=63, description="Column with raw text (pretrain).")
+    tokenize: TokenizeSpec | None = Field(
+        None,
+        description="pretrain on a streamed corpus (a folder of shards, or one file over 64 MiB): tokenize it as a "
+        "step of its own before the stage, with `workers` in parallel (an Indexed Job), instead of by the stage's "
+        "rank 0 while the GPUs wait. The stage then reads the token files the step wrote.",
+    )
     prompt_field: str = Field("prompt", max_length=63, description="Column with the prompt (sft, rlhf, dpo).")
     completion_field: str = Field("completion", max_length=63, description="Column with the response (sft).")
     messages_field: str = Field(
@@ -307,6 +334,8 @@ class Stage(ApiModel):
             raise ValueError("`rl` is only valid on rlhf stages")
         if self.dpo is not None and self.type != StageType.dpo:
             raise ValueError("`dpo` is only valid on dpo stages")
+        if self.data.tokenize is not None and self.type != StageType.pretrain:
+            raise ValueError(TOKENIZE_ONLY_PRETRAIN_MESSAGE)
         if self.training.lora is not None and self.type == StageType.pretrain:
             raise ValueError("`training.lora` is not valid on pretrain stages: pretraining trains every weight")
         if self.training.packing is not None and self.type != StageType.sft:
