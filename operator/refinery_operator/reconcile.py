@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import builders, builders_sources, metrics
+from . import builders, builders_sources, builders_tokenize, metrics
 from .api.load import explain
 from .api.run import PROGRESS_FILE, FetchResult, ProgressRecord
 from .api.v1alpha1 import PipelineStatus, TrainingPipeline
@@ -40,6 +40,7 @@ from .core.sources import (
     initializer_record_name, record_inputs_check, source_failure_status,
 )
 from .core.summary import invalid_spec_status
+from .core.tokenize import TokenizeAttempt
 from .core.reruns import RERUN_ANNOTATION
 from .k8s import JOBS, PIPELINES, Cluster, StatusConflict
 
@@ -185,16 +186,22 @@ def observe(pipeline: TrainingPipeline, jobs: Sequence[Mapping[str, Any]], confi
             rerun_request: str | None = None) -> Observed:
     stages = {s.name for s in pipeline.spec.run_stages}  # the export step's Job and progress too
     attempts: dict[str, list[AttemptState]] = {}
+    tokenize: dict[str, list[TokenizeAttempt]] = {}
     for job in jobs:
-        stage = ((job.get("metadata") or {}).get("labels") or {}).get(builders.LABEL_STAGE)
+        labels = (job.get("metadata") or {}).get("labels") or {}
+        stage = labels.get(builders.LABEL_STAGE)
         if stage in stages:
             attempts.setdefault(stage, []).append(attempt_state(job))
+        elif (tokenized := labels.get(builders_tokenize.LABEL_TOKENIZE)) in stages:  # a stage's tokenize step
+            tokenize.setdefault(tokenized, []).append(TokenizeAttempt(
+                int(labels.get(builders_tokenize.LABEL_RUN, "0")), attempt_state(job),
+                int((job.get("status") or {}).get("succeeded") or 0)))
     records: dict[str, ProgressRecord] = {}
     for configmap in configmaps:
         stage = ((configmap.get("metadata") or {}).get("labels") or {}).get(builders.LABEL_STAGE)
         if stage in stages and (record := progress_record(configmap)) is not None:
             records[stage] = record
-    return Observed(attempts=attempts, records=records, rerun_request=rerun_request)
+    return Observed(attempts=attempts, records=records, rerun_request=rerun_request, tokenize=tokenize)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,7 +262,7 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
         await stop_attempt(cluster, pipeline, stop)
 
     launched = []
-    if result.launches or launch_initializer:
+    if result.launches or launch_initializer or result.tokenize_launches:
         uid, generation = pipeline.metadata.uid or f"{namespace}/{name}", pipeline.metadata.generation or 0
         if ensured is None or ensured.get(uid) != generation:
             for obj in builders.build_pipeline_objects(pipeline):
@@ -265,6 +272,12 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
         if launch_initializer:
             await cluster.create_if_absent(builders_sources.build_initializer_config(pipeline, launch_initializer))
             job, created = await cluster.create_if_absent(builders_sources.build_initializer_job(pipeline, launch_initializer))
+            children.expect(job)
+            if created:
+                launched.append(job["metadata"]["name"])
+        for step in result.tokenize_launches:  # a pretrain stage's corpus, tokenized before it starts
+            await cluster.create_if_absent(builders_tokenize.build_tokenize_config(pipeline, step))
+            job, created = await cluster.create_if_absent(builders_tokenize.build_tokenize_job(pipeline, step))
             children.expect(job)
             if created:
                 launched.append(job["metadata"]["name"])

@@ -52,6 +52,18 @@ class RestartCounts(ApiModel):
     disruption: int = Field(0, description="Retries after a disruption (pod deleted, evicted, preempted, node lost).")
 
 
+class TokenizeStatus(ApiModel):
+    """A pretrain stage's tokenize step (`data.tokenize`): the Indexed Job before the stage."""
+
+    phase: Phase = Field(Phase.pending, description="Running while a step Job runs; Succeeded once every shard is tokenized.")
+    workers: int = Field(..., description="Workers of each attempt (the Job's parallelism and completions).")
+    attempt: int = Field(0, description="Current attempt of the step (1-based); a retry skips the shards already complete.")
+    job_name: str | None = Field(None, description="The current attempt's Job.")
+    completed_workers: int = Field(0, description="Workers of the current attempt that finished their slice.")
+    retries: int = Field(0, description="Attempts of the step retried after a failure.")
+    last_failure: Failure | None = Field(None, description="Why the newest failed attempt of the step failed.")
+
+
 class StageStatus(ApiModel):
     name: str
     phase: Phase = Phase.pending
@@ -83,6 +95,7 @@ class StageStatus(ApiModel):
     run: int = Field(0, description="Times the stage was re-run (annotation or changed spec); 0 for the first run.")
     first_attempt: int = Field(1, description="The current run's first attempt; older attempts belong to earlier runs.")
     spec_hash: str | None = Field(None, description="Hash of the stage spec (and inputs) the current run trains with.")
+    tokenize: TokenizeStatus | None = Field(None, description="pretrain with `data.tokenize`: its corpus' tokenize step.")
     message: str | None = None
 
 

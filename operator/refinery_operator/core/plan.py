@@ -56,6 +56,7 @@ from .reruns import downstream, requested_stage, spec_hash
 from .hacking import export_hold, set_hacking_condition
 from .judging import set_circular_judge_condition
 from .summary import summarize
+from .tokenize import TokenizeAttempt, TokenizeLaunch, needs_tokenize_step, tokens_gate
 
 AttemptPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 MAX_BACKOFF_FACTOR = 32
@@ -93,6 +94,7 @@ class Observed:
     records: Mapping[str, ProgressRecord] = field(default_factory=dict)  # latest record, per stage
     rerun_request: str | None = None  # the `refinery.dev/rerun-from` annotation
     sources_ready: bool = True  # the pipeline's initializer fetched and checked every input (core/sources.py)
+    tokenize: Mapping[str, Sequence[TokenizeAttempt]] = field(default_factory=dict)  # per stage (core/tokenize.py)
 
     def latest(self, stage: str, first_attempt: int = 1) -> AttemptState | None:
         attempts = [a for a in self.attempts.get(stage) or () if a.attempt >= first_attempt]
@@ -128,6 +130,7 @@ class Plan:
     # Stages that would start now but for the inputs check (Observed.sources_ready): the
     # operator starts the initializer Job for them (core/sources.py).
     waiting_for_inputs: tuple[str, ...] = ()
+    tokenize_launches: tuple[TokenizeLaunch, ...] = ()  # tokenize steps to start before their stage (core/tokenize.py)
 
 
 def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now: datetime) -> Plan:
@@ -146,6 +149,7 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
     launches: list[Launch] = []
     waits: list[float] = []
     waiting_for_inputs: list[str] = []
+    tokenize_launches: list[TokenizeLaunch] = []
     for stage in spec.run_stages:
         if not all(by_name[d].phase == Phase.succeeded and d not in gates for d in stage.dependencies):
             continue
@@ -166,6 +170,14 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
         if not observed.sources_ready:  # would start now, but the inputs are not checked yet
             waiting_for_inputs.append(stage.name)
             continue
+        if needs_tokenize_step(stage):  # its corpus is tokenized first, by a parallel step
+            gate = tokens_gate(pipeline.metadata.name, stage, status, observed.tokenize.get(stage.name, ()),
+                               Launch(stage.name, attempt, status.inputs, status.run), now)
+            status = by_name[stage.name] = gate.status
+            tokenize_launches += [gate.launch] if gate.launch else []
+            waits += [gate.wait_s] if gate.wait_s else []
+            if not gate.ready:
+                continue
         launches.append(Launch(stage.name, attempt, status.inputs, status.run))
         by_name[stage.name] = status.model_copy(update=dict(
             phase=Phase.running, attempt=attempt, job_name=job_name(pipeline.metadata.name, stage.name, attempt),
@@ -196,7 +208,8 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
     set_hacking_condition(pipeline, status, stamp)
     set_circular_judge_condition(pipeline, status, stamp)
     return Plan(status=status, launches=tuple(launches), stops=tuple(stops),
-                requeue_after=round(min(waits), 3) if waits else None, waiting_for_inputs=tuple(waiting_for_inputs))
+                requeue_after=round(min(waits), 3) if waits else None, waiting_for_inputs=tuple(waiting_for_inputs),
+                tokenize_launches=tuple(tokenize_launches))
 
 
 # ----------------------------------------------------------------------------------------------
