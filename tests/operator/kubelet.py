@@ -240,7 +240,11 @@ class Kubelet:
                 pod.exit_code = pod.process.wait() if pod.process is not None else None
                 self._log(f"{pod.name}: exited with {pod.exit_code}")
             failed = next((p for p in pods if p.evicted or p.exit_code != 0), pods[0])
-            await self._patch_status(pods[0].job, self._final_status(failed))
+            final = self._final_status(failed)
+            if pods[0].index is not None:  # Indexed: the controller counts the indexes that succeeded
+                done = [p.index for p in pods if p.exit_code == 0 and not p.evicted]
+                final.update(succeeded=len(done), completedIndexes=",".join(map(str, done)) or None)
+            await self._patch_status(pods[0].job, final)
             self._log(f"{pods[0].job}: status written")
         finally:
             for pod in pods:
