@@ -38,6 +38,7 @@ from ..core.naming import pipeline_root, stage_dir
 from ..core.plan import AttemptState, Observed, plan, rfc3339
 from ..core.sources import InitializerDecision, record_inputs_check, source_failure_status
 from ..core.stage_run import build_stage_run
+from ..core.tokenize import TokenizeAttempt, TokenizeLaunch
 from .display import ProgressDisplay, eval_table, summary_table
 from .initializer import run_initializer
 from .launcher import ForkedProcess, StageLauncher
@@ -78,6 +79,8 @@ class LocalPipeline:
     attempts: dict[str, list[Attempt]] = field(default_factory=dict)
     finished_before: dict[str, AttemptState] = field(default_factory=dict)
     launcher: StageLauncher = field(default_factory=StageLauncher)
+    # stage -> its tokenize steps: (the stage's run, the step's process, its workers)
+    steps: dict[str, list[tuple[int, Attempt, int]]] = field(default_factory=dict)
 
     def observe(self, status: PipelineStatus) -> Observed:
         attempts: dict[str, list[AttemptState]] = {}
@@ -85,7 +88,9 @@ class LocalPipeline:
             attempts[name] = [done]
         for name, started in self.attempts.items():
             attempts.setdefault(name, []).extend(a.state() for a in started)
-        return Observed(attempts=attempts, records=self.read_records(status))
+        tokenize = {name: [TokenizeAttempt(run, a.state(), workers if a.process.poll() == 0 else 0) for run, a, workers in steps]
+                    for name, steps in self.steps.items()}
+        return Observed(attempts=attempts, records=self.read_records(status), tokenize=tokenize)
 
     def progress_file(self, stage: str, run: int) -> Path:
         """Where a stage's processes report (the file the trainer's FileReporter rewrites)."""
@@ -117,9 +122,26 @@ class LocalPipeline:
             Attempt(launch.stage, launch.attempt, process, log_path, now_stamp())
         )
 
+    def start_tokenize(self, step: TokenizeLaunch) -> None:
+        """The stage's tokenize step: one `refinery-train tokenize --workers N` process, whose N
+        worker processes take the slices an Indexed Job's pods would (sources/tokenize.py)."""
+        launch = step.stage_launch
+        run = build_stage_run(self.pipeline, launch, str(self.root), str(self.data_root), None)
+        runs_dir = self.root / ".runs"
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{launch.stage}-tokenize-{launch.run}-{step.attempt}"
+        config, log_path = runs_dir / f"{name}.json", runs_dir / f"{name}.log"
+        config.write_text(json.dumps(run.dump(), indent=2))
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "refinery_trainer", "tokenize", "--config", str(config), "--workers", str(step.workers)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=trainer_environment())
+        self.steps.setdefault(launch.stage, []).append((launch.run, Attempt(name, step.attempt, process, log_path, now_stamp()),
+                                                        step.workers))
+
     def running(self) -> list[Attempt]:
         out = []
-        for started in self.attempts.values():
+        for started in [*self.attempts.values(), *([a for _, a, _ in steps] for steps in self.steps.values())]:
             for attempt in started:
                 if attempt.process.poll() is None:
                     out.append(attempt)
@@ -172,6 +194,8 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
         while True:
             current = pipeline.model_copy(update={"status": status})
             decided = plan(current, local.observe(status), str(root), datetime.now(timezone.utc))
+            for step in decided.tokenize_launches:
+                local.start_tokenize(step)
             for launch in decided.launches:
                 local.start(launch)
             if decided.status != status:

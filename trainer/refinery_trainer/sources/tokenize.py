@@ -50,6 +50,9 @@ def tokenize_worker(run, index: int = 0, of: int = 1) -> dict[str, int]:
 def _worker(run_json: str, index: int, of: int) -> dict[str, int]:
     from refinery_operator.api.run import StageRun
 
+    from .. import cli
+
+    cli._setup_logging("INFO")  # a spawned process starts with no logging set up
     return tokenize_worker(StageRun.model_validate_json(run_json), index, of)
 
 
