@@ -130,3 +130,16 @@ def test_bad_worker_arguments_are_refused(workspace):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["tokenize", "--config", str(config), "--index", "2", "--of", "2"])
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
+def test_the_fast_encoder_gives_the_ids_the_transformers_tokenizer_gives(family):
+    """corpus._encode skips transformers' call for the Rust tokenizer's `encode_batch_fast`: the
+    same ids on byte-level and sentencepiece-style families, special-token text and BOS-adding
+    post-processors included."""
+    from tests.families import FAMILIES, build_tokenizer
+
+    tokenizer = build_tokenizer(FAMILIES[family])
+    texts = ["alice likes the cat.", "  two  spaces\nand a line", "<s> </s> <|endoftext|> [INST] literal specials",
+             "ünïcödé — 東京 🙂", ""]
+    assert corpus._encode(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -175,9 +175,19 @@ def tokenize_shard(path: Path, folder: Path, tokenizer, text_field: str) -> int:
     return count
 
 
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens. The Rust tokenizer's `encode_batch_fast`
+    (tokenizers >= 0.21: no character offsets computed) when there is one: the same ids as calling
+    the transformers tokenizer, about a third faster (measured on this corpus)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
 def _write(out, tokenizer, texts: list[str], bos: list[int], eos: list[int], dtype) -> int:
     flat: list[int] = []
-    for doc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+    for doc in _encode(tokenizer, texts):
         flat += bos
         flat += doc  # list += list runs in C: no per-token Python work
         flat += eos
