@@ -10,8 +10,13 @@ mode runs; on a cluster each worker is one pod of the Indexed Job), as its own p
 empty stage folder: its wall time includes starting the workers and each worker's training of
 the stage's BPE tokenizer on the corpus' first 20,000 documents (seconds), so it is what a user
 waits. Reported per worker count: seconds, MB/s and tokens/s of the whole corpus, and the ratio
-against one worker. Then a resumed step: the token folders of every other shard deleted (a step
-whose workers died half-way), run again with the most workers: seconds and shards skipped.
+against one worker, in two series: `runs`, each worker's Rust tokenizer free to encode a batch on
+every core (the default: one process already keeps the cores busy while it encodes, so more
+processes only overlap the Python part: reading, JSON, building token lists), and
+`runs_one_thread`, each worker on one core (`TOKENIZERS_PARALLELISM=false`), as a worker pod with
+`cpu: 1` is, which is how the step scales out over nodes. Then a resumed step: the token folders
+of every other shard deleted (a step whose workers died half-way), run again with the most
+workers: seconds and shards skipped.
 
 The speed-up is bounded by the cores: this script says how many it saw (`os.cpu_count()`), and
 on a 2-core machine 4 workers cannot beat 2. The last stdout line is one JSON object of the figures.
@@ -43,8 +48,10 @@ def stage_config(work: Path, corpus: Path) -> Path:
     return config
 
 
-def tokenize(config: Path, workers: int) -> tuple[float, dict]:
+def tokenize(config: Path, workers: int, one_thread: bool = False) -> tuple[float, dict]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "REFINERY_TERMINATION_LOG": str(config.parent / "termination-log")}
+    if one_thread:  # each worker encodes on one core, as a pod with `cpu: 1` would
+        env.update(TOKENIZERS_PARALLELISM="false", RAYON_NUM_THREADS="1")
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "refinery_trainer", "tokenize", "--config", str(config),
                            "--workers", str(workers)], env=env, capture_output=True, text=True)
@@ -68,33 +75,35 @@ def main() -> None:
     corpus = make_corpus(args.root / f"corpus-{args.size_mb}mb-{args.shard_mb}", args.size_mb)
     shards = sorted(corpus.glob("*.jsonl"))
     size_mb = sum(p.stat().st_size for p in shards) / 2**20
-    figures: dict = {"corpus_mb": round(size_mb, 1), "shards": len(shards), "cpus": os.cpu_count(), "runs": {}}
+    figures: dict = {"corpus_mb": round(size_mb, 1), "shards": len(shards), "cpus": os.cpu_count()}
     print(f"corpus: {size_mb:.0f} MB in {len(shards)} shards; {os.cpu_count()} CPU(s)", flush=True)
     work = None
-    for workers in args.workers:
-        work = args.root / "work" / f"workers-{workers}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        seconds, counts = tokenize(stage_config(work, corpus), workers)
-        assert counts["tokenized"] == len(shards), counts
-        run = {"seconds": round(seconds, 2), "mb_per_s": round(size_mb / seconds, 2),
-               "tokens_per_s": round(counts["tokens"] / seconds), "tokens": counts["tokens"]}
-        figures["runs"][str(workers)] = run
-        print(f"{workers} worker(s): {seconds:7.1f} s  {run['mb_per_s']:6.2f} MB/s  {run['tokens_per_s']:>10,} tokens/s",
-              flush=True)
-    one = figures["runs"][str(args.workers[0])]["seconds"]
-    figures["speedup_vs_one"] = {w: round(one / r["seconds"], 2) for w, r in figures["runs"].items()}
+    for series, one_thread in (("runs", False), ("runs_one_thread", True)):
+        figures[series] = {}
+        for workers in args.workers:
+            work = args.root / "work" / f"workers-{workers}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            seconds, counts = tokenize(stage_config(work, corpus), workers, one_thread)
+            assert counts["tokenized"] == len(shards), counts
+            run = {"seconds": round(seconds, 2), "mb_per_s": round(size_mb / seconds, 2),
+                   "tokens_per_s": round(counts["tokens"] / seconds), "tokens": counts["tokens"]}
+            figures[series][str(workers)] = run
+            print(f"{workers} worker(s){' (one thread each)' if one_thread else ''}: {seconds:7.1f} s  "
+                  f"{run['mb_per_s']:6.2f} MB/s  {run['tokens_per_s']:>10,} tokens/s", flush=True)
+        one = figures[series][str(args.workers[0])]["seconds"]
+        figures[f"speedup{series[4:]}"] = {w: round(one / r["seconds"], 2) for w, r in figures[series].items()}
 
-    # Resume: the last run's step, with every other shard's tokens gone (workers killed half-way).
+    # Resume: the last run's step (one thread per worker), with every other shard's tokens gone.
     [tokenizer_dir] = list((work / "p" / "pretrain" / "tokenized").iterdir())
     folders = sorted(tokenizer_dir.iterdir())
     for folder in folders[::2]:
         shutil.rmtree(folder)
     workers = args.workers[-1]
-    seconds, counts = tokenize(work / "stage.yaml", workers)
+    seconds, counts = tokenize(work / "stage.yaml", workers, one_thread=True)
     figures["resumed"] = {"workers": workers, "seconds": round(seconds, 2), "shards_skipped": counts["skipped"],
                           "shards_tokenized": counts["tokenized"],
-                          "full_run_seconds": figures["runs"][str(workers)]["seconds"]}
+                          "full_run_seconds": figures["runs_one_thread"][str(workers)]["seconds"]}
     print(f"resumed ({workers} workers, {len(folders[::2])} of {len(folders)} shards to redo): {seconds:.1f} s, "
           f"{counts['skipped']} shards skipped", flush=True)
     print(json.dumps(figures))
