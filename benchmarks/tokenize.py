@@ -1,6 +1,6 @@
 """Tokenizing a streamed pretraining corpus with N parallel workers, and resuming it.
 
-    python benchmarks/tokenize.py                          # 192 MB in 24 shards; 1, 2 and 4 workers
+    python benchmarks/tokenize.py                          # 128 MB in 16 shards; 1, 2 and 4 workers
     python benchmarks/tokenize.py --size-mb 64 --workers 1 2
 
 Generated JSONL shards (`--shard-mb` each, short documents from a small grammar, the corpus of
@@ -63,7 +63,7 @@ def tokenize(config: Path, workers: int, one_thread: bool = False) -> tuple[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size-mb", type=int, default=192, help="corpus size")
+    parser.add_argument("--size-mb", type=int, default=128, help="corpus size")
     parser.add_argument("--shard-mb", type=int, default=8, help="size of each shard")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--root", type=Path, default=Path("/tmp/refinery-tokenize"))
@@ -77,11 +77,10 @@ def main() -> None:
     size_mb = sum(p.stat().st_size for p in shards) / 2**20
     figures: dict = {"corpus_mb": round(size_mb, 1), "shards": len(shards), "cpus": os.cpu_count()}
     print(f"corpus: {size_mb:.0f} MB in {len(shards)} shards; {os.cpu_count()} CPU(s)", flush=True)
-    work = None
+    work = args.root / "work"  # one at a time: each run's tokens are as big as the corpus
     for series, one_thread in (("runs", False), ("runs_one_thread", True)):
         figures[series] = {}
         for workers in args.workers:
-            work = args.root / "work" / f"workers-{workers}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             seconds, counts = tokenize(stage_config(work, corpus), workers, one_thread)
@@ -106,6 +105,7 @@ def main() -> None:
                           "full_run_seconds": figures["runs_one_thread"][str(workers)]["seconds"]}
     print(f"resumed ({workers} workers, {len(folders[::2])} of {len(folders)} shards to redo): {seconds:.1f} s, "
           f"{counts['skipped']} shards skipped", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(figures))
 
 
