@@ -10,9 +10,12 @@ import random
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.builders import make_pipeline
+
+pytestmark = pytest.mark.slow
 
 WORDS = ["alice", "bob", "carol", "likes", "sees", "the cat", "a red ball", "the old tree"]
 MODEL = {"config": {"hiddenSize": 32, "numHiddenLayers": 1, "numAttentionHeads": 2, "intermediateSize": 64,

@@ -76,6 +76,7 @@ def write_shards(folder, shards: int = 4, docs: int = 5500) -> None:
     (folder / "part-9.json").write_text(json.dumps([{"text": f"{w} and {w}"} for w in WORDS * 5]))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_a_failed_tokenize_step_is_retried_skipping_finished_shards_then_the_stage_trains(
         emulator, cluster, start_operator, kubelet):
