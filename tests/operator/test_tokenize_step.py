@@ -38,7 +38,7 @@ def builder(workers: int = 2):
         "pretrain", "pretrain", model=MODEL,
         data={"path": "data/shards", "tokenize": {"workers": workers, "cpu": "2", "memory": "3Gi"}},
         training={"maxSteps": 4, "saveSteps": 4, "batchSize": 4, "seqLen": 32, "loggingSteps": 2},
-        retries={"application": 1, "backoffSeconds": 3},
+        retries={"application": 1, "backoffSeconds": 5},
     )
 
 
