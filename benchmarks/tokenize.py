@@ -119,18 +119,19 @@ def main() -> None:
     # Resume: a complete step (one thread per worker), then every other shard's tokens deleted.
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    tokenize(stage_config(work, corpus), args.workers[-1], one_thread=True)  # a complete step to break
+    full_s, full_cpu, _ = tokenize(stage_config(work, corpus), args.workers[-1], one_thread=True)  # the step to break
     [tokenizer_dir] = list((work / "p" / "pretrain" / "tokenized").iterdir())
     folders = sorted(tokenizer_dir.iterdir())
     for folder in folders[::2]:
         shutil.rmtree(folder)
     workers = args.workers[-1]
-    seconds, _, counts = tokenize(work / "stage.yaml", workers, one_thread=True)
-    figures["resumed"] = {"workers": workers, "seconds": round(seconds, 2), "shards_skipped": counts["skipped"],
-                          "shards_tokenized": counts["tokenized"],
-                          "full_run_seconds": figures["runs_one_thread"][str(workers)]["seconds"]}
+    seconds, cpu, counts = tokenize(work / "stage.yaml", workers, one_thread=True)
+    figures["resumed"] = {"workers": workers, "seconds": round(seconds, 2), "cpu_s": round(cpu, 1),
+                          "shards_skipped": counts["skipped"], "shards_tokenized": counts["tokenized"],
+                          "full_step_seconds": round(full_s, 2), "full_step_cpu_s": round(full_cpu, 1)}
     print(f"resumed ({workers} workers, {len(folders[::2])} of {len(folders)} shards to redo): {seconds:.1f} s, "
-          f"{counts['skipped']} shards skipped", flush=True)
+          f"{cpu:.1f} CPU s, {counts['skipped']} shards skipped (the full step just before: {full_s:.1f} s, "
+          f"{full_cpu:.1f} CPU s)", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(figures))
 
