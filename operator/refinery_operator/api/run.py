@@ -80,6 +80,9 @@ class ProgressRecord(ApiModel):
     resumed_from: Checkpoint | None = Field(None, description="Checkpoint this attempt resumed from.")
     message: str | None = Field(None, description="Why the stage failed, when it did.")
     failure_reason: str | None = Field(None, description="CamelCase reason when failed, e.g. `BadData`, `NanLoss`.")
+    estimated_remaining_seconds: float | None = Field(
+        None, description="Seconds the attempt has left at its pace since its first step (trainer/refinery_trainer/eta.py).")
+    seconds_per_step: float | None = Field(None, description="Wall seconds per optimiser step at that pace.")
     update_time: str | None = None
 
 
