@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from .sources import SourceStatus
+from .tracking import TrackingSpec
 from .v1alpha1 import ApiModel, Checkpoint, Stage
 
 RESULT_FILE = "result.json"
@@ -63,6 +64,7 @@ class StageRun(ApiModel):
         default_factory=dict, description="Remote source URI -> its fetched copy on the volume (a file or a folder)."
     )
     progress_interval_s: float = Field(2.0, gt=0, description="Least seconds between two periodic progress reports.")
+    tracking: TrackingSpec | None = Field(None, description="The pipeline's spec.tracking.")
 
 
 class ProgressRecord(ApiModel):
