@@ -68,3 +68,22 @@ def test_the_ppo_loop_reports_its_rewards_to_tensorboard(tmp_path_factory, works
     logged = scalars(workspace / "p" / "ppo-tb" / "tensorboard" / "attempt-1")
     assert [step for step, _ in logged["train/reward"]] == [2, 4], sorted(logged)
     assert model_dir(workspace, "ppo-tb").is_dir()
+
+
+def test_without_tensorboard_installed_the_stage_is_misconfigured_with_what_to_install(monkeypatch, tmp_path):
+    import transformers.integrations
+
+    from refinery_operator.api.run import StageRun
+    from refinery_trainer.errors import MisconfiguredError
+    from refinery_trainer.tracking import tracking_callbacks
+
+    class Missing:
+        def __init__(self):
+            raise RuntimeError("TensorBoardCallback requires tensorboard to be installed.")
+
+    monkeypatch.setattr(transformers.integrations, "TensorBoardCallback", Missing)
+    run = StageRun.model_validate(stage_run(tmp_path, "pt", "pretrain", data={"path": "x.txt"}, model=MODEL,
+                                            tracking=TRACKING))
+    ctx = type("Ctx", (), {"run": run, "stage_dir": tmp_path / "p" / "pt"})()
+    with pytest.raises(MisconfiguredError, match=r"pip install 'refinery\[tracking\]'"):
+        tracking_callbacks(ctx)
