@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import ApiModel
+from .credentials import uri_credential_problem
 
 SCHEMES = ("hf://", "s3://", "https://")
 SOURCES_DIR = "sources"
@@ -165,8 +166,11 @@ class StageSource:
 
 
 def checked_source(value: str | None) -> str | None:
-    """A source URI with a known scheme and shape, or a plain path; else ValueError (pydantic's validators)."""
+    """A source URI with a known scheme and shape and no credential in it, or a plain path; else
+    ValueError (pydantic's validators). The message never repeats the URI: it may hold a secret."""
     if value is not None:
+        if problem := uri_credential_problem(value):
+            raise ValueError(problem)
         try:
             parse_source(value)
         except SourceUriError as err:
