@@ -46,7 +46,26 @@ def test_every_rendered_object_is_valid_kubernetes(chart, case, version):
 def test_default_values_render_no_optional_feature(chart):
     kinds = sorted(o["kind"] for o in chart.template())
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterRole", "ClusterRoleBinding",
-                            "Service", "Deployment", "CustomResourceDefinition", "Pod"])  # Pod: the helm test
+                            "Service", "Deployment", "CustomResourceDefinition", "Pod",  # Pod: the helm test
+                            # Safe by default: the pipeline-author admission policy (tests/real/test_author_rights.py).
+                            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"])
+
+
+def test_the_admission_policy_follows_its_values(chart):
+    def policy(values=None, *extra):
+        return [o for o in chart.template(values, *extra) if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+    assert policy({"admissionPolicy": {"enabled": False}}) == []
+    assert policy(None, "--kube-version", "1.29.0") == []  # no v1 ValidatingAdmissionPolicy before 1.30
+    default = "\n".join(v["expression"] for v in policy()[0]["spec"]["validations"])
+    assert "startsWith(r + '/')" not in default  # no registry allow-list: any image
+    assert "!has(v.nfs)" in default and "!has(v.emptyDir)" not in default
+    narrowed = policy({"admissionPolicy": {"allowedRegistries": ["ghcr.io/acme", "registry.corp"],
+                                           "allowedVolumeTypes": ["persistentVolumeClaim"], "validationActions": ["Warn", "Audit"]}})
+    rules = "\n".join(v["expression"] for v in narrowed[0]["spec"]["validations"])
+    assert "['ghcr.io/acme','registry.corp'].exists(r, object.spec.image.startsWith(r + '/'))" in rules
+    assert all(f"!has(v.{k})" in rules for k in ("secret", "configMap", "emptyDir", "nfs"))
+    assert narrowed[1]["spec"]["validationActions"] == ["Warn", "Audit"]
 
 
 def test_all_features_render_the_monitoring_objects(chart):
