@@ -124,6 +124,20 @@ def test_watching_one_namespace_narrows_rbac_to_a_role(chart):
         (["customresourcedefinitions"], ["list", "watch"]), (["nodes"], ["get"])]
 
 
+def test_watch_namespaces_makes_a_role_in_each(chart):
+    objects = chart.template({"watchNamespaces": ["team-a", "team-b"], "watchNamespace": "team-a"})
+    roles = [o for o in objects if o["kind"] == "Role"]
+    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]  # merged, no duplicate
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert all(b["roleRef"]["kind"] == "Role" for b in bindings)
+    args = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+    assert "--all-namespaces" not in args
+    granted = {res for c in objects if c["kind"] == "ClusterRole" for r in c["rules"] for res in r["resources"]}
+    assert granted == {"customresourcedefinitions", "nodes"}
+
+
 def test_rbac_is_least_privilege(chart):
     role = find(chart.template(), "ClusterRole", "refinery")
     verbs = {(g, res): set(r["verbs"]) for r in role["rules"] for g in r["apiGroups"] for res in r["resources"]}
