@@ -88,8 +88,7 @@ def build_initializer_job(pipeline: TrainingPipeline, attempt: int) -> dict[str,
         "imagePullPolicy": pipeline.spec.image_pull_policy,
         "command": ["refinery-train", "fetch", "--config", f"{builders.CONFIG_DIR}/{CONFIG_KEY}"],
         "env": [
-            {"name": "HOME", "value": "/tmp"},
-            {"name": "HF_HOME", "value": "/tmp/huggingface"},
+            *builders.CACHE_ENV,
             {"name": "PYTHONUNBUFFERED", "value": "1"},
             *env,
         ],
@@ -99,12 +98,7 @@ def build_initializer_job(pipeline: TrainingPipeline, attempt: int) -> dict[str,
             {"name": "tmp", "mountPath": "/tmp"},
             *mounts,
         ],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": builders.build_container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if env_from := builders.user_env_from(pipeline, fetching_stages(pipeline)):

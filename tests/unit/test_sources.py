@@ -240,14 +240,15 @@ def test_the_initializer_job_gets_the_pipelines_credentials_and_nothing_more():
     container = pod["containers"][0]
     assert job["metadata"]["name"] == "p-sources-1-fetch"
     assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]  # not sft's `wandb`
-    user = [v["name"] for v in container["env"] if v["name"] not in ("HOME", "HF_HOME", "PYTHONUNBUFFERED")]
+    ours = {v["name"] for v in builders.CACHE_ENV} | {"PYTHONUNBUFFERED"}
+    user = [v["name"] for v in container["env"] if v["name"] not in ours]
     assert user == ["AWS_ACCESS_KEY_ID", "AWS_CA_BUNDLE"]  # no WANDB_API_KEY; no HF_TOKEN (nothing from the hub)
     assert [m["name"] for m in container["volumeMounts"]][3:] == ["ca"]  # the CA bundle's, not the model cache
     assert [v["name"] for v in pod["volumes"]][3:] == ["ca"]
     # A pipeline that fetches nothing remote (only checks volume paths) gets none of the user's settings.
     local = builders_sources.build_initializer_job(parse_pipeline(make_pipeline("q").stage(
         "pretrain", "pretrain", env=[{"name": "AWS_ACCESS_KEY_ID", "valueFrom": secret}]).manifest()), 1)
-    assert [v["name"] for v in local["spec"]["template"]["spec"]["containers"][0]["env"]] == ["HOME", "HF_HOME", "PYTHONUNBUFFERED"]
+    assert {v["name"] for v in local["spec"]["template"]["spec"]["containers"][0]["env"]} == ours
     assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["allowPrivilegeEscalation"] is False
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert rules[2]["onExitCodes"]["values"] == [75] and builders.POD_FAILURE_RULES[2] == ("Infrastructure", "SourceUnavailable")
