@@ -189,8 +189,17 @@ def https_ref(web: str, path: str):
 
 def test_an_https_file_is_fetched_with_its_etag(web, tmp_path):
     status = fetch_source(https_ref(web, "/ok.jsonl?X-Amz-Signature=planted-signature"), str(tmp_path))
-    assert Path(status.path).read_bytes() == ROWS and status.resolved == "v1"
+    assert Path(status.path).read_bytes() == ROWS and status.resolved == f"sha256:{hashlib.sha256(ROWS).hexdigest()}"
     assert "planted-signature" not in status.uri and "planted-signature" not in status.path
+
+
+def test_an_https_digest_is_checked(web, tmp_path):
+    good = hashlib.sha256(ROWS).hexdigest()
+    status = fetch_source(https_ref(web, f"/ok.jsonl#sha256={good}"), str(tmp_path))
+    assert Path(status.path).read_bytes() == ROWS and Path(status.path).name == "ok.jsonl"
+    with pytest.raises(SourceError) as refused:
+        fetch_source(https_ref(web, f"/ok.jsonl#sha256={'0' * 64}"), str(tmp_path), attempts=1)
+    assert f"SHA-256 is {good}, not the {'0' * 64}" in str(refused.value) and not refused.value.transient
 
 
 @pytest.mark.parametrize(("path", "expected", "transient"), [

@@ -10,7 +10,7 @@ from refinery_operator import builders, builders_sources
 from refinery_operator.api.load import InvalidManifest, parse_pipeline
 from refinery_operator.api.run import FetchResult
 from refinery_operator.api.sources import (
-    SourceStatus, SourceUriError, display_uri, fetched_path, matches, parse_source, source_key,
+    SourceStatus, SourceUriError, display_uri, fetched_path, matches, parse_source, single_file_name, source_key,
 )
 from refinery_operator.api.v1alpha1 import Phase, PipelineStatus, StageStatus
 from refinery_operator.core.conditions import get_condition
@@ -285,3 +285,13 @@ def test_an_initializer_whose_pod_never_starts_fails_the_pipeline_at_the_stages_
     assert after.failure.reason == "StartTimeout" and "ErrImageNeverPull" in after.failure.message
     ready = attempt(1, "Running", start_time="2026-01-01T00:00:00Z", ready=True)
     assert decide_initializer(pipeline, [ready], None, None, 0, started + datetime.timedelta(days=1)).failure is None
+
+
+def test_an_https_source_may_name_its_sha256():
+    digest = "ab" * 32
+    ref = parse_source(f"https://host.example/data/sft.jsonl#sha256={digest}")
+    assert (ref.sha256, ref.url, single_file_name(ref)) == (digest, "https://host.example/data/sft.jsonl", "sft.jsonl")
+    assert parse_source("https://host.example/sft.jsonl").sha256 is None
+    for bad in ("#sha256=ABC", "#md5=" + "0" * 32, "#sha256=" + "0" * 63):
+        with pytest.raises(SourceUriError, match="#sha256=<64 lowercase hex digits>"):
+            parse_source(f"https://host.example/sft.jsonl{bad}")
