@@ -8,11 +8,15 @@ end are the effective permissions the README quotes.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from .harness import RELEASE_NAMESPACE, ChartRBAC
+from .conftest import create_pipeline, wait_until
+from .harness import RELEASE_NAMESPACE, ChartRBAC, OperatorProcess, free_port
+from .test_least_privilege import finished, refused_calls, two_stages
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 # What the operator does in a namespace it serves (tests/chart/test_rbac_matches_code.py: the code's calls).
 DOES = [("create", "jobs.batch"), ("patch", "jobs.batch"), ("create", "configmaps"), ("list", "pods"),
@@ -71,3 +75,24 @@ def test_cluster_wide_the_operator_still_never_reads_secrets_or_creates_pods(hel
     wrong += [(ns, v, r) for ns in namespaces for v, r in NEVER if can(kubectl, who, v, r, ns)]
     assert not wrong, wrong
     print(f"\n# all namespaces (watchNamespaces=[]): in any namespace ({outside})\n{effective(kubectl, who, outside)}")
+
+
+async def test_the_operator_serves_every_watched_namespace_with_roles_only(admin, admin_kubeconfig, helm_binary, kubectl, namespaces,
+                                                                          node, tmp_path):
+    """kopf watching two namespaces (no cluster-wide list or watch) under one Role each: a pipeline
+    in the first completes, with no Forbidden in the operator's log. A release of its own, so no
+    other test's ClusterRoleBinding lends this ServiceAccount more rights."""
+    watched, also, _ = namespaces
+    rbac = ChartRBAC.install(helm_binary, kubectl, tmp_path / "two", f"two-{watched}", values={"watchNamespaces": [watched, also]})
+    command, env = rbac.operator_command(free_port())
+    assert [a for a in command if a.startswith("--namespace")] == [f"--namespace={watched}", f"--namespace={also}"]
+    operator = OperatorProcess(command, env, rbac.kubeconfig(admin_kubeconfig), tmp_path / "two-operator.log")
+    operator.start()
+    try:
+        await asyncio.to_thread(operator.wait_live)
+        await create_pipeline(admin, two_stages("p", watched))
+        status = await wait_until(lambda: finished(admin, watched, "p"), 120, "the pipeline to finish")
+        assert status["phase"] == "Succeeded", operator.log_tail()
+        assert not refused_calls(operator.log_tail(2000)), operator.log_tail(400)
+    finally:
+        operator.stop()
