@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .credentials import CEL_NO_SECRET_ENV_VALUE, cel_no_uri_credential
 from .sources import CEL_KNOWN_SCHEME, UNKNOWN_SCHEME_MESSAGE
 from .v1alpha1 import (
     GROUP, KIND, PACKING_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, RLHF_INPUTS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
@@ -134,7 +135,13 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     "GenerateEval": [
         {"rule": "!has(self.samples) || self.samples <= 1 || (has(self.temperature) && self.temperature > 0.0)",
          "message": SAMPLES_NEED_TEMPERATURE_MESSAGE, "fieldPath": ".samples"},
+        cel_no_uri_credential("path"),
     ],
+    # No credential at rest (credentials.py): in any source or destination URI, nor a literal value
+    # of a variable named like a secret.
+    "PythonReward": [cel_no_uri_credential("path")],
+    "ExportSpec": [cel_no_uri_credential("to")],
+    "EnvVar": [CEL_NO_SECRET_ENV_VALUE],
     "RlSpec": [
         {
             "rule": "!has(self.lossType) || (has(self.algorithm) && self.algorithm == 'grpo')",
@@ -160,10 +167,12 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         },
         *({"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
            "fieldPath": f".{f}"} for f in ("path", "tokenizer")),
+        cel_no_uri_credential("path"), cel_no_uri_credential("tokenizer"), cel_no_uri_credential("hubId", "hf"),
     ],
     "DataSpec": [
-        {"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
-         "fieldPath": f".{f}"} for f in ("path", "evalPath")
+        *({"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
+           "fieldPath": f".{f}"} for f in ("path", "evalPath")),
+        cel_no_uri_credential("path"), cel_no_uri_credential("evalPath"),
     ],
     "Gate": [{"rule": "has(self.value) != has(self.valueFrom)", "message": "a gate needs exactly one of `value` or `valueFrom`"}],
     "Storage": [{"rule": "has(self.claimName) != has(self.claim)", "message": "set exactly one of claimName or claim"}],

@@ -23,7 +23,7 @@ from .evaluation import EXPORT_STAGE, EvalSpec, ExportSpec
 from .graph import stage_graph_problems
 from .rewards import RewardSource
 from .pod import MAX_ENV, EnvFromSource, EnvVar, Volume, VolumeMount
-from .sources import checked_source
+from .sources import checked_source, hub_uri
 from .status import (  # noqa: F401  (re-exported: the resource's names live here)
     Checkpoint, Condition, Failure, Phase, PipelineStatus, RestartCounts, StageInputs, StageStatus,
 )
@@ -87,6 +87,11 @@ class ModelSource(ApiModel):
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
         return checked_source(value)
+
+    @field_validator("hub_id")
+    @classmethod
+    def _hub_id(cls, value: str | None) -> str | None:
+        return value if value is None else checked_source(hub_uri(value)) and value
 
 
 class DataSpec(ApiModel):
