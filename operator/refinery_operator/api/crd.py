@@ -17,7 +17,7 @@ import yaml
 
 from .sources import CEL_KNOWN_SCHEME, UNKNOWN_SCHEME_MESSAGE
 from .v1alpha1 import (
-    GROUP, KIND, PACKING_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, RLHF_INPUTS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
+    GROUP, KIND, PACKING_MESSAGE, MIXTURE_MESSAGE, PRETRAIN_MIXTURE_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, RLHF_INPUTS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
     VERSION, VLLM_GPU_MESSAGE, PipelineSpec, PipelineStatus,
 )
 from .evaluation import SAMPLES_NEED_TEMPERATURE_MESSAGE
@@ -85,6 +85,7 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "self.type == 'sft' || !has(self.training) || !has(self.training.packing)",
             "message": PACKING_MESSAGE,
         },
+        {"rule": "self.type != 'pretrain' || !has(self.data) || !has(self.data.mixture)", "message": PRETRAIN_MIXTURE_MESSAGE},
         {
             "rule": "!has(self.rl) || !has(self.rl.generation) || self.rl.generation != 'vllm' || !has(self.resources) "
                     "|| !has(self.resources.gpus) || self.resources.gpus >= 1",
@@ -162,8 +163,12 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
            "fieldPath": f".{f}"} for f in ("path", "tokenizer")),
     ],
     "DataSpec": [
-        {"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
-         "fieldPath": f".{f}"} for f in ("path", "evalPath")
+        *({"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
+           "fieldPath": f".{f}"} for f in ("path", "evalPath")),
+        {"rule": "has(self.path) != has(self.mixture)", "message": MIXTURE_MESSAGE},
+    ],
+    "MixtureEntry": [
+        {"rule": CEL_KNOWN_SCHEME.format(f="self.path"), "message": UNKNOWN_SCHEME_MESSAGE, "fieldPath": ".path"},
     ],
     "Gate": [{"rule": "has(self.value) != has(self.valueFrom)", "message": "a gate needs exactly one of `value` or `valueFrom`"}],
     "Storage": [{"rule": "has(self.claimName) != has(self.claim)", "message": "set exactly one of claimName or claim"}],
