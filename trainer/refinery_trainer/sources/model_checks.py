@@ -181,13 +181,13 @@ def check_chat(stage, tokenizer, data_root: str, fetched: Mapping[str, str]) -> 
     from .files import data_files
     from .preflight import head, local_path
 
-    files = list(data_files(local_path(stage.data.path, data_root, fetched)))
+    files = list(data_files(local_path(stage.data.paths[0], data_root, fetched)))  # a mixture's datasets share columns
     table = head(files[0], stage.data.text_field) if files else None
     if table is None or not table.has_column(stage.data.messages_field):
         return ""
     if not getattr(tokenizer, "chat_template", None):
         raise MisconfiguredError(
-            f"stage {stage.name!r}: data {stage.data.path} is `messages` (chat) data, and the tokenizer has no chat "
+            f"stage {stage.name!r}: data {stage.data.paths[0]} is `messages` (chat) data, and the tokenizer has no chat "
             "template to render it: use prompt/completion data (data.promptField/data.completionField), or a model "
             "(or model.tokenizer) whose tokenizer_config.json has a chat_template")
     sample = [row[stage.data.messages_field] for row in table.rows[:SAMPLE_ROWS]]
