@@ -207,9 +207,13 @@ def _documents(dataset, text_field: str):
 
 def _require_utf8(path: Path, dataset) -> None:
     """pyarrow's JSON and CSV readers keep bytes that are not UTF-8 in string columns, which then fail
-    wherever a row is read; refuse them here, naming the row (one vectorised pass per string column)."""
+    wherever a row is read; refuse them here, naming the row. One vectorised pass over the strings,
+    once per conversion: a marker beside the cached Arrow file spares a retry from reading every page."""
     import pyarrow as pa
 
+    marker = Path(dataset.cache_files[0]["filename"] + ".utf8-checked") if dataset.cache_files else None
+    if marker is not None and marker.exists():
+        return
     table = dataset.data.table
     for name in (n for n in table.column_names if _is_string(dataset.features[n])):
         offset = 0
@@ -220,6 +224,8 @@ def _require_utf8(path: Path, dataset) -> None:
                 row = next(i for i, v in enumerate(chunk.cast(pa.binary()).to_pylist()) if v is not None and not _decodes(v))
                 raise DataError(f"{locate(path, offset + row)}: field {name!r} is not UTF-8 text") from None
             offset += len(chunk)
+    if marker is not None:
+        marker.touch()
 
 
 def _decodes(raw: bytes) -> bool:
