@@ -227,3 +227,52 @@ def test_sft_trains_on_a_mixture_and_records_it_in_its_lineage(pretrained, works
     assert list((stage_dir / "cache" / "datasets").rglob("*.arrow"))
     stage = Stage.model_validate({"name": "sft", "type": "sft", "from": "pretrain", "data": {"mixture": mixture}})
     assert [f for f, _, _ in data_files(stage, workspace)] == ["data.mixture[0] (weight 1)", "data.mixture[1] (weight 1)"]
+
+
+def test_conversational_preference_pairs_are_checked_as_chats(tmp_path):
+    """TRL's conversational pairs: the prompt's turns, chosen/rejected ending with the assistant. The
+    stage (Arrow) and preflight (the head as rows) accept them and name the line of a bad one."""
+    from refinery_operator.api.v1alpha1 import DataSpec
+    from refinery_trainer.data import is_chat_pairs, preference_columns
+
+    def pair(answer="moo", prompt=None):
+        return {"prompt": prompt or [{"role": "user", "content": "What does the cow say?"}],
+                "chosen": [{"role": "assistant", "content": answer}], "rejected": [{"role": "assistant", "content": "baa"}]}
+
+    spec = DataSpec(path="pairs.jsonl")
+    good = load_table(write_jsonl(tmp_path / "pairs.jsonl", [pair()] * 20), cache_dir=tmp_path / "cache")
+    train, held = good.split(0.1)
+    assert is_chat_pairs(spec, good) and preference_columns(spec, train, held) == {
+        "prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
+    assert preference_columns(spec, *[preflight.head(tmp_path / "pairs.jsonl", "text")] * 2)
+
+    no_answer = {**pair(), "chosen": [{"role": "user", "content": "moo"}]}
+    text_prompt = pair(prompt="What does the cow say?")
+    for bad, problem in ((no_answer, "field 'chosen' has no assistant message"),
+                         (text_prompt, "field 'prompt' must be a non-empty list of {role, content} messages, got str")):
+        path = write_jsonl(tmp_path / "bad.jsonl", [pair()] * 5 + [bad])
+        table = load_table(path, cache_dir=tmp_path / "cache")
+        with pytest.raises(DataError) as err:
+            preference_columns(spec, table, table)
+        assert str(err.value).startswith(f"{path} line 6: {problem}")
+        with pytest.raises(DataError, match=f"line 6: {problem}".replace("{", r"\{").replace("}", r"\}")):
+            head = preflight.head(path, "text")
+            preference_columns(spec, head, head)
+
+
+def test_reward_renders_conversational_pairs_as_the_chat_template_does(tmp_path):
+    import datasets
+
+    from refinery_trainer.stages.reward import render_pairs, tokenize_pairs
+    from refinery_trainer.tokenizer import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(["the cow says moo", "the sheep says baa"] * 50, vocab_size=300)
+    chat = [{"role": "user", "content": "What does the cow say?"}]
+    pairs = datasets.Dataset.from_list([{"prompt": chat, "chosen": [{"role": "assistant", "content": "moo"}],
+                                         "rejected": [{"role": "assistant", "content": "baa"}]}])
+    rendered = render_pairs(tokenizer, pairs)[0]
+    whole = tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": "moo"}], tokenize=False)
+    assert rendered["prompt"] == tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert rendered["prompt"] + rendered["chosen"] == whole
+    ids = tokenize_pairs(tokenizer, render_pairs(tokenizer, pairs))[0]
+    assert ids["chosen_ids"] == tokenizer(whole, add_special_tokens=False)["input_ids"]

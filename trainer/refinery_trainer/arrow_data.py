@@ -112,16 +112,21 @@ class ArrowTable:
             self._checked.add(("text", name))
         return self
 
-    def require_messages(self, column: str) -> ArrowTable:
-        """The column holds chats with an assistant turn (data._chat_problem), after `require`."""
+    def is_chat(self, column: str) -> bool:
+        """Whether the column holds chats (lists of messages), as its first row says."""
+        return len(self) > 0 and isinstance(self.dataset[0][column], list)
+
+    def require_messages(self, column: str, need_assistant: bool = True) -> ArrowTable:
+        """The column holds chats (with an assistant turn: data._chat_problem), after `require`."""
         if self.parent is not None:
-            self.parent.require_messages(column)
+            self.parent.require_messages(column, need_assistant)
             return self
-        if ("messages", column) not in self._checked:
-            row = _first_bad_chat(self.dataset, column)
+        if ("messages", column, need_assistant) not in self._checked:
+            row = _first_bad_chat(self.dataset, column, need_assistant)
             if row is not None:
-                raise DataError(f"{self.where(row)}: field {column!r} {_chat_problem(self.dataset[row][column])}")
-            self._checked.add(("messages", column))
+                problem = _chat_problem(self.dataset[row][column], need_assistant)
+                raise DataError(f"{self.where(row)}: field {column!r} {problem}")
+            self._checked.add(("messages", column, need_assistant))
         return self
 
     # ---- views --------------------------------------------------------------------------------
@@ -344,7 +349,7 @@ def _is_json(feature) -> bool:
     return type(feature).__name__ == "Json"
 
 
-def _first_bad_chat(dataset, column: str) -> int | None:
+def _first_bad_chat(dataset, column: str, need_assistant: bool = True) -> int | None:
     """The first row whose chat data._chat_problem refuses: vectorised over the flattened messages when
     the column is a list of {role: string, content: string}, row by row otherwise (mixed types)."""
     import numpy as np
@@ -354,7 +359,7 @@ def _first_bad_chat(dataset, column: str) -> int | None:
     feature = dataset.features[column]
     inner = getattr(feature, "feature", None)
     if not (isinstance(inner, dict) and _is_string(inner.get("role")) and _is_string(inner.get("content"))):
-        return _first_python(dataset, column, lambda v: _chat_problem(v) is not None)[0]
+        return _first_python(dataset, column, lambda v: _chat_problem(v, need_assistant) is not None)[0]
     roles = pa.array(ROLES)
     for offset, chunk in _chunks(dataset, column):
         bad = np.asarray(pc.fill_null(pc.equal(pc.list_value_length(chunk), 0), True))
@@ -364,7 +369,8 @@ def _first_bad_chat(dataset, column: str) -> int | None:
         bad[parents[wrong]] = True
         has_assistant = np.zeros(len(chunk), dtype=bool)
         has_assistant[parents[np.asarray(pc.fill_null(pc.equal(role, "assistant"), False))]] = True
-        bad |= ~has_assistant
+        if need_assistant:
+            bad |= ~has_assistant
         if bad.any():
             return offset + int(np.argmax(bad))
     return None

@@ -55,9 +55,12 @@ class MixedTable:
             table.require_text(*columns)
         return self
 
-    def require_messages(self, column: str) -> MixedTable:
+    def is_chat(self, column: str) -> bool:
+        return self.parts[0][0].is_chat(column)
+
+    def require_messages(self, column: str, need_assistant: bool = True) -> MixedTable:
         for table, _ in self.parts:
-            table.require_messages(column)
+            table.require_messages(column, need_assistant)
         return self
 
     def split(self, fraction: float, seed: int = 0) -> tuple[MixedTable, MixedTable]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 from ..context import StageContext
-from ..data import preference_columns
+from ..data import is_chat_pairs, preference_columns
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     columns = preference_columns(ctx.data, train_rows, eval_rows)
     train, held_out = train_rows.select(columns), eval_rows.select(columns)  # datasets.Dataset, memory-mapped
     tokenizer = ctx.load_tokenizer()
+    if is_chat_pairs(ctx.data, train_rows):  # conversational pairs: rendered with the model's chat template
+        train, held_out = render_pairs(tokenizer, train), render_pairs(tokenizer, held_out)
     model = load_reward_model(ctx, tokenizer)
 
     from trl import RewardConfig, RewardTrainer
@@ -71,6 +73,15 @@ def load_reward_model(ctx: StageContext, tokenizer):
     model = load_model(ctx.init_model_dir, AutoModelForSequenceClassification, num_labels=1, **ctx.model_kwargs())
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
     return model
+
+
+def render_pairs(tokenizer, dataset):
+    """Conversational pairs as text, as TRL renders them (`maybe_apply_chat_template`): the prompt's turns
+    with the generation prompt, and each answer as the rest of the rendered conversation, so prompt +
+    chosen is the whole chat the reward model scores."""
+    from trl.data_utils import maybe_apply_chat_template
+
+    return dataset.map(maybe_apply_chat_template, fn_kwargs={"processing_class": tokenizer})
 
 
 def tokenize_pairs(tokenizer, dataset):
