@@ -18,7 +18,6 @@ found by re-reading the file as text up to the first bad line (`diagnose`).
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,8 +27,6 @@ from .errors import DataError
 
 if TYPE_CHECKING:
     from datasets import Dataset
-
-log = logging.getLogger(__name__)
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 ARROW_SUPPORTED = (*SUPPORTED, ".csv")
