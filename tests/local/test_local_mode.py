@@ -127,6 +127,19 @@ def test_every_stage_reports_its_throughput_and_no_mfu_on_a_cpu(example_run):
     assert "tokensPerSecond" in out  # a column of the summary table
 
 
+def test_the_time_left_is_estimated_while_stages_run_and_zero_once_done(example_run):
+    _, _, status, _, scrapes = example_run
+    sft_left = [stage_sample(s, "refinery_stage_eta_seconds", "sft") for s in scrapes if phase_of(s, "sft", "sft") == "Running"]
+    assert any(left is not None and left > 0 for left in sft_left), sft_left
+    pipeline_left = ("refinery_pipeline_eta_seconds", frozenset({"namespace": "local", "pipeline": "tiny-chat"}.items()))
+    assert any((s.get(pipeline_left) or 0) > 0 for s in scrapes)
+    assert status.get("estimatedRemainingSeconds") is None and status.get("eta") is None  # it has ended
+    for stage in status["stages"]:
+        assert stage["estimatedRemainingSeconds"] == 0.0, stage["name"]
+        if stage["name"] not in ("eval", "export"):  # the stages with steps have a measured pace
+            assert stage["secondsPerStep"] > 0, stage["name"]
+
+
 def test_outputs_are_handed_from_stage_to_stage(example_run):
     _, _, status, workdir, _ = example_run
     root = workdir / "tiny-chat"

@@ -280,14 +280,16 @@ class StageContext:
 
     def callbacks(self) -> list[TrainerCallback]:
         """The TrainerCallbacks every stage passes to its trainer: markers, rotation, metrics.jsonl,
-        progress, NaN check, metrics. The log file comes before the NaN check, so it keeps the last log;
+        progress, NaN check, metrics, and the trackers of spec.tracking. The log file comes before the NaN check, so it keeps the last log;
         throughput comes before both, so they see the tokens/s and MFU it adds to each training log."""
         from .callbacks import CheckpointMarkerCallback, MetricsLogCallback, ProgressCallback
         from .metrics import metrics_callbacks
         from .throughput_callback import ThroughputCallback
 
+        from .tracking import tracking_callbacks
+
         return [CheckpointMarkerCallback(self), ThroughputCallback(self), MetricsLogCallback(self), ProgressCallback(self),
-                *metrics_callbacks(self)]
+                *metrics_callbacks(self), *tracking_callbacks(self)]
 
     @staticmethod
     def quiet(trainer: Trainer) -> None:

@@ -184,6 +184,7 @@ PRINTER_COLUMNS = [
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "description": "Stages done out of all."},
     {"name": "Ckpt-Step", "type": "integer", "jsonPath": ".status.checkpointStep", "description": "Last checkpoint step of the running stage."},
     {"name": "Ckpt-Age", "type": "date", "jsonPath": ".status.checkpointTime", "description": "Age of that checkpoint."},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.eta", "description": "Time until the pipeline ends, estimated."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

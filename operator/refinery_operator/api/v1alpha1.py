@@ -27,6 +27,7 @@ from .sources import checked_source
 from .status import (  # noqa: F401  (re-exported: the resource's names live here)
     Checkpoint, Condition, Failure, Phase, PipelineStatus, RestartCounts, StageInputs, StageStatus,
 )
+from .tracking import TrackingSpec  # noqa: F401
 from .training import DeepSpeedSpec, DpoSpec, LoraSpec, RlSpec, TrainingSpec  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------
@@ -482,6 +483,7 @@ class PipelineSpec(ApiModel):
     checkpoints: CheckpointRetention | None = Field(
         None, description="Retention of finished stages' checkpoints. Default: keep what the trainer's rotation left."
     )
+    tracking: TrackingSpec | None = Field(None, description="Experiment tracking: TensorBoard event files per stage attempt.")
     env: list[EnvVar] | None = Field(
         None, max_length=MAX_ENV, description="Environment of every stage pod and of the initializer (Kubernetes "
         "EnvVar), e.g. HF_TOKEN from a Secret (`valueFrom.secretKeyRef`), AWS_ENDPOINT_URL for an S3-compatible store.",
