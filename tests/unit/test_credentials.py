@@ -64,3 +64,15 @@ def test_the_refusal_never_repeats_the_secret():
         parse_pipeline(manifest)
     assert "hunter2" not in str(refused.value)
     assert all("hunter2" not in p for p in admission_problems(manifest))
+
+
+def test_a_mixture_dataset_carries_no_credential_either():
+    manifest = make_pipeline("p").stage("sft", "sft").manifest()
+    data = manifest["spec"]["stages"][0]["data"]
+    data.pop("path")
+    data["mixture"] = [{"path": "data/sft.jsonl", "weight": 1}, {"path": "https://u:hunter2@host.example/b.jsonl", "weight": 1}]
+    refused = [p for p in admission_problems(manifest) if URI_CREDENTIAL_MESSAGE in p]
+    assert refused and refused[0].startswith("spec.stages[0].data.mixture[1].path"), refused
+    with pytest.raises(Exception) as parsed:
+        parse_pipeline(manifest)
+    assert "hunter2" not in str(parsed.value)

@@ -209,6 +209,7 @@ def write_result(ctx, metrics: dict[str, float]) -> dict:
         "output": ctx.output or str(ctx.model_dir),
         "steps": ctx.steps,
         "sources": ctx.lineage(),
+        **({"data": ctx.data_lineage} if ctx.data_lineage else {}),  # data.mixture: datasets, weights, rows
     }
     atomic_write_text(ctx.result_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result

@@ -18,7 +18,7 @@ import yaml
 from .credentials import CEL_NO_SECRET_ENV_VALUE, cel_no_uri_credential
 from .sources import CEL_KNOWN_SCHEME, UNKNOWN_SCHEME_MESSAGE
 from .v1alpha1 import (
-    GROUP, KIND, PACKING_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, RLHF_INPUTS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
+    GROUP, KIND, PACKING_MESSAGE, MIXTURE_MESSAGE, PRETRAIN_MIXTURE_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, RLHF_INPUTS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
     VERSION, VLLM_GPU_MESSAGE, PipelineSpec, PipelineStatus,
 )
 from .evaluation import SAMPLES_NEED_TEMPERATURE_MESSAGE
@@ -86,6 +86,7 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "self.type == 'sft' || !has(self.training) || !has(self.training.packing)",
             "message": PACKING_MESSAGE,
         },
+        {"rule": "self.type != 'pretrain' || !has(self.data) || !has(self.data.mixture)", "message": PRETRAIN_MIXTURE_MESSAGE},
         {
             "rule": "!has(self.rl) || !has(self.rl.generation) || self.rl.generation != 'vllm' || !has(self.resources) "
                     "|| !has(self.resources.gpus) || self.resources.gpus >= 1",
@@ -173,6 +174,11 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         *({"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
            "fieldPath": f".{f}"} for f in ("path", "evalPath")),
         cel_no_uri_credential("path"), cel_no_uri_credential("evalPath"),
+        {"rule": "has(self.path) != has(self.mixture)", "message": MIXTURE_MESSAGE},
+    ],
+    "MixtureEntry": [
+        {"rule": CEL_KNOWN_SCHEME.format(f="self.path"), "message": UNKNOWN_SCHEME_MESSAGE, "fieldPath": ".path"},
+        cel_no_uri_credential("path"),
     ],
     "Gate": [{"rule": "has(self.value) != has(self.valueFrom)", "message": "a gate needs exactly one of `value` or `valueFrom`"}],
     "Storage": [{"rule": "has(self.claimName) != has(self.claim)", "message": "set exactly one of claimName or claim"}],

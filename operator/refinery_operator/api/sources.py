@@ -200,7 +200,9 @@ def stage_sources(stage) -> list[StageSource]:
         if stage.model.tokenizer:
             found.append(("model.tokenizer", stage.model.tokenizer))
     if stage.data is not None:  # an eval stage trains on nothing
-        found.append(("data.path", stage.data.path))
+        if stage.data.path is not None:
+            found.append(("data.path", stage.data.path))
+        found += [(f"data.mixture[{j}].path", m.path) for j, m in enumerate(stage.data.mixture or [])]
         if stage.data.eval_path:
             found.append(("data.evalPath", stage.data.eval_path))
     rl = getattr(stage, "rl", None)

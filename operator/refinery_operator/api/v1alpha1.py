@@ -94,18 +94,49 @@ class ModelSource(ApiModel):
         return value if value is None else checked_source(hub_uri(value)) and value
 
 
+MAX_MIXTURE = 16  # datasets in one `data.mixture`: bounds the CEL rules' cost and the lineage's length
+PRETRAIN_MIXTURE_MESSAGE = ("`data.mixture` is for sft, reward, dpo and rlhf stages: a pretrain corpus is one `data.path` "
+                            "(a folder of shards is streamed)")
+MIXTURE_MESSAGE = "set exactly one of data.path (one dataset) or data.mixture (several, weighted)"
+
+
+class MixtureEntry(ApiModel):
+    """One dataset of a weighted mixture."""
+
+    path: str = Field(
+        ..., min_length=1, max_length=1024,
+        description="A dataset as `data.path` takes it: a path on the volume, or hf://, s3://, https:// (fetched once).",
+    )
+    weight: float = Field(
+        ..., gt=0, le=1e6,
+        description="Relative weight: the share of training rows drawn from this dataset is weight / sum of weights.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        return checked_source(value)
+
+
 class DataSpec(ApiModel):
     """A dataset on the volume. Column names follow TRL's conventions."""
 
-    path: str = Field(
-        ...,
+    path: str | None = Field(
+        None,
         min_length=1,
         max_length=1024,
         description="Training data: a .txt file (pretrain: one document per blank-line-separated block), "
-        ".jsonl/.json or .parquet. Relative paths are resolved against /workspace (local mode: the "
+        ".jsonl/.json, .parquet or .csv. Relative paths are resolved against /workspace (local mode: the "
         "manifest's folder). Or a source URI fetched once per pipeline: "
         "hf://datasets/<org>/<name>[@<revision>]/<file or glob>, s3://<bucket>/<key, prefix/ or glob>, "
-        "https://… (a prefix or glob: every .jsonl/.json/.parquet/.txt file of it, in name order).",
+        "https://… (a prefix or glob: every .jsonl/.json/.parquet/.csv/.txt file of it, in name order). "
+        "Exactly one of `path` or `mixture`.",
+    )
+    mixture: list[MixtureEntry] | None = Field(
+        None, min_length=2, max_length=MAX_MIXTURE,
+        description="Several datasets (sft, reward, dpo, rlhf) mixed by weight instead of `path`: training rows are "
+        "drawn from each with probability weight / sum of weights (seeded by training.seed) until the first dataset "
+        "runs out, so no row repeats. The held-out part is `evalFraction` of the mixture, or `evalPath`.",
     )
     eval_path: str | None = Field(
         None, max_length=1024, description="Held-out data in the same format. Default: `evalFraction` of `path`."
@@ -131,6 +162,17 @@ class DataSpec(ApiModel):
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
         return checked_source(value)
+
+    @model_validator(mode="after")
+    def _path_or_mixture(self) -> DataSpec:
+        if (self.path is None) == (self.mixture is None):
+            raise ValueError(MIXTURE_MESSAGE)
+        return self
+
+    @property
+    def paths(self) -> list[str]:
+        """The training datasets: `path`, or the mixture's paths in order."""
+        return [self.path] if self.path is not None else [m.path for m in self.mixture or []]
 
 
 class Toleration(ApiModel):
@@ -317,6 +359,8 @@ class Stage(ApiModel):
             raise ValueError("`training.lora` is not valid on pretrain stages: pretraining trains every weight")
         if self.training.packing is not None and self.type != StageType.sft:
             raise ValueError(PACKING_MESSAGE)
+        if self.data.mixture is not None and self.type == StageType.pretrain:
+            raise ValueError(PRETRAIN_MIXTURE_MESSAGE)
         if self.rl is not None and self.rl.generation == "vllm" and self.resources.gpus == 0:
             raise ValueError(VLLM_GPU_MESSAGE)
         if self.rl is not None and self.rl.algorithm == "ppo" and (
