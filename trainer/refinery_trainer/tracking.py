@@ -1,5 +1,7 @@
 """The experiment trackers a stage reports to (spec.tracking), through transformers' own callbacks.
 
+MLflow's callback comes from the stage's StageTracker (mlflow_tracking.py), which made its run.
+
     callbacks = tracking_callbacks(ctx)   # [] without spec.tracking
 
 TensorBoard: `transformers.integrations.TensorBoardCallback`, its writer pointed at
@@ -24,8 +26,9 @@ if TYPE_CHECKING:
 
 def tracking_callbacks(ctx: StageContext) -> list[TrainerCallback]:
     tracking = ctx.run.tracking
+    mlflow = [ctx.tracker.callback()] if ctx.tracker is not None else []
     if tracking is None or tracking.tensorboard is None:
-        return []
+        return mlflow
     from transformers.integrations import TensorBoardCallback
 
     try:
@@ -35,4 +38,4 @@ def tracking_callbacks(ctx: StageContext) -> list[TrainerCallback]:
             "spec.tracking.tensorboard needs the tensorboard package in the trainer image "
             "(pip install 'refinery[tracking]'; the project's images have it)") from exc
     callback.logging_dir = str(ctx.stage_dir / TENSORBOARD_DIR / f"attempt-{ctx.run.attempt}")
-    return [callback]
+    return [callback, *mlflow]

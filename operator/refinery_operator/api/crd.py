@@ -176,6 +176,7 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         cel_no_uri_credential("path"), cel_no_uri_credential("evalPath"),
         {"rule": "has(self.path) != has(self.mixture)", "message": MIXTURE_MESSAGE},
     ],
+    "MlflowSpec": [cel_no_uri_credential("trackingUri")],
     "MixtureEntry": [
         {"rule": CEL_KNOWN_SCHEME.format(f="self.path"), "message": UNKNOWN_SCHEME_MESSAGE, "fieldPath": ".path"},
         cel_no_uri_credential("path"),

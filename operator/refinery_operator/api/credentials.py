@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import re
 
-# user-info in the authority: `s3://` and `https://` never need an `@` before the first `/`;
+# user-info in the authority: `s3://`, `https://` (and an MLflow server's `http://`) never need an `@` before the first `/`;
 # `hf://` has `@<revision>` after the repo, so only an `@` followed by a further path segment
 # (`hf://token@org/name`, `hf://user:pw@datasets/…`) is user-info there.
-USERINFO_PATTERN = r"^(s3|https)://[^/]*@|^hf://[^/]*@[^/]*/[^/]"
+USERINFO_PATTERN = r"^(s3|https?)://[^/]*@|^hf://[^/]*@[^/]*/[^/]"
 # A query string: https only (in s3:// keys and hf:// patterns `?` is a glob character, and
 # neither scheme has a query). A presigned URL's signature lives there.
-QUERY_PATTERN = r"^https://[^?]*[?]"
+QUERY_PATTERN = r"^https?://[^?]*[?]"
 # Environment variables whose names say they hold a secret. A literal value of one is refused.
 # Whole words between underscores, so TOKENIZERS_PARALLELISM or MAX_TOKENS stay literal values.
 SECRET_ENV_NAME_PATTERN = r"(?i)(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY)(_|$)"

@@ -488,7 +488,8 @@ class PipelineSpec(ApiModel):
     checkpoints: CheckpointRetention | None = Field(
         None, description="Retention of finished stages' checkpoints. Default: keep what the trainer's rotation left."
     )
-    tracking: TrackingSpec | None = Field(None, description="Experiment tracking: TensorBoard event files per stage attempt.")
+    tracking: TrackingSpec | None = Field(
+        None, description="Experiment tracking: TensorBoard event files per stage attempt, MLflow runs per stage.")
     env: list[EnvVar] | None = Field(
         None, max_length=MAX_ENV, description="Environment of every stage pod and of the initializer (Kubernetes "
         "EnvVar), e.g. HF_TOKEN from a Secret (`valueFrom.secretKeyRef`), AWS_ENDPOINT_URL for an S3-compatible store.",
