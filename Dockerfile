@@ -50,7 +50,7 @@ ENTRYPOINT ["refinery", "operator", "--liveness=http://0.0.0.0:8080/healthz"]
 CMD ["--all-namespaces"]
 
 # ------------------------------------------------------------------------------------------------
-# trainer: CUDA torch + the trainer, eval (lm-eval) and export (boto3) extras + DeepSpeed; `refinery-train` is what stage Jobs run
+# trainer: CUDA torch + the trainer, eval (lm-eval) and export (boto3) and tracking (tensorboard) extras + DeepSpeed; `refinery-train` is what stage Jobs run
 FROM ${CUDA_IMAGE} AS trainer
 ARG TORCH_VERSION=2.13.0
 ARG DEEPSPEED_VERSION=0.19.8
@@ -76,7 +76,7 @@ COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY trainer/ trainer/
 # --no-build-isolation: DeepSpeed's setup imports torch; an isolated build would fetch another one.
-RUN pip install -c /opt/constraints.txt '.[trainer,eval,export]' \
+RUN pip install -c /opt/constraints.txt '.[trainer,eval,export,tracking]' \
  && pip install -c /opt/constraints.txt --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}" \
  && cd / && rm -rf /src \
  && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}') and torch.version.cuda, torch.__version__"
@@ -119,7 +119,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY trainer/ trainer/
-RUN pip install -c /opt/constraints.txt '.[trainer,eval,export]' \
+RUN pip install -c /opt/constraints.txt '.[trainer,eval,export,tracking]' \
  && cd / && rm -rf /src \
  && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}') and torch.version.cuda is None, torch.__version__"
 RUN useradd --uid 1000 --user-group --create-home --home-dir /home/refinery --shell /usr/sbin/nologin refinery

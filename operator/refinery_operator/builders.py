@@ -362,12 +362,7 @@ def build_trainer_container(pipeline: TrainingPipeline, stage: Stage, launch: La
             {"name": "dshm", "mountPath": "/dev/shm"},
             *user_mounts([stage]),
         ],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": build_container_security_context(),
         # The trainer writes its result as the termination message; the log tail otherwise.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -383,11 +378,38 @@ def build_env(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> list[
         {"name": "REFINERY_ATTEMPT", "value": str(launch.attempt)},
         {"name": "REFINERY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "REFINERY_CONFIG", "value": CONFIG_PATH},
-        # The root filesystem is not ours to write: caches go to the emptyDir at /tmp.
-        {"name": "HOME", "value": "/tmp"},
-        {"name": "HF_HOME", "value": "/tmp/huggingface"},
+        *CACHE_ENV,
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+
+
+# The root filesystem is read-only (readOnlyRootFilesystem): every cache the trainer's libraries
+# write goes to the emptyDir at /tmp, set here rather than trusted to the image, so that a user's
+# own trainer image works too. HF hub and datasets (HF_HOME), Triton kernels (torch.compile,
+# DeepSpeed), torch C++/CUDA extensions (DeepSpeed ops), torch.compile's Inductor, matplotlib's
+# font cache (report plots), XDG caches (pip, numba …) and HOME for anything else.
+CACHE_ENV = [
+    {"name": "HOME", "value": "/tmp"},
+    {"name": "HF_HOME", "value": "/tmp/huggingface"},
+    {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},
+    {"name": "TORCH_EXTENSIONS_DIR", "value": "/tmp/torch_extensions"},
+    {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/tmp/torchinductor"},
+    {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"},
+    {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+    {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+]
+
+
+def build_container_security_context() -> dict[str, Any]:
+    """What the `restricted` Pod Security Standard asks of every container, and a read-only root
+    filesystem: /workspace, /tmp and /dev/shm are the only places a Refinery container writes."""
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def build_resources(stage: Stage) -> dict[str, Any]:

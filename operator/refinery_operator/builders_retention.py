@@ -48,10 +48,7 @@ def build_cleanup_job(pipeline: TrainingPipeline, status: PipelineStatus, stage:
             "command": ["refinery-train", *args],
             "resources": RESOURCES,
             "volumeMounts": [{"name": "workspace", "mountPath": naming.VOLUME_ROOT}],
-            "securityContext": {
-                "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": builders.build_container_security_context(),
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }],
         "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": builders.claim_name(pipeline)}}],

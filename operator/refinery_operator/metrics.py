@@ -65,7 +65,13 @@ METRICS: tuple[MetricDef, ...] = (
               "1 for the pipeline's current phase, 0 for the others."),
     MetricDef("refinery_stage_phase", "gauge", (*STAGE_LABELS, "type", "phase"),
               "1 for the stage's current phase, 0 for the others."),
+    MetricDef("refinery_pipeline_eta_seconds", "gauge", ("namespace", "pipeline"),
+              "Seconds until a running pipeline ends, estimated (status.estimatedRemainingSeconds: the longest chain of "
+              "remaining stages); absent until a stage has measured its pace."),
     MetricDef("refinery_stage_progress_ratio", "gauge", STAGE_LABELS, "Share of the stage's planned steps done (0-1)."),
+    MetricDef("refinery_stage_eta_seconds", "gauge", STAGE_LABELS,
+              "Seconds the stage's running attempt has left at its pace since its first step (0 once succeeded); "
+              "absent before its first steps."),
     MetricDef("refinery_stage_step", "gauge", STAGE_LABELS, "Optimiser steps the stage has done, as last reported."),
     MetricDef("refinery_stage_attempt", "gauge", STAGE_LABELS, "Current attempt of the stage (1-based; 0 before the first)."),
     MetricDef("refinery_stage_checkpoints", "gauge", STAGE_LABELS, "Complete checkpoints the stage has written."),
@@ -130,6 +136,7 @@ class StageSnapshot:
 class PipelineSnapshot:
     phase: str
     stages: dict[str, StageSnapshot]
+    eta_seconds: int | None = None
 
 
 class OperatorMetrics(Collector):
@@ -164,7 +171,8 @@ class OperatorMetrics(Collector):
         status = status or PipelineStatus()
         stages = {s.name: self._stage_snapshot(s, spec) for s in status.stages}
         with self._lock:
-            self._pipelines[namespace, name] = PipelineSnapshot(phase=str(status.phase), stages=stages)
+            self._pipelines[namespace, name] = PipelineSnapshot(phase=str(status.phase), stages=stages,
+                                                                eta_seconds=status.estimated_remaining_seconds)
 
     def forget_pipeline(self, namespace: str, name: str) -> None:
         """Drop every sample of a deleted pipeline."""
@@ -198,6 +206,8 @@ class OperatorMetrics(Collector):
         for (namespace, name), pipeline in sorted(pipelines.items()):
             for phase in PHASES:
                 families["refinery_pipeline_phase"].add_metric([namespace, name, phase], float(pipeline.phase == phase))
+            if pipeline.eta_seconds is not None:
+                families["refinery_pipeline_eta_seconds"].add_metric([namespace, name], float(pipeline.eta_seconds))
             counts[namespace, pipeline.phase] = counts.get((namespace, pipeline.phase), 0) + 1
             for stage_name, snap in pipeline.stages.items():
                 for sample_name, labels, value in stage_samples((namespace, name, stage_name), snap, now):
@@ -221,6 +231,8 @@ def stage_samples(key: tuple[str, str, str], snap: StageSnapshot, now: float) ->
     for phase in PHASES:
         yield "refinery_stage_phase", [*labels, snap.type, phase], float(str(s.phase) == phase)
     yield "refinery_stage_progress_ratio", labels, float(s.progress)
+    if s.estimated_remaining_seconds is not None:
+        yield "refinery_stage_eta_seconds", labels, float(s.estimated_remaining_seconds)
     yield "refinery_stage_attempt", labels, float(s.attempt)
     yield "refinery_stage_checkpoints", labels, float(s.checkpoints)
     yield "refinery_stage_gpus", labels, float(snap.gpus)

@@ -46,7 +46,26 @@ def test_every_rendered_object_is_valid_kubernetes(chart, case, version):
 def test_default_values_render_no_optional_feature(chart):
     kinds = sorted(o["kind"] for o in chart.template())
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterRole", "ClusterRoleBinding",
-                            "Service", "Deployment", "CustomResourceDefinition", "Pod"])  # Pod: the helm test
+                            "Service", "Deployment", "CustomResourceDefinition", "Pod",  # Pod: the helm test
+                            # Safe by default: the pipeline-author admission policy (tests/real/test_author_rights.py).
+                            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"])
+
+
+def test_the_admission_policy_follows_its_values(chart):
+    def policy(values=None, *extra):
+        return [o for o in chart.template(values, *extra) if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+    assert policy({"admissionPolicy": {"enabled": False}}) == []
+    assert policy(None, "--kube-version", "1.29.0") == []  # no v1 ValidatingAdmissionPolicy before 1.30
+    default = "\n".join(v["expression"] for v in policy()[0]["spec"]["validations"])
+    assert "startsWith(r + '/')" not in default  # no registry allow-list: any image
+    assert "!has(v.nfs)" in default and "!has(v.emptyDir)" not in default
+    narrowed = policy({"admissionPolicy": {"allowedRegistries": ["ghcr.io/acme", "registry.corp"],
+                                           "allowedVolumeTypes": ["persistentVolumeClaim"], "validationActions": ["Warn", "Audit"]}})
+    rules = "\n".join(v["expression"] for v in narrowed[0]["spec"]["validations"])
+    assert "['ghcr.io/acme','registry.corp'].exists(r, object.spec.image.startsWith(r + '/'))" in rules
+    assert all(f"!has(v.{k})" in rules for k in ("secret", "configMap", "emptyDir", "nfs"))
+    assert narrowed[1]["spec"]["validationActions"] == ["Warn", "Audit"]
 
 
 def test_all_features_render_the_monitoring_objects(chart):
@@ -103,6 +122,20 @@ def test_watching_one_namespace_narrows_rbac_to_a_role(chart):
     cluster_roles = [o for o in objects if o["kind"] == "ClusterRole"]
     assert [(r["resources"], r["verbs"]) for c in cluster_roles for r in c["rules"]] == [
         (["customresourcedefinitions"], ["list", "watch"]), (["nodes"], ["get"])]
+
+
+def test_watch_namespaces_makes_a_role_in_each(chart):
+    objects = chart.template({"watchNamespaces": ["team-a", "team-b"], "watchNamespace": "team-a"})
+    roles = [o for o in objects if o["kind"] == "Role"]
+    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]  # merged, no duplicate
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert all(b["roleRef"]["kind"] == "Role" for b in bindings)
+    args = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+    assert "--all-namespaces" not in args
+    granted = {res for c in objects if c["kind"] == "ClusterRole" for r in c["rules"] for res in r["resources"]}
+    assert granted == {"customresourcedefinitions", "nodes"}
 
 
 def test_rbac_is_least_privilege(chart):

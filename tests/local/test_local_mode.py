@@ -12,89 +12,18 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from refinery_operator.api.run import CHECKPOINT_MARKER
 from refinery_operator.local.summary import read_history
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "tiny-chat.yaml"
+from .conftest import EXAMPLE, REPO, URL_LINE, phase_of, refinery, stage_of, stage_sample
 
 pytestmark = pytest.mark.slow
-
-
-URL_LINE = re.compile(r"^metrics: (http://127\.0\.0\.1:(\d+)/metrics)$", re.M)
-Samples = dict[tuple[str, frozenset], float]
-
-
-def refinery(*args: str, **kwargs) -> subprocess.Popen:
-    # No $REFINERY_METRICS_PORT from the caller's shell: the runs use the default port rule.
-    env = {k: v for k, v in os.environ.items() if k != "REFINERY_METRICS_PORT"} | {"HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "refinery_operator.cli", *args], env=env, **kwargs)
-
-
-def stage_of(status: dict, name: str) -> dict:
-    return next(s for s in status["stages"] if s["name"] == name)
-
-
-def scrape(url: str) -> Samples | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return None  # the run ended between two scrapes
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def stage_sample(samples: Samples, name: str, stage: str, **labels: str) -> float | None:
-    key = {"namespace": "local", "pipeline": "tiny-chat", "stage": stage, **labels}
-    return samples.get((name, frozenset(key.items())))
-
-
-def phase_of(samples: Samples, stage: str, type_: str) -> str | None:
-    """The phase whose refinery_stage_phase sample is 1 (None: the stage has no samples)."""
-    phases = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
-    current = [p for p in phases if stage_sample(samples, "refinery_stage_phase", stage, type=type_, phase=p) == 1.0]
-    return current[0] if len(current) == 1 else None
-
-
-@pytest.fixture(scope="module")
-def example_run(tmp_path_factory):
-    """The example pipeline, its /metrics scraped every half second while it runs."""
-    workdir = tmp_path_factory.mktemp("example")
-    started = time.monotonic()
-    proc = refinery("run", str(EXAMPLE), "--workdir", str(workdir), "--quiet",
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-
-    def read_output():
-        for line in proc.stdout:
-            lines.append(line)
-
-    reader = threading.Thread(target=read_output, daemon=True)
-    reader.start()
-    scrapes: list[Samples] = []
-    deadline = started + 900
-    while proc.poll() is None and time.monotonic() < deadline:
-        url = URL_LINE.search("".join(lines))
-        if url and (samples := scrape(url.group(1))):
-            scrapes.append(samples)
-        time.sleep(0.5)
-    proc.wait(timeout=max(1, deadline - time.monotonic()))
-    reader.join(timeout=10)
-    out = "".join(lines)
-    elapsed = time.monotonic() - started
-    status = json.loads((workdir / "tiny-chat" / "status.json").read_text())
-    print(f"\nexample pipeline: {elapsed:.1f} s, {len(scrapes)} scrapes of /metrics\n{out}")
-    return proc.returncode, out, status, workdir, scrapes
 
 
 def test_example_pipeline_succeeds(example_run):
@@ -125,6 +54,19 @@ def test_every_stage_reports_its_throughput_and_no_mfu_on_a_cpu(example_run):
             continue
         assert stage["metrics"]["tokensPerSecond"] > 0 and "mfu" not in stage["metrics"], stage["name"]
     assert "tokensPerSecond" in out  # a column of the summary table
+
+
+def test_the_time_left_is_estimated_while_stages_run_and_zero_once_done(example_run):
+    _, _, status, _, scrapes = example_run
+    sft_left = [stage_sample(s, "refinery_stage_eta_seconds", "sft") for s in scrapes if phase_of(s, "sft", "sft") == "Running"]
+    assert any(left is not None and left > 0 for left in sft_left), sft_left
+    pipeline_left = ("refinery_pipeline_eta_seconds", frozenset({"namespace": "local", "pipeline": "tiny-chat"}.items()))
+    assert any((s.get(pipeline_left) or 0) > 0 for s in scrapes)
+    assert status.get("estimatedRemainingSeconds") is None and status.get("eta") is None  # it has ended
+    for stage in status["stages"]:
+        assert stage["estimatedRemainingSeconds"] == 0.0, stage["name"]
+        if stage["name"] not in ("eval", "export"):  # the stages with steps have a measured pace
+            assert stage["secondsPerStep"] > 0, stage["name"]
 
 
 def test_outputs_are_handed_from_stage_to_stage(example_run):

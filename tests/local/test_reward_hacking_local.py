@@ -13,7 +13,7 @@ import yaml
 
 from tests.trainer.example_task import DATA, example_sft, model_dir
 
-from .test_local_mode import refinery
+from .conftest import refinery
 
 pytestmark = pytest.mark.slow
 WRONG = " quack"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_local_mode import refinery
+from .conftest import refinery
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

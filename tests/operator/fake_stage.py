@@ -51,7 +51,7 @@ def main() -> int:
     count = len(done)
     stop = []  # SIGTERM (suspend, eviction notice): checkpoint after this step, then exit 143 like the trainer
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    fail = FAILURES.get(Path(run.stage.data.path).stem)
+    fail = FAILURES.get(Path(run.stage.data.path).stem) if run.stage.data else None  # eval and export read no data
     for step in range(start + 1, max_steps + 1):
         time.sleep(STEP_S)
         loss = 1.0 / step

@@ -44,7 +44,7 @@ def container(j):
     (("spec", "template", "spec", "containers", 0, "command"), ["refinery-train", "run", "--config", "/etc/refinery/stage.yaml"]),
     (("spec", "template", "spec", "containers", 0, "terminationMessagePolicy"), "FallbackToLogsOnError"),
     (("spec", "template", "spec", "containers", 0, "securityContext"), {
-        "runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"}}),
     (("spec", "template", "spec", "containers", 0, "resources"), {
         "requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}),

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -102,15 +103,19 @@ async def test_printer_columns_and_explain(admin, kubectl, namespace, node, char
         return status.get("currentStage") == "sft" and (status.get("checkpointStep") or 0) >= 4
 
     await wait_until(sft_checkpointed, 60, "an sft checkpoint")
-    (row,) = kubectl_table(kubectl.run("get", "tp", "-n", namespace).stdout)
-    assert list(row)[:6] == ["NAME", "STAGE", "PHASE", "PROGRESS", "CKPT-STEP", "CKPT-AGE"], row
+    table = kubectl.run("get", "tp", "-n", namespace).stdout
+    print(f"\n$ kubectl get tp\n{table}")
+    (row,) = kubectl_table(table)
+    assert list(row) == ["NAME", "STAGE", "PHASE", "PROGRESS", "CKPT-STEP", "CKPT-AGE", "ETA", "AGE"], row
     assert (row["NAME"], row["STAGE"], row["PHASE"], row["PROGRESS"]) == ("cols", "sft", "Running", "1/2"), row
     assert int(row["CKPT-STEP"]) >= 4 and row["CKPT-AGE"].endswith("s") and row["AGE"], row
+    # Both stages have measured a pace by now: the pipeline's time left is the running sft's.
+    assert re.fullmatch(r"\d+s|\d+m\d\ds", row["ETA"]), row
 
     assert (await wait_until(lambda: finished(admin, namespace, "cols"), 120, "the pipeline"))["phase"] == "Succeeded"
     (row,) = kubectl_table(kubectl.run("get", "tp", "-n", namespace).stdout)
     # No stage is running any more: STAGE and the running stage's checkpoint columns are blank.
-    assert (row["STAGE"], row["PHASE"], row["PROGRESS"], row["CKPT-STEP"]) == ("", "Succeeded", "2/2", ""), row
+    assert (row["STAGE"], row["PHASE"], row["PROGRESS"], row["CKPT-STEP"], row["ETA"]) == ("", "Succeeded", "2/2", "", ""), row
     stored = yaml.safe_load(kubectl.run("get", "tp", "cols", "-n", namespace, "-o", "yaml").stdout)
     assert stored["status"]["observedGeneration"] == stored["metadata"]["generation"] == 1
     explained = kubectl.run("explain", "trainingpipeline.spec.stages.training").stdout

@@ -106,3 +106,27 @@ def test_dpo_bad_preferences_fail_as_bad_data(sft, workspace):
     progress = read_json(workspace / "p" / "dpo" / "progress.json")
     assert progress["phase"] == "Failed" and progress["failureReason"] == "BadData"
     assert f"{workspace / 'prefs.jsonl'} line 6: missing field 'rejected'" in progress["message"]
+
+
+def conversational(path, out) -> str:
+    """The example's text pairs in TRL's conversational format: the prompt as a user turn, each answer as
+    an assistant turn."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": r["prompt"]}],
+                                       "chosen": [{"role": "assistant", "content": r["chosen"].strip()}],
+                                       "rejected": [{"role": "assistant", "content": r["rejected"].strip()}]}) + "\n"
+                           for r in rows))
+    return str(out)
+
+
+def test_dpo_on_conversational_pairs_rendered_with_the_chat_template(sft, workspace):
+    """chosen/rejected as messages: TRL renders them with the SFT model's chat template, and DPO still
+    widens the held-out margin."""
+    data = {"path": conversational(DATA / "preferences.jsonl", workspace / "data" / "pairs.jsonl"),
+            "evalPath": conversational(DATA / "preferences_eval.jsonl", workspace / "data" / "pairs_eval.jsonl")}
+    run = dpo_run(workspace, sft, stage={"dpo": {"beta": 0.1}})
+    run["stage"]["data"] = data
+    metrics = run_stage(workspace, run)["metrics"]
+    assert metrics["evalMargin"] > metrics["initialEvalMargin"] + 1.0
+    assert metrics["evalLoss"] < metrics["initialEvalLoss"]

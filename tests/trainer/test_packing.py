@@ -9,7 +9,7 @@ from refinery_operator.api.run import StageRun
 from refinery_trainer.context import StageContext
 from refinery_trainer.packing import use_row_packing
 from refinery_trainer.stages.sft import chat_loss_plan, sft_config
-from refinery_trainer.stages.sft import sft_rows as sft_rows_for
+from refinery_trainer.stages.sft import sft_dataset
 
 from .conftest import sft_rows, stage_run
 
@@ -23,9 +23,9 @@ def _trainer(workspace, model, tokenizer, rows, packing: bool, chat: bool, layou
     run = stage_run(workspace, "sft", "sft", data={"path": "unused.jsonl"}, from_="pretrain",
                     training={"batchSize": 8, "packing": packing})
     ctx = StageContext(StageRun.model_validate(run))
-    plan = chat_loss_plan(ctx, tokenizer, chat, rows)  # chat rows arrive tokenized with their assistant masks
+    plan = chat_loss_plan(ctx, tokenizer, chat, [r["messages"] for r in rows[:16]] if chat else None)  # chat rows arrive tokenized with their assistant masks
     config = sft_config(ctx, MAX_LENGTH, plan, output_dir=str(workspace / f"out-{packing}"))
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(sft_rows_for(tokenizer, rows, plan)),
+    trainer = SFTTrainer(model=model, args=config, train_dataset=sft_dataset(tokenizer, Dataset.from_list(rows), plan),
                          processing_class=tokenizer)
     if packing and layout == "rows":  # what the stage does unless the attention is FlashAttention's
         use_row_packing(trainer, tokenizer.pad_token_id)

@@ -61,6 +61,8 @@ def models(tmp_path_factory) -> Path:
     write_jsonl(root / "system.jsonl", [{"messages": [{"role": "system", "content": "Be brief."}, *CHAT]}] * 4)
     write_jsonl(root / "pc.jsonl", [{"prompt": "What does the cow say?", "completion": " moo"}] * 4)
     write_jsonl(root / "prefs.jsonl", [{"prompt": "What does the cow say?", "chosen": " moo", "rejected": " baa"}] * 4)
+    write_jsonl(root / "chat_prefs.jsonl", [{"prompt": CHAT[:1], "chosen": CHAT[1:],
+                                             "rejected": [{"role": "assistant", "content": "baa"}]}] * 4)
     return root
 
 
@@ -86,6 +88,9 @@ def sft(model: str, data: str = "chat.jsonl", **training) -> dict:
     pytest.param([sft("cohere", "pc.jsonl"), {"name": "reward", "type": "reward", "from": "sft",
                                               "data": {"path": "prefs.jsonl"}}],
                  "stage 'reward': transformers has no sequence-classification head for cohere", id="no-reward-head"),
+    pytest.param([{"name": "dpo", "type": "dpo", "model": {"path": "gpt2"}, "data": {"path": "chat_prefs.jsonl"}}],
+                 "data chat_prefs.jsonl holds conversational pairs (chosen/rejected as messages), and the tokenizer "
+                 "has no chat template", id="conversational-pairs-without-chat-template"),
     pytest.param([sft("gemma2", "system.jsonl")], "the chat template refuses a conversation with roles ['system', "
                  "'user', 'assistant']: System role not supported", id="template-refuses-the-data"),
 ])

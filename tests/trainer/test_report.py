@@ -122,3 +122,32 @@ def test_configmap_sink_patches_progress_json_and_falls_back_to_kubeconfig(monke
     _, namespace, name, body = calls[-1]
     assert (namespace, name) == ("ns", "p-sft-progress")
     assert json.loads(body["data"]["progress.json"])["step"] == 5
+
+
+def test_the_estimate_is_the_pace_since_the_first_step_times_what_is_left(reporter):
+    rep, sink, clock = reporter
+    rep.update(step=20, max_steps=100)  # a resumed attempt: loading and the first step are not its pace
+    assert rep.record.estimated_remaining_seconds is None
+    clock.now += 30.0  # a slow first step (warm-up)
+    rep.update(step=21)
+    assert rep.record.estimated_remaining_seconds is None  # one point of pace is not a pace
+    clock.now += 10.0
+    rep.update(step=31)  # 10 steps in 10 s, 69 left
+    assert rep.record.estimated_remaining_seconds == pytest.approx(69.0)
+    assert rep.record.seconds_per_step == pytest.approx(1.0)
+    clock.now += 30.0  # an evaluation between steps: the user waits for it too, so the pace slows
+    rep.update(step=41)
+    assert rep.record.estimated_remaining_seconds == pytest.approx(59 * 2.0)
+    rep.succeeded({"evalLoss": 1.0}, output="/m", step=100)
+    assert sink.sent[-1]["estimatedRemainingSeconds"] == 0.0
+
+
+def test_the_eval_stage_gets_an_estimate_from_its_share_of_models_done(reporter):
+    rep, _, clock = reporter
+    rep.update(progress=0.0)
+    clock.now += 40.0
+    rep.update(progress=0.25)  # the first model, with every load the stage does once
+    clock.now += 20.0
+    rep.update(progress=0.5)
+    assert rep.record.estimated_remaining_seconds == pytest.approx(40.0)
+    assert rep.record.seconds_per_step is None  # no steps

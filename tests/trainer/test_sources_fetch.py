@@ -189,8 +189,17 @@ def https_ref(web: str, path: str):
 
 def test_an_https_file_is_fetched_with_its_etag(web, tmp_path):
     status = fetch_source(https_ref(web, "/ok.jsonl?X-Amz-Signature=planted-signature"), str(tmp_path))
-    assert Path(status.path).read_bytes() == ROWS and status.resolved == "v1"
+    assert Path(status.path).read_bytes() == ROWS and status.resolved == f"sha256:{hashlib.sha256(ROWS).hexdigest()}"
     assert "planted-signature" not in status.uri and "planted-signature" not in status.path
+
+
+def test_an_https_digest_is_checked(web, tmp_path):
+    good = hashlib.sha256(ROWS).hexdigest()
+    status = fetch_source(https_ref(web, f"/ok.jsonl#sha256={good}"), str(tmp_path))
+    assert Path(status.path).read_bytes() == ROWS and Path(status.path).name == "ok.jsonl"
+    with pytest.raises(SourceError) as refused:
+        fetch_source(https_ref(web, f"/ok.jsonl#sha256={'0' * 64}"), str(tmp_path), attempts=1)
+    assert f"SHA-256 is {good}, not the {'0' * 64}" in str(refused.value) and not refused.value.transient
 
 
 @pytest.mark.parametrize(("path", "expected", "transient"), [
@@ -337,3 +346,63 @@ def test_every_parquet_shard_is_checked_by_its_first_rows(tmp_path):
     result = run_fetch(FetchRun(pipeline="p", pipeline_root=str(tmp_path / "p"), data_root=str(tmp_path), stages=[stage]))
     assert result.reason == "BadData"
     assert result.message.startswith(f"{shards}/part-1.parquet row 1: missing field 'rejected'"), result.message
+
+
+# --- Verified end to end: multipart ETags and S3's own checksums ---------------------------------
+PART = 5 * 1024 * 1024  # S3's smallest part size
+
+
+def upload_multipart(client, key: str, data: bytes, sizes: list[int]) -> str:
+    """A multipart upload with these part sizes, as the AWS CLI makes for any object over 8 MB."""
+    upload = client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    parts, offset = [], 0
+    for number, size in enumerate(sizes, 1):
+        answer = client.upload_part(Bucket=BUCKET, Key=key, UploadId=upload, PartNumber=number, Body=data[offset:offset + size])
+        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        offset += size
+    return client.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload,
+                                            MultipartUpload={"Parts": parts})["ETag"].strip('"')
+
+
+def corrupt_at_rest(key: str, offset: int) -> None:
+    """Flip one byte of the stored object in moto's backend (same process), leaving its ETag and
+    checksum as they were: what bit rot or a faulty store would serve."""
+    from moto.s3.models import s3_backends
+
+    stored = next(b for a in s3_backends.values() for b in a.values() if BUCKET in b.buckets).buckets[BUCKET].keys[key]
+    with stored.lock:
+        stored._value_buffer.seek(offset)
+        byte = stored._value_buffer.read(1)
+        stored._value_buffer.seek(offset)
+        stored._value_buffer.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("sizes", [[PART, PART, 123], [PART + 7, PART, 99]], ids=["even-parts", "uneven-parts"])
+def test_a_multipart_object_is_verified_by_its_multipart_etag(s3_env, tmp_path, sizes):
+    key = f"big-{len(sizes)}-{sizes[0]}.bin"
+    data = os.urandom(sum(sizes))
+    etag = upload_multipart(s3_env.client(), key, data, sizes)
+    assert etag.endswith("-3")
+    status = fetch_source(parse_source(f"s3://corpus/{key}"), str(tmp_path))
+    assert Path(status.path).read_bytes() == data and status.resolved == etag
+
+
+def test_a_corrupted_multipart_object_is_refused(s3_env, tmp_path):
+    key = "big-corrupt.bin"
+    upload_multipart(s3_env.client(), key, os.urandom(2 * PART + 10), [PART, PART, 10])
+    corrupt_at_rest(key, PART + 17)  # in the second part
+    with pytest.raises(SourceError) as refused:
+        fetch_source(parse_source(f"s3://corpus/{key}"), str(tmp_path))
+    print(f"\n{refused.value}")
+    assert "does not match its multipart ETag" in str(refused.value) and "s3://corpus/big-corrupt.bin" in str(refused.value)
+
+
+def test_an_object_with_an_s3_checksum_is_checked_against_it(s3_env, tmp_path):
+    client = s3_env.client()
+    client.put_object(Bucket=BUCKET, Key="checked.jsonl", Body=ROWS, ChecksumAlgorithm="SHA256")
+    assert fetch_source(parse_source("s3://corpus/checked.jsonl"), str(tmp_path)).bytes == len(ROWS)
+    client.put_object(Bucket=BUCKET, Key="rotten.jsonl", Body=ROWS, ChecksumAlgorithm="SHA256")
+    corrupt_at_rest("rotten.jsonl", 5)
+    with pytest.raises(SourceError) as refused:
+        fetch_source(parse_source("s3://corpus/rotten.jsonl"), str(tmp_path))
+    assert "does not match its S3 checksum" in str(refused.value), refused.value

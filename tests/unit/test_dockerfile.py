@@ -138,8 +138,8 @@ def test_operator_installs_exactly_the_operator_extra_and_never_torch():
 def test_trainer_installs_the_trainer_extra_and_deepspeed_without_replacing_cuda_torch():
     stage = STAGES["trainer"]
     installs = pip_installs(stage)
-    assert any(extras_installed(a) == {"trainer", "eval", "export"} for a in installs)  # eval stages and exports run in it too
-    assert not any(extras_installed(a) - {"trainer", "eval", "export"} for a in installs), "only the trainer-side extras"
+    assert any(extras_installed(a) == {"trainer", "eval", "export", "tracking"} for a in installs)  # eval stages and exports run in it too
+    assert not any(extras_installed(a) - {"trainer", "eval", "export", "tracking"} for a in installs), "only the trainer-side extras"
     assert any("deepspeed" in requirement_names(a) for a in installs)
     # torch is installed once, pinned, and every later install is constrained to it
     torch_steps = [i for i, a in enumerate(installs) if "torch" in requirement_names(a)]
@@ -196,7 +196,7 @@ def test_trainer_cpu_is_the_trainer_on_cpu_torch_without_deepspeed():
     cpu, gpu = STAGES["trainer-cpu"], STAGES["trainer"]
     assert cpu.args["TORCH_VERSION"] == gpu.args["TORCH_VERSION"]
     installs = pip_installs(cpu)
-    assert any(extras_installed(a) == {"trainer", "eval", "export"} for a in installs)
+    assert any(extras_installed(a) == {"trainer", "eval", "export", "tracking"} for a in installs)
     assert not any("deepspeed" in requirement_names(a) for a in installs)
     torch_steps = [a for a in installs if "torch" in requirement_names(a)]
     assert torch_steps == [["${TORCH_PIP_ARGS}", "torch==${TORCH_VERSION}+cpu"]]

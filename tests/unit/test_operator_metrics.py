@@ -81,6 +81,17 @@ def test_a_running_stage_sets_progress_checkpoint_and_duration(registry, clock):
     assert value(registry, "refinery_stage_duration_seconds", **STAGE) == 660
 
 
+def test_the_estimates_of_time_left_come_from_the_status_and_are_absent_without_one(registry):
+    running = status(sft=dict(phase="Running", estimatedRemainingSeconds=42.5))
+    running.estimated_remaining_seconds = 300
+    registry.record_pipeline("ml", "chat", running, SPEC)
+    assert value(registry, "refinery_stage_eta_seconds", **STAGE) == 42.5
+    assert value(registry, "refinery_pipeline_eta_seconds", namespace="ml", pipeline="chat") == 300
+    registry.record_pipeline("ml", "chat", status(sft=dict(phase="Running")), SPEC)
+    assert value(registry, "refinery_stage_eta_seconds", **STAGE) is None
+    assert value(registry, "refinery_pipeline_eta_seconds", namespace="ml", pipeline="chat") is None
+
+
 def test_gpu_seconds_come_from_the_status(registry):
     registry.record_pipeline("ml", "chat", status(sft=dict(phase="Running", gpuSeconds=660.5, lostGpuSeconds=60.0)), SPEC)
     assert value(registry, "refinery_stage_gpu_seconds_total", **STAGE) == 660.5

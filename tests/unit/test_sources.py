@@ -10,7 +10,7 @@ from refinery_operator import builders, builders_sources
 from refinery_operator.api.load import InvalidManifest, parse_pipeline
 from refinery_operator.api.run import FetchResult
 from refinery_operator.api.sources import (
-    SourceStatus, SourceUriError, display_uri, fetched_path, matches, parse_source, source_key,
+    SourceStatus, SourceUriError, display_uri, fetched_path, matches, parse_source, single_file_name, source_key,
 )
 from refinery_operator.api.v1alpha1 import Phase, PipelineStatus, StageStatus
 from refinery_operator.core.conditions import get_condition
@@ -221,20 +221,34 @@ def test_stages_read_the_fetched_copies():
 
 
 def test_the_initializer_job_gets_the_pipelines_credentials_and_nothing_more():
-    manifest = make_pipeline("p").stage("pretrain", "pretrain", data={"path": "s3://bk1/corpus/"},
-                                        env=[{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "t"}}}],
-                                        volumeMounts=[{"name": "cache", "mountPath": "/models", "readOnly": True}]).manifest()
+    """Only what a fetch reads: the s3 client's variables, the envFrom of the pipeline and of the stage
+    that fetches, the mount a kept variable points into; not the training secrets of other stages."""
+    secret = {"secretKeyRef": {"name": "hub", "key": "t"}}
+    manifest = make_pipeline("p").stage(
+        "pretrain", "pretrain", data={"path": "s3://bk1/corpus/"},
+        env=[{"name": "AWS_ACCESS_KEY_ID", "valueFrom": secret}, {"name": "WANDB_API_KEY", "valueFrom": secret},
+             {"name": "AWS_CA_BUNDLE", "value": "/etc/ca/bundle.pem"}],
+        volumeMounts=[{"name": "cache", "mountPath": "/models", "readOnly": True}, {"name": "ca", "mountPath": "/etc/ca"}],
+    ).stage("sft", "sft", from_="pretrain", envFrom=[{"secretRef": {"name": "wandb"}}],
+            env=[{"name": "HF_TOKEN", "valueFrom": secret}]).manifest()
     manifest["spec"]["envFrom"] = [{"secretRef": {"name": "s3"}}]
-    manifest["spec"]["volumes"] = [{"name": "cache", "persistentVolumeClaim": {"claimName": "models"}}]
+    manifest["spec"]["volumes"] = [{"name": "cache", "persistentVolumeClaim": {"claimName": "models"}},
+                                   {"name": "ca", "configMap": {"name": "ca"}}]
     p = parse_pipeline(manifest)
     job = builders_sources.build_initializer_job(p, 1)
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert job["metadata"]["name"] == "p-sources-1-fetch"
-    assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]
-    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "t"}}} in container["env"]
-    assert {"name": "cache", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
-    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "models"}} in pod["volumes"]
+    assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]  # not sft's `wandb`
+    ours = {v["name"] for v in builders.CACHE_ENV} | {"PYTHONUNBUFFERED"}
+    user = [v["name"] for v in container["env"] if v["name"] not in ours]
+    assert user == ["AWS_ACCESS_KEY_ID", "AWS_CA_BUNDLE"]  # no WANDB_API_KEY; no HF_TOKEN (nothing from the hub)
+    assert [m["name"] for m in container["volumeMounts"]][3:] == ["ca"]  # the CA bundle's, not the model cache
+    assert [v["name"] for v in pod["volumes"]][3:] == ["ca"]
+    # A pipeline that fetches nothing remote (only checks volume paths) gets none of the user's settings.
+    local = builders_sources.build_initializer_job(parse_pipeline(make_pipeline("q").stage(
+        "pretrain", "pretrain", env=[{"name": "AWS_ACCESS_KEY_ID", "valueFrom": secret}]).manifest()), 1)
+    assert {v["name"] for v in local["spec"]["template"]["spec"]["containers"][0]["env"]} == ours
     assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["allowPrivilegeEscalation"] is False
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert rules[2]["onExitCodes"]["values"] == [75] and builders.POD_FAILURE_RULES[2] == ("Infrastructure", "SourceUnavailable")
@@ -271,3 +285,13 @@ def test_an_initializer_whose_pod_never_starts_fails_the_pipeline_at_the_stages_
     assert after.failure.reason == "StartTimeout" and "ErrImageNeverPull" in after.failure.message
     ready = attempt(1, "Running", start_time="2026-01-01T00:00:00Z", ready=True)
     assert decide_initializer(pipeline, [ready], None, None, 0, started + datetime.timedelta(days=1)).failure is None
+
+
+def test_an_https_source_may_name_its_sha256():
+    digest = "ab" * 32
+    ref = parse_source(f"https://host.example/data/sft.jsonl#sha256={digest}")
+    assert (ref.sha256, ref.url, single_file_name(ref)) == (digest, "https://host.example/data/sft.jsonl", "sft.jsonl")
+    assert parse_source("https://host.example/sft.jsonl").sha256 is None
+    for bad in ("#sha256=ABC", "#md5=" + "0" * 32, "#sha256=" + "0" * 63):
+        with pytest.raises(SourceUriError, match="#sha256=<64 lowercase hex digits>"):
+            parse_source(f"https://host.example/sft.jsonl{bad}")

@@ -39,6 +39,8 @@ from .errors import ModelError, TerminatedError
 from .report import Reporter
 
 if TYPE_CHECKING:
+    from .arrow_data import ArrowTable
+    from .mixture import MixedTable
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ class StageContext:
         self.stop_requested = False  # set on SIGTERM: checkpoint at the end of this step, then stop
         self.throughput: dict[str, float] = {}  # tokensPerSecond (and mfu) of the training steps (ThroughputCallback)
         self.output: str | None = None  # what result.json names as the stage's output; default its model/
+        self.tracker = None  # spec.tracking.mlflow's StageTracker (rank 0), set by the CLI
+        self.data_lineage: dict | None = None  # data.mixture: each dataset, its weight and rows (result.json, model/)
 
     # ---- the run -----------------------------------------------------------------------------
 
@@ -146,18 +150,47 @@ class StageContext:
 
     # ---- data --------------------------------------------------------------------------------
 
-    def load_data(self, *columns: str, hint: str = "") -> tuple[Table, Table]:
-        """(train, held-out) tables of `stage.data`, each row having `columns`. Raises DataError.
+    def load_data(self, *columns: str, hint: str = "") -> tuple[ArrowTable | MixedTable, ArrowTable | MixedTable]:
+        """(train, held-out) Arrow tables of `stage.data` (memory-mapped `datasets`, see arrow_data), each
+        row having `columns`. Raises DataError.
 
-        The held-out table is `data.evalPath` when set, else a seeded `data.evalFraction` split.
+        The held-out table is `data.evalPath` when set, else a seeded `data.evalFraction` split (of each
+        dataset of a `data.mixture`, see mixture.py).
         """
+        from .arrow_data import load_table
+
+        spec = self.data
+        load = lambda path: load_table(self.data_file(path), text_field=spec.text_field, cache_dir=self.datasets_cache)
+        if spec.mixture:
+            from .mixture import MixedTable
+
+            train = MixedTable([(load(m.path), m.weight) for m in spec.mixture], seed=self.training.seed)
+            self.data_lineage = train.lineage([m.path for m in spec.mixture])
+        else:
+            train = load(spec.path)
+        if spec.eval_path:
+            return train.require(*columns, hint=hint), load(spec.eval_path).require(*columns, hint=hint)
+        # Checked once, whole: both parts of the split are views of checked rows.
+        return train.require(*columns, hint=hint).split(spec.eval_fraction, seed=self.training.seed)
+
+    def load_rows(self, *columns: str, hint: str = "") -> tuple[Table, Table]:
+        """`load_data` as Python rows, for pretrain's small in-memory corpora (its stage process runs
+        without `datasets`, see startup.py; a big corpus is streamed by pretrain_stream instead)."""
         spec = self.data
         train = read_data(self.data_file(spec.path), text_field=spec.text_field)
         if spec.eval_path:
             held_out = read_data(self.data_file(spec.eval_path), text_field=spec.text_field)
             return train.require(*columns, hint=hint), held_out.require(*columns, hint=hint)
-        # Checked once, whole: both parts of the split are non-empty subsets of checked rows.
         return train.require(*columns, hint=hint).split(spec.eval_fraction, seed=self.training.seed)
+
+    @property
+    def datasets_cache(self) -> Path:
+        """Where `datasets` keeps the Arrow copies of the stage's data files: the stage's folder on the
+        volume, beside its attempts. A retry (another attempt, another pod) finds them there and
+        memory-maps them instead of converting the files again; the container's ~/.cache would be
+        lost with the pod (and the root filesystem may be read-only). Entries are keyed by the files'
+        paths and modification times, so a changed file is converted anew."""
+        return self.stage_dir / "cache" / "datasets"
 
     # ---- models ------------------------------------------------------------------------------
 
@@ -248,14 +281,16 @@ class StageContext:
 
     def callbacks(self) -> list[TrainerCallback]:
         """The TrainerCallbacks every stage passes to its trainer: markers, rotation, metrics.jsonl,
-        progress, NaN check, metrics. The log file comes before the NaN check, so it keeps the last log;
+        progress, NaN check, metrics, and the trackers of spec.tracking. The log file comes before the NaN check, so it keeps the last log;
         throughput comes before both, so they see the tokens/s and MFU it adds to each training log."""
         from .callbacks import CheckpointMarkerCallback, MetricsLogCallback, ProgressCallback
         from .metrics import metrics_callbacks
         from .throughput_callback import ThroughputCallback
 
+        from .tracking import tracking_callbacks
+
         return [CheckpointMarkerCallback(self), ThroughputCallback(self), MetricsLogCallback(self), ProgressCallback(self),
-                *metrics_callbacks(self)]
+                *metrics_callbacks(self), *tracking_callbacks(self)]
 
     @staticmethod
     def quiet(trainer: Trainer) -> None:
@@ -387,8 +422,9 @@ class StageContext:
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         lineage = self.lineage()
-        if lineage:  # which revision of which model and data this model was trained from
-            (tmp / LINEAGE_FILE).write_text(json.dumps({"stage": self.stage.name, "sources": lineage}, indent=2) + "\n")
+        if lineage or self.data_lineage:  # which revision of which model and data this model was trained from
+            record = {"stage": self.stage.name, "sources": lineage, **({"data": self.data_lineage} if self.data_lineage else {})}
+            (tmp / LINEAGE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         ckpt.fsync_tree(tmp)
         old = None
         if self.model_dir.exists():  # a re-run: move the old model away first, delete it after

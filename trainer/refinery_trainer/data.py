@@ -65,11 +65,15 @@ class Table:
                     raise DataError(f"{self.where(i)}: field {name!r} must be a string, got {type(row[name]).__name__}")
         return self
 
-    def require_messages(self, column: str) -> Table:
+    def is_chat(self, column: str) -> bool:
+        """Whether the column holds chats (lists of messages), as its first row says."""
+        return bool(self.rows) and isinstance(self.rows[0].get(column), list)
+
+    def require_messages(self, column: str, need_assistant: bool = True) -> Table:
         """The column holds chats: lists of {role, content} with string values and an assistant turn
-        (the part a chat model learns to write), after `require`."""
+        (the part a chat model learns to write; not for a preference pair's prompt), after `require`."""
         for i, row in enumerate(self.rows):
-            problem = _chat_problem(row[column])
+            problem = _chat_problem(row[column], need_assistant)
             if problem:
                 raise DataError(f"{self.where(i)}: field {column!r} {problem}")
         return self
@@ -100,16 +104,28 @@ def preference_columns(spec, train: Table, held_out: Table) -> dict[str, str]:
     if train.has_column(spec.prompt_field):
         columns = {"prompt": spec.prompt_field, **columns}
     hint = "data.chosenField/data.rejectedField" + ("/data.promptField" if "prompt" in columns else "")
+    chat = train.has_column(spec.chosen_field) and train.is_chat(spec.chosen_field)
     for table in (train, held_out):
-        table.require(*columns.values(), hint=hint).require_text(*columns.values())
+        table.require(*columns.values(), hint=hint)
+        if chat:  # TRL's conversational format: the prompt's turns, then chosen/rejected end with the assistant's answer
+            table.require_messages(spec.chosen_field).require_messages(spec.rejected_field)
+            if "prompt" in columns:
+                table.require_messages(spec.prompt_field, need_assistant=False)
+        else:
+            table.require_text(*columns.values())
     return columns
+
+
+def is_chat_pairs(spec, table) -> bool:
+    """Whether preference pairs are conversational (chosen/rejected as lists of messages)."""
+    return table.has_column(spec.chosen_field) and table.is_chat(spec.chosen_field)
 
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
-def _chat_problem(chat) -> str | None:
-    """Why `chat` is not a list of {role, content} messages with an assistant turn, or None."""
+def _chat_problem(chat, need_assistant: bool = True) -> str | None:
+    """Why `chat` is not a list of {role, content} messages (with an assistant turn), or None."""
     if not isinstance(chat, list) or not chat:
         return f"must be a non-empty list of {{role, content}} messages, got {type(chat).__name__}"
     for j, message in enumerate(chat):
@@ -121,7 +137,7 @@ def _chat_problem(chat) -> str | None:
                 return f"[{j}].{key} must be a string, got {got}"
         if message["role"] not in ROLES:
             return f"[{j}].role {message['role']!r} is not one of {', '.join(ROLES)}"
-    if not any(m["role"] == "assistant" for m in chat):
+    if need_assistant and not any(m["role"] == "assistant" for m in chat):
         return "has no assistant message (the part the model learns to write)"
     return None
 

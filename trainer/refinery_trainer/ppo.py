@@ -32,6 +32,7 @@ One process only: no DeepSpeed, no LoRA (yet). The API refuses such a stage at a
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -373,8 +374,10 @@ class _Loop:
         self.ctx, self.callbacks = ctx, [*ctx.callbacks(), *callbacks]
         self.state = TrainerState(max_steps=max_steps, logging_steps=t.logging_steps, save_steps=t.save_steps)
         self.control = TrainerControl()
-        self.args = SimpleNamespace(output_dir=str(ctx.checkpoints_dir), per_device_train_batch_size=t.batch_size,
-                                    gradient_accumulation_steps=t.gradient_accumulation_steps, world_size=1)
+        fields = dict(output_dir=str(ctx.checkpoints_dir), per_device_train_batch_size=t.batch_size,
+                      gradient_accumulation_steps=t.gradient_accumulation_steps, world_size=1)
+        # to_json_string: what TrainingArguments offer the tracker callbacks (TensorBoard records it as text).
+        self.args = SimpleNamespace(**fields, to_json_string=lambda: json.dumps(fields, sort_keys=True))
 
     def fire(self, event: str, **kwargs) -> None:
         for callback in self.callbacks:

@@ -32,6 +32,7 @@ from refinery_operator.api.run import (
 from refinery_operator.api.v1alpha1 import Checkpoint
 
 from .checkpoints import atomic_write_text, now_rfc3339
+from .eta import RemainingTime
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class Reporter:
         self.record = ProgressRecord(attempt=attempt)
         self._clock = clock
         self._last_sent: float | None = None
+        self._remaining = RemainingTime()
 
     @classmethod
     def for_run(cls, run: StageRun) -> Reporter:
@@ -140,6 +142,14 @@ class Reporter:
         data.update(fields)
         if data.get("max_steps") and data.get("phase") == "Running":
             data["progress"] = min(1.0, data["step"] / data["max_steps"])
+        if data.get("phase") == "Running":
+            now = self._clock()
+            data["estimated_remaining_seconds"] = self._remaining.observe(data["progress"], now)
+            stage_seconds = self._remaining.seconds_per_stage(data["progress"], now)
+            if stage_seconds is not None and data.get("max_steps"):
+                data["seconds_per_step"] = round(stage_seconds / data["max_steps"], 4)
+        elif data.get("phase") == "Succeeded":
+            data["estimated_remaining_seconds"] = 0.0
         self.record = ProgressRecord.model_validate(data)
 
 

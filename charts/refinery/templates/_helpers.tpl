@@ -58,3 +58,13 @@ app.kubernetes.io/component: operator
 {{- define "refinery.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "refinery.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/*
+The namespaces the operator watches, as a JSON list: watchNamespaces plus the older single
+watchNamespace (kept so existing values files work), without duplicates. Empty: all namespaces.
+*/}}
+{{- define "refinery.watchNamespaces" -}}
+{{- $all := .Values.watchNamespaces | default list }}
+{{- if .Values.watchNamespace }}{{ $all = append $all .Values.watchNamespace }}{{ end }}
+{{- $all | uniq | toJson }}
+{{- end }}

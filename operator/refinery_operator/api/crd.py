@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
+from .credentials import CEL_NO_SECRET_ENV_VALUE, cel_no_uri_credential
 from .sources import CEL_KNOWN_SCHEME, UNKNOWN_SCHEME_MESSAGE
 from .v1alpha1 import (
-    GROUP, KIND, PACKING_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, RLHF_INPUTS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
+    GROUP, KIND, PACKING_MESSAGE, MIXTURE_MESSAGE, PRETRAIN_MIXTURE_MESSAGE, PLURAL, PPO_ONE_PROCESS_MESSAGE, RLHF_INPUTS_MESSAGE, SHARED_VOLUME_MESSAGE, SHORT_NAMES, SINGULAR,
     TOKENIZE_ONLY_PRETRAIN_MESSAGE,
     VERSION, VLLM_GPU_MESSAGE, PipelineSpec, PipelineStatus,
 )
@@ -90,6 +91,7 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "self.type == 'sft' || !has(self.training) || !has(self.training.packing)",
             "message": PACKING_MESSAGE,
         },
+        {"rule": "self.type != 'pretrain' || !has(self.data) || !has(self.data.mixture)", "message": PRETRAIN_MIXTURE_MESSAGE},
         {
             "rule": "!has(self.rl) || !has(self.rl.generation) || self.rl.generation != 'vllm' || !has(self.resources) "
                     "|| !has(self.resources.gpus) || self.resources.gpus >= 1",
@@ -139,7 +141,13 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     "GenerateEval": [
         {"rule": "!has(self.samples) || self.samples <= 1 || (has(self.temperature) && self.temperature > 0.0)",
          "message": SAMPLES_NEED_TEMPERATURE_MESSAGE, "fieldPath": ".samples"},
+        cel_no_uri_credential("path"),
     ],
+    # No credential at rest (credentials.py): in any source or destination URI, nor a literal value
+    # of a variable named like a secret.
+    "PythonReward": [cel_no_uri_credential("path")],
+    "ExportSpec": [cel_no_uri_credential("to")],
+    "EnvVar": [CEL_NO_SECRET_ENV_VALUE],
     "RlSpec": [
         {
             "rule": "!has(self.lossType) || (has(self.algorithm) && self.algorithm == 'grpo')",
@@ -165,10 +173,18 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         },
         *({"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
            "fieldPath": f".{f}"} for f in ("path", "tokenizer")),
+        cel_no_uri_credential("path"), cel_no_uri_credential("tokenizer"), cel_no_uri_credential("hubId", "hf"),
     ],
     "DataSpec": [
-        {"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
-         "fieldPath": f".{f}"} for f in ("path", "evalPath")
+        *({"rule": f"!has(self.{f}) || ({CEL_KNOWN_SCHEME.format(f='self.' + f)})", "message": UNKNOWN_SCHEME_MESSAGE,
+           "fieldPath": f".{f}"} for f in ("path", "evalPath")),
+        cel_no_uri_credential("path"), cel_no_uri_credential("evalPath"),
+        {"rule": "has(self.path) != has(self.mixture)", "message": MIXTURE_MESSAGE},
+    ],
+    "MlflowSpec": [cel_no_uri_credential("trackingUri")],
+    "MixtureEntry": [
+        {"rule": CEL_KNOWN_SCHEME.format(f="self.path"), "message": UNKNOWN_SCHEME_MESSAGE, "fieldPath": ".path"},
+        cel_no_uri_credential("path"),
     ],
     "Gate": [{"rule": "has(self.value) != has(self.valueFrom)", "message": "a gate needs exactly one of `value` or `valueFrom`"}],
     "Storage": [{"rule": "has(self.claimName) != has(self.claim)", "message": "set exactly one of claimName or claim"}],
@@ -184,6 +200,7 @@ PRINTER_COLUMNS = [
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "description": "Stages done out of all."},
     {"name": "Ckpt-Step", "type": "integer", "jsonPath": ".status.checkpointStep", "description": "Last checkpoint step of the running stage."},
     {"name": "Ckpt-Age", "type": "date", "jsonPath": ".status.checkpointTime", "description": "Age of that checkpoint."},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.eta", "description": "Time until the pipeline ends, estimated."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

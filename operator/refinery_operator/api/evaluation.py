@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import DNS_LABEL, STAGE_NAME_MAX, ApiModel
+from .credentials import uri_credential_problem
 from .rewards import MAX_REWARDS, RewardSource, reward_list_problems
 
 MAX_EVAL_MODELS = 8
@@ -73,6 +74,13 @@ class GenerateEval(ApiModel):
         "and `meanAtK` (mean correctness over the k) are reported, every other score is a mean over all k answers. "
         "Above 1 needs a `temperature` above 0.",
     )
+
+    @field_validator("path")
+    @classmethod
+    def _no_credential(cls, value: str) -> str:
+        if problem := uri_credential_problem(value):
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _baseline_needs_a_judge(self) -> GenerateEval:
@@ -159,6 +167,13 @@ class ExportSpec(ApiModel):
         description="A Secret in the pipeline's namespace whose keys become the export pod's environment (e.g. "
         "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, HF_TOKEN). Never logged.",
     )
+
+    @field_validator("to")
+    @classmethod
+    def _no_credential(cls, value: str) -> str:
+        if problem := uri_credential_problem(value):
+            raise ValueError(f"{problem}, or for the export `credentialsSecret`")
+        return value
 
 
 SAMPLES_NEED_TEMPERATURE_MESSAGE = ("eval.generate.samples above 1 needs a temperature above 0: greedy decoding gives the "

@@ -21,6 +21,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from .base import ApiModel
+from .credentials import env_secret_problem
 
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 RESERVED_ENV_PREFIX = "REFINERY_"  # the operator's own variables (identity of the attempt)
@@ -65,6 +66,8 @@ class EnvVar(ApiModel):
             raise ValueError(f"env {self.name}: set exactly one of value or valueFrom")
         if self.name.startswith(RESERVED_ENV_PREFIX):
             raise ValueError(f"env {self.name}: names starting with {RESERVED_ENV_PREFIX} are the operator's")
+        if problem := env_secret_problem(self.name, self.value):
+            raise ValueError(problem)
         return self
 
 

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from .sources import SourceStatus
+from .tracking import TrackingSpec
 from .v1alpha1 import ApiModel, Checkpoint, Stage
 
 RESULT_FILE = "result.json"
@@ -63,6 +64,7 @@ class StageRun(ApiModel):
         default_factory=dict, description="Remote source URI -> its fetched copy on the volume (a file or a folder)."
     )
     progress_interval_s: float = Field(2.0, gt=0, description="Least seconds between two periodic progress reports.")
+    tracking: TrackingSpec | None = Field(None, description="The pipeline's spec.tracking.")
 
 
 class ProgressRecord(ApiModel):
@@ -80,6 +82,9 @@ class ProgressRecord(ApiModel):
     resumed_from: Checkpoint | None = Field(None, description="Checkpoint this attempt resumed from.")
     message: str | None = Field(None, description="Why the stage failed, when it did.")
     failure_reason: str | None = Field(None, description="CamelCase reason when failed, e.g. `BadData`, `NanLoss`.")
+    estimated_remaining_seconds: float | None = Field(
+        None, description="Seconds the attempt has left at its pace since its first step (trainer/refinery_trainer/eta.py).")
+    seconds_per_step: float | None = Field(None, description="Wall seconds per optimiser step at that pace.")
     update_time: str | None = None
 
 

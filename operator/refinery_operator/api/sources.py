@@ -3,7 +3,7 @@
     hf://<org>/<name>[@<revision>]                              a model (or tokenizer) repo on the Hub
     hf://datasets/<org>/<name>[@<revision>]/<file or glob>      files of a dataset repo
     s3://<bucket>/<key | prefix/ | glob>                        an S3-compatible store (AWS_ENDPOINT_URL[_S3])
-    https://host/path                                           one file
+    https://host/path[#sha256=<64 hex digits>]                  one file (with a digest: checked)
     data/sft.jsonl                                              a path on the volume (as before)
 
 A remote source is fetched once per pipeline into `<pipeline>/sources/<key>/` (the key is a hash
@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import ApiModel
+from .credentials import uri_credential_problem
 
 SCHEMES = ("hf://", "s3://", "https://")
 SOURCES_DIR = "sources"
@@ -38,6 +39,7 @@ _HF_MODEL = re.compile(rf"^hf://(?P<repo>{_HF_NAME}(?:/{_HF_NAME})?)(?:@(?P<rev>
 _HF_DATASET = re.compile(rf"^hf://datasets/(?P<repo>{_HF_NAME}/{_HF_NAME})(?:@(?P<rev>[^/@]+))?(?:/(?P<pattern>.+))?$")
 _S3 = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
 _GLOB_CHARS = "*?["
+_SHA256 = re.compile(r"^sha256=(?P<hex>[0-9a-f]{64})$")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,12 @@ class SourceRef:
     pattern: str | None = None  # hf dataset: file or glob in the repo
     bucket: str | None = None  # s3
     key: str | None = None  # s3: a key, a prefix (ending in "/", or empty) or a glob
+    sha256: str | None = None  # https: the digest the file must have (`#sha256=<hex>`)
+
+    @property
+    def url(self) -> str:
+        """What is requested: the URI without its `#sha256=` fragment (never sent to a server)."""
+        return self.uri.split("#", 1)[0]
 
     @property
     def remote(self) -> bool:
@@ -102,9 +110,13 @@ def parse_source(uri: str) -> SourceRef:
             raise SourceUriError(f"{uri!r}: expected s3://<bucket>/<key, prefix or glob> (a valid bucket name)")
         return SourceRef(uri, "s3", bucket=m["bucket"], key=m["key"] or "")
     if uri.startswith("https://"):
-        if len(uri) <= len("https://") or uri.endswith("/"):
+        url, hash_sign, fragment = uri.partition("#")
+        if len(url) <= len("https://") or url.endswith("/"):
             raise SourceUriError(f"{uri!r}: an https:// source is one file (a URL that does not end in /)")
-        return SourceRef(uri, "https")
+        digest = _SHA256.match(fragment) if hash_sign else None
+        if hash_sign and not digest:
+            raise SourceUriError(f"{uri!r}: the only fragment an https:// source takes is #sha256=<64 lowercase hex digits>")
+        return SourceRef(uri, "https", sha256=digest["hex"] if digest else None)
     raise SourceUriError(f"{uri!r}: {UNKNOWN_SCHEME_MESSAGE}")
 
 
@@ -142,7 +154,7 @@ def single_file_name(ref: SourceRef) -> str:
     """Where a single-file source lands below `files/`: its name in the repo, or the key's/URL's last part."""
     if ref.kind == "hf-dataset":
         return ref.pattern
-    return ref.uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return ref.uri.split("#", 1)[0].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def matches(ref: SourceRef, name: str) -> bool:
@@ -165,8 +177,11 @@ class StageSource:
 
 
 def checked_source(value: str | None) -> str | None:
-    """A source URI with a known scheme and shape, or a plain path; else ValueError (pydantic's validators)."""
+    """A source URI with a known scheme and shape and no credential in it, or a plain path; else
+    ValueError (pydantic's validators). The message never repeats the URI: it may hold a secret."""
     if value is not None:
+        if problem := uri_credential_problem(value):
+            raise ValueError(problem)
         try:
             parse_source(value)
         except SourceUriError as err:
@@ -185,7 +200,9 @@ def stage_sources(stage) -> list[StageSource]:
         if stage.model.tokenizer:
             found.append(("model.tokenizer", stage.model.tokenizer))
     if stage.data is not None:  # an eval stage trains on nothing
-        found.append(("data.path", stage.data.path))
+        if stage.data.path is not None:
+            found.append(("data.path", stage.data.path))
+        found += [(f"data.mixture[{j}].path", m.path) for j, m in enumerate(stage.data.mixture or [])]
         if stage.data.eval_path:
             found.append(("data.evalPath", stage.data.eval_path))
     rl = getattr(stage, "rl", None)
@@ -215,7 +232,7 @@ class SourceStatus(ApiModel):
     uri: str = Field(..., description="The source as the spec names it.")
     resolved: str | None = Field(
         None, description="What it resolved to: the hub commit sha, the S3 ETag (or version id) of a single object, a "
-        "hash of the ETags of several, or the https ETag.",
+        "hash of the ETags of several, or the SHA-256 of an https file (`sha256:<hex>`).",
     )
     path: str | None = Field(None, description="The fetched copy on the volume that stages read.")
     bytes: int = Field(0, description="Bytes fetched.")

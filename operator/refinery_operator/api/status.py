@@ -74,6 +74,10 @@ class StageStatus(ApiModel):
     progress: float = Field(0.0, description="0–1 share of the stage's steps done.")
     step: int | None = Field(None, description="Optimiser steps done.")
     max_steps: int | None = Field(None, description="Optimiser steps planned.")
+    estimated_remaining_seconds: float | None = Field(
+        None, description="Seconds the running attempt has left at its pace since its first step; 0 once succeeded.")
+    seconds_per_step: float | None = Field(
+        None, description="Wall seconds per optimiser step measured by the latest attempt (evaluations and saves included).")
     last_checkpoint: Checkpoint | None = None
     resumed_from: Checkpoint | None = Field(None, description="The checkpoint the current attempt resumed from.")
     checkpoints: int = Field(0, description="Complete checkpoints written by the stage.")
@@ -115,6 +119,10 @@ class PipelineStatus(ApiModel):
     progress: str | None = Field(None, description="Stages done out of all, e.g. `2/4`.")
     checkpoint_step: int | None = Field(None, description="Last checkpoint step of the current stage.")
     checkpoint_time: str | None = Field(None, description="When the current stage last checkpointed.")
+    estimated_remaining_seconds: int | None = Field(
+        None, description="Seconds until the pipeline ends: the longest chain of remaining stages, each from its "
+        "measured pace or one borrowed from the stages that ran (README: Status). Unset until a stage measured one.")
+    eta: str | None = Field(None, description="`estimatedRemainingSeconds` in words (e.g. `12m`), for `kubectl get`.")
     conditions: list[Condition] = Field(default_factory=list)
     stages: list[StageStatus] = Field(default_factory=list)
     rerun_request: str | None = Field(

@@ -23,10 +23,11 @@ from .evaluation import EXPORT_STAGE, EvalSpec, ExportSpec
 from .graph import stage_graph_problems
 from .rewards import RewardSource
 from .pod import MAX_ENV, EnvFromSource, EnvVar, Volume, VolumeMount
-from .sources import checked_source
+from .sources import checked_source, hub_uri
 from .status import (  # noqa: F401  (re-exported: the resource's names live here)
     Checkpoint, Condition, Failure, Phase, PipelineStatus, RestartCounts, StageInputs, StageStatus,
 )
+from .tracking import TrackingSpec  # noqa: F401
 from .training import DeepSpeedSpec, DpoSpec, LoraSpec, RlSpec, TrainingSpec  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------
@@ -87,6 +88,35 @@ class ModelSource(ApiModel):
     def _known_scheme(cls, value: str | None) -> str | None:
         return checked_source(value)
 
+    @field_validator("hub_id")
+    @classmethod
+    def _hub_id(cls, value: str | None) -> str | None:
+        return value if value is None else checked_source(hub_uri(value)) and value
+
+
+MAX_MIXTURE = 16  # datasets in one `data.mixture`: bounds the CEL rules' cost and the lineage's length
+PRETRAIN_MIXTURE_MESSAGE = ("`data.mixture` is for sft, reward, dpo and rlhf stages: a pretrain corpus is one `data.path` "
+                            "(a folder of shards is streamed)")
+MIXTURE_MESSAGE = "set exactly one of data.path (one dataset) or data.mixture (several, weighted)"
+
+
+class MixtureEntry(ApiModel):
+    """One dataset of a weighted mixture."""
+
+    path: str = Field(
+        ..., min_length=1, max_length=1024,
+        description="A dataset as `data.path` takes it: a path on the volume, or hf://, s3://, https:// (fetched once).",
+    )
+    weight: float = Field(
+        ..., gt=0, le=1e6,
+        description="Relative weight: the share of training rows drawn from this dataset is weight / sum of weights.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        return checked_source(value)
+
 
 MAX_TOKENIZE_WORKERS = 256  # pods of a tokenize step (each its slice of the shards)
 TOKENIZE_ONLY_PRETRAIN_MESSAGE = ("`data.tokenize` is only valid on pretrain stages: only a streamed pretraining "
@@ -112,15 +142,22 @@ class TokenizeSpec(ApiModel):
 class DataSpec(ApiModel):
     """A dataset on the volume. Column names follow TRL's conventions."""
 
-    path: str = Field(
-        ...,
+    path: str | None = Field(
+        None,
         min_length=1,
         max_length=1024,
         description="Training data: a .txt file (pretrain: one document per blank-line-separated block), "
-        ".jsonl/.json or .parquet. Relative paths are resolved against /workspace (local mode: the "
+        ".jsonl/.json, .parquet or .csv. Relative paths are resolved against /workspace (local mode: the "
         "manifest's folder). Or a source URI fetched once per pipeline: "
         "hf://datasets/<org>/<name>[@<revision>]/<file or glob>, s3://<bucket>/<key, prefix/ or glob>, "
-        "https://… (a prefix or glob: every .jsonl/.json/.parquet/.txt file of it, in name order).",
+        "https://… (a prefix or glob: every .jsonl/.json/.parquet/.csv/.txt file of it, in name order). "
+        "Exactly one of `path` or `mixture`.",
+    )
+    mixture: list[MixtureEntry] | None = Field(
+        None, min_length=2, max_length=MAX_MIXTURE,
+        description="Several datasets (sft, reward, dpo, rlhf) mixed by weight instead of `path`: training rows are "
+        "drawn from each with probability weight / sum of weights (seeded by training.seed) until the first dataset "
+        "runs out, so no row repeats. The held-out part is `evalFraction` of the mixture, or `evalPath`.",
     )
     eval_path: str | None = Field(
         None, max_length=1024, description="Held-out data in the same format. Default: `evalFraction` of `path`."
@@ -152,6 +189,17 @@ class DataSpec(ApiModel):
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
         return checked_source(value)
+
+    @model_validator(mode="after")
+    def _path_or_mixture(self) -> DataSpec:
+        if (self.path is None) == (self.mixture is None):
+            raise ValueError(MIXTURE_MESSAGE)
+        return self
+
+    @property
+    def paths(self) -> list[str]:
+        """The training datasets: `path`, or the mixture's paths in order."""
+        return [self.path] if self.path is not None else [m.path for m in self.mixture or []]
 
 
 class Toleration(ApiModel):
@@ -340,6 +388,8 @@ class Stage(ApiModel):
             raise ValueError("`training.lora` is not valid on pretrain stages: pretraining trains every weight")
         if self.training.packing is not None and self.type != StageType.sft:
             raise ValueError(PACKING_MESSAGE)
+        if self.data.mixture is not None and self.type == StageType.pretrain:
+            raise ValueError(PRETRAIN_MIXTURE_MESSAGE)
         if self.rl is not None and self.rl.generation == "vllm" and self.resources.gpus == 0:
             raise ValueError(VLLM_GPU_MESSAGE)
         if self.rl is not None and self.rl.algorithm == "ppo" and (
@@ -467,6 +517,8 @@ class PipelineSpec(ApiModel):
     checkpoints: CheckpointRetention | None = Field(
         None, description="Retention of finished stages' checkpoints. Default: keep what the trainer's rotation left."
     )
+    tracking: TrackingSpec | None = Field(
+        None, description="Experiment tracking: TensorBoard event files per stage attempt, MLflow runs per stage.")
     env: list[EnvVar] | None = Field(
         None, max_length=MAX_ENV, description="Environment of every stage pod and of the initializer (Kubernetes "
         "EnvVar), e.g. HF_TOKEN from a Secret (`valueFrom.secretKeyRef`), AWS_ENDPOINT_URL for an S3-compatible store.",

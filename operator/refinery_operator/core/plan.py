@@ -50,6 +50,7 @@ from ..api.v1alpha1 import (
 )
 from .conditions import rfc3339
 from .accounting import gpu_seconds, lost_gpu_seconds, parse_time, restart_counts
+from .eta import pipeline_seconds_left, words
 from .disruption import count_disruption, disrupted_without_progress, sigterm_as_disruption
 from .naming import job_name, model_dir
 from .reruns import downstream, requested_stage, spec_hash
@@ -205,6 +206,9 @@ def plan(pipeline: TrainingPipeline, observed: Observed, pipeline_root: str, now
                        queued=queued, queue_name=spec.queue_name)
     status.rerun_request = rerun_request
     status.sources = previous.sources  # what the pipeline's initializer fetched (core/sources.py)
+    if status.phase == Phase.running:
+        status.estimated_remaining_seconds = pipeline_seconds_left(spec.run_stages, by_name, now)
+        status.eta = words(status.estimated_remaining_seconds)
     set_hacking_condition(pipeline, status, stamp)
     set_circular_judge_condition(pipeline, status, stamp)
     return Plan(status=status, launches=tuple(launches), stops=tuple(stops),
@@ -402,6 +406,9 @@ def fold_record(status: StageStatus, record: ProgressRecord) -> None:
     status.step = record.step
     status.max_steps = record.max_steps
     status.progress = record.progress
+    # A failed attempt has no time left; its pace stays the stage's best guess for the next one.
+    status.estimated_remaining_seconds = None if record.phase == "Failed" else record.estimated_remaining_seconds
+    status.seconds_per_step = record.seconds_per_step or status.seconds_per_step
     status.checkpoints = max(status.checkpoints, record.checkpoints)
     if record.last_checkpoint is not None:
         status.last_checkpoint = record.last_checkpoint

@@ -41,4 +41,5 @@ def build_stage_run(
         circular=(circular_footnotes(pipeline.spec, stage.name) or None) if stage.eval_ is not None else None,
         reporter=reporter,
         sources=stage_source_paths(stage, pipeline_root),
+        tracking=pipeline.spec.tracking,
     )

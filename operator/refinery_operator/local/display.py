@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..api.v1alpha1 import Phase, PipelineStatus, TrainingPipeline
+from ..core.eta import words
 from ..core.judging import MARK, circular_footnotes
 
 # The metrics worth a column in the summary, in the order a reader wants them.
@@ -38,6 +39,8 @@ class ProgressDisplay:
             return
         for stage in status.stages:
             step = f"step {stage.step}/{stage.max_steps}" if stage.max_steps else ""
+            if stage.phase == Phase.running and stage.estimated_remaining_seconds is not None:
+                step = f"{step} eta {words(stage.estimated_remaining_seconds)}".strip()
             bar = self._bars.get(stage.name)
             if bar is not None:
                 bar.n = int(1000 * (1.0 if stage.phase == Phase.succeeded else stage.progress))

@@ -80,7 +80,8 @@ class FinishedRun:
                 continue
             seen.add(current.name)
             todo += [n for n in (current.from_,) if n]
-            if current.data is not None and _first_row_has(self.data_root / current.data.path, current.data.messages_field):
+            if current.data is not None and any(_first_row_has(self.data_root / p, current.data.messages_field)
+                                                for p in current.data.paths):
                 return True
         return False
 

@@ -64,6 +64,7 @@ def data_files(stage: Stage, data_root: Path) -> list[tuple[str, str, str | None
     pairs = []
     if stage.data is not None:
         pairs += [("data.path", stage.data.path), ("data.evalPath", stage.data.eval_path)]
+        pairs += [(f"data.mixture[{j}] (weight {m.weight:g})", m.path) for j, m in enumerate(stage.data.mixture or [])]
     if stage.eval_ is not None and stage.eval_.generate is not None:
         pairs.append(("eval.generate.path", stage.eval_.generate.path))
     if stage.eval_ is not None and stage.eval_.harness is not None:

@@ -106,6 +106,8 @@ def check_stage(stage, root: RootModel, config, data_root: str, fetched: Mapping
     chat = ""
     if stage.type == "sft":
         chat = check_chat(stage, tokenizer, data_root, fetched)
+    elif stage.type in ("reward", "dpo"):
+        chat = check_chat_pairs(stage, tokenizer, data_root, fetched)
     return f"{where} model {config.model_type} from {root.folder}: {positions} positions, {pad}{chat}"
 
 
@@ -175,19 +177,36 @@ def check_reward_head(stage, config) -> None:
             "trains in full: train the reward stage without training.lora")
 
 
+def check_chat_pairs(stage, tokenizer, data_root: str, fetched: Mapping[str, str]) -> str:
+    """Conversational preference pairs (chosen/rejected as messages) need a chat template to render them."""
+    from ..data import is_chat_pairs
+    from .files import data_files
+    from .preflight import head, local_path
+
+    files = list(data_files(local_path(stage.data.paths[0], data_root, fetched)))
+    if not files or not is_chat_pairs(stage.data, head(files[0], stage.data.text_field)):
+        return ""
+    if not getattr(tokenizer, "chat_template", None):
+        raise MisconfiguredError(
+            f"stage {stage.name!r}: data {stage.data.paths[0]} holds conversational pairs (chosen/rejected as messages), "
+            "and the tokenizer has no chat template to render them: use text pairs, or a model (or model.tokenizer) "
+            "whose tokenizer_config.json has a chat_template")
+    return ", conversational pairs: rendered with the chat template"
+
+
 def check_chat(stage, tokenizer, data_root: str, fetched: Mapping[str, str]) -> str:
     """For `messages` data: the template exists and masks the first conversations (", chat ..." or "")."""
     from ..lossmask import loss_plan
     from .files import data_files
     from .preflight import head, local_path
 
-    files = list(data_files(local_path(stage.data.path, data_root, fetched)))
+    files = list(data_files(local_path(stage.data.paths[0], data_root, fetched)))  # a mixture's datasets share columns
     table = head(files[0], stage.data.text_field) if files else None
     if table is None or not table.has_column(stage.data.messages_field):
         return ""
     if not getattr(tokenizer, "chat_template", None):
         raise MisconfiguredError(
-            f"stage {stage.name!r}: data {stage.data.path} is `messages` (chat) data, and the tokenizer has no chat "
+            f"stage {stage.name!r}: data {stage.data.paths[0]} is `messages` (chat) data, and the tokenizer has no chat "
             "template to render it: use prompt/completion data (data.promptField/data.completionField), or a model "
             "(or model.tokenizer) whose tokenizer_config.json has a chat_template")
     sample = [row[stage.data.messages_field] for row in table.rows[:SAMPLE_ROWS]]

@@ -22,7 +22,7 @@ from refinery_operator.api.sources import stage_sources
 
 from ..data import Table, preference_columns, read_table
 from ..errors import DataError, ModelError, SourceError
-from .files import data_files
+from ..arrow_data import data_files  # .csv too: every format a stage loads
 
 HEAD_ROWS = 64  # rows of each file read to check its columns (whole files: the stage reads those)
 WHOLE_JSON_BYTES = 16 * 2**20  # a .json list up to this size is read whole (the stage's own reader and messages)
@@ -36,7 +36,8 @@ def check_pipeline(stages, data_root: str, fetched: Mapping[str, str]) -> list[s
         for source in stage_sources(stage):
             path = local_path(source.ref.uri, data_root, fetched)
             if source.field.startswith("data.") or source.field == "eval.generate.path":
-                check_data(stage, source.field, path)
+                checked.append(f"{stage.name} {source.field}: {path} ({check_data(stage, source.field, path)})")
+                continue
             elif source.field.endswith(".python.path"):
                 check_reward_function(stage, source.field, path)
             elif source.field in ("model.path", "model.hubId"):
@@ -86,13 +87,20 @@ def _python_source(stage, field: str):
     return getattr(stage.rl, kind)[int(index)].python
 
 
-def check_data(stage, field: str, path: Path) -> None:
+def check_data(stage, field: str, path: Path) -> str:
+    """The first rows of each file have the stage's columns. Returns what was checked, for the initializer's log."""
     if not path.exists():
         raise SourceError(f"stage {stage.name!r} {field}: {path}: dataset file not found")
     if not os.access(path, os.R_OK):
         raise SourceError(f"stage {stage.name!r} {field}: {path}: not readable")
-    for f in data_files(path):
-        require_columns(stage, head(f, stage.data.text_field if stage.data is not None else "text"))
+    files = data_files(path)
+    rows = 0
+    for f in files:
+        table = head(f, stage.data.text_field if stage.data is not None else "text")
+        require_columns(stage, table)
+        rows += len(table)
+    files_text = "the file" if len(files) == 1 else f"each of {len(files)} files"
+    return f"columns checked on the first {HEAD_ROWS} rows of {files_text}, {rows} rows; the stage checks every row"
 
 
 def head(path: Path, text_field: str) -> Table:
@@ -102,6 +110,8 @@ def head(path: Path, text_field: str) -> Table:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet_head(path)
+    if suffix == ".csv":
+        return _csv_head(path)
     if suffix == ".txt":
         return _txt_head(path, text_field)
     if suffix == ".json" and path.is_file() and path.stat().st_size > WHOLE_JSON_BYTES:
@@ -109,8 +119,8 @@ def head(path: Path, text_field: str) -> Table:
     if suffix != ".jsonl":
         return read_table(path, text_field=text_field)
     rows, lines = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in islice(((n, l) for n, l in enumerate(f, start=1) if l.strip()), HEAD_ROWS):
+    with open(path, "rb") as f:  # decoded line by line: a text-mode reader decodes ahead, into the unread tail
+        for number, line in islice(((n, _utf8(path, n, l)) for n, l in enumerate(f, start=1) if l.strip()), HEAD_ROWS):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -124,23 +134,27 @@ def head(path: Path, text_field: str) -> Table:
     return Table(path, rows, lines)
 
 
+def _utf8(path: Path, number: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} line {number}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def _txt_head(path: Path, text_field: str) -> Table:
     """The first HEAD_ROWS documents (blank-line-separated blocks), with the line each starts on."""
     rows, lines, block, start = [], [], [], 0
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(chain(f, [""]), start=1):
-                if line.strip():
-                    start = start if block else number
-                    block.append(line.rstrip("\n"))
-                elif block:
-                    rows.append({text_field: "\n".join(block)})
-                    lines.append(start)
-                    block = []
-                    if len(rows) == HEAD_ROWS:
-                        break
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} near the start)") from None
+    with open(path, "rb") as f:  # decoded line by line, as JSON lines
+        for number, line in enumerate(chain((_utf8(path, n, l) for n, l in enumerate(f, start=1)), [""]), start=1):
+            if line.strip():
+                start = start if block else number
+                block.append(line.rstrip("\n"))
+            elif block:
+                rows.append({text_field: "\n".join(block)})
+                lines.append(start)
+                block = []
+                if len(rows) == HEAD_ROWS:
+                    break
     if not rows:
         raise DataError(f"{path}: the file is empty: no text (documents are blank-line-separated blocks)")
     return Table(path, rows, lines)
@@ -191,6 +205,26 @@ def _parquet_head(path: Path) -> Table:
     if batch is None or batch.num_rows == 0:
         raise DataError(f"{path}: the file is empty: no rows")
     return Table(path, batch.to_pylist(), unit="row")
+
+
+def _csv_head(path: Path) -> Table:
+    """The first HEAD_ROWS rows of a CSV file, read block by block (pyarrow's streaming reader)."""
+    import pyarrow as pa
+    import pyarrow.csv as pv
+
+    rows: list[dict] = []
+    try:
+        # One block at a time (no read-ahead threads): the rest of a big file is never parsed.
+        with pv.open_csv(path, read_options=pv.ReadOptions(use_threads=False, block_size=1 << 20)) as reader:
+            for batch in reader:
+                rows += batch.to_pylist()[: HEAD_ROWS - len(rows)]
+                if len(rows) >= HEAD_ROWS:
+                    break
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read it as csv: {str(exc).splitlines()[0]}") from None
+    if not rows:
+        raise DataError(f"{path}: the file is empty: no rows")
+    return Table(path, rows, unit="row")
 
 
 def require_columns(stage, table: Table) -> None:

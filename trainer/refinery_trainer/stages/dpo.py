@@ -42,7 +42,6 @@ def run(ctx: StageContext) -> dict[str, float]:
     policy, tokenizer = ctx.load_causal_lm()
     peft_config = ctx.lora_config("causal")
 
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from ..modeling import load_model
@@ -62,8 +61,8 @@ def run(ctx: StageContext) -> dict[str, float]:
         # init model when that was a LoRA adapter folder. With LoRA, the adapter-free base is the reference.
         ref_model=None if peft_config is not None else load_model(ctx.init_model_dir, **ctx.model_kwargs()),
         args=config,
-        train_dataset=Dataset.from_list(train_rows.select(columns)),
-        eval_dataset=Dataset.from_list(eval_rows.select(columns)),
+        train_dataset=train_rows.select(columns),  # datasets.Dataset in TRL's column names, memory-mapped
+        eval_dataset=eval_rows.select(columns),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=ctx.callbacks(),

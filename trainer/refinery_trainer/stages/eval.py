@@ -29,7 +29,7 @@ from refinery_operator.api.evaluation import EvalSpec, GenerateEval
 
 from ..checkpoints import atomic_write_text
 from ..context import StageContext
-from ..data import Table, read_table
+from ..data import Table
 from ..errors import ModelError
 from ..evaluation.completions import completion_stats
 from ..evaluation.generative import by_prompt, contains, exact_match, mean, pass_at_k, win_rate
@@ -75,10 +75,14 @@ def model_paths(ctx: StageContext, spec: EvalSpec) -> dict:
 
 
 def load_prompts(ctx: StageContext, gen: GenerateEval) -> Table:
-    table = read_table(ctx.data_file(gen.path))
+    """The prompts answered: checked whole as an Arrow table (arrow_data), then the first `limit` as rows
+    (each is generated on its own; only these become Python objects)."""
+    from ..arrow_data import load_table
+
+    table = load_table(ctx.data_file(gen.path), cache_dir=ctx.datasets_cache)
     table.require(gen.prompt_field, gen.reference_field, hint="eval.generate.promptField / referenceField")
     table.require_text(gen.prompt_field, gen.reference_field)
-    return table if gen.limit is None else Table(table.path, table.rows[: gen.limit], table.lines[: gen.limit], table.unit)
+    return Table(table.path, table.head(len(table) if gen.limit is None else gen.limit), unit="row")
 
 
 def generative_scores(ctx: StageContext, spec: EvalSpec, paths: dict, answers: list[dict]) -> dict[str, float]:

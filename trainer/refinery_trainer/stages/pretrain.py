@@ -23,7 +23,7 @@ def run(ctx: StageContext) -> dict[str, float]:
 
     if pretrain_stream.wants_streaming(ctx.data_file(ctx.data.path)):  # shards, or a file too big to read whole
         return pretrain_stream.run(ctx)
-    train_rows, eval_rows = ctx.load_data(ctx.data.text_field, hint="data.textField")
+    train_rows, eval_rows = ctx.load_rows(ctx.data.text_field, hint="data.textField")
     field = ctx.data.text_field
     train_texts = [r[field] for r in train_rows.require_text(field).rows]
     eval_texts = [r[field] for r in eval_rows.require_text(field).rows]

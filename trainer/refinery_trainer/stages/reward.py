@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 from ..context import StageContext
-from ..data import preference_columns
+from ..data import is_chat_pairs, preference_columns
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,12 @@ log = logging.getLogger(__name__)
 def run(ctx: StageContext) -> dict[str, float]:
     train_rows, eval_rows = ctx.load_data()  # data first: a bad file fails in a second, not after loading
     columns = preference_columns(ctx.data, train_rows, eval_rows)
-    train, held_out = train_rows.select(columns), eval_rows.select(columns)
+    train, held_out = train_rows.select(columns), eval_rows.select(columns)  # datasets.Dataset, memory-mapped
     tokenizer = ctx.load_tokenizer()
+    if is_chat_pairs(ctx.data, train_rows):  # conversational pairs: rendered with the model's chat template
+        train, held_out = render_pairs(tokenizer, train), render_pairs(tokenizer, held_out)
     model = load_reward_model(ctx, tokenizer)
 
-    from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
     from ..scoring import pairwise_accuracy
@@ -45,8 +46,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     trainer = RewardTrainer(
         model=model,
         args=config,
-        train_dataset=Dataset.from_list(tokenize_pairs(tokenizer, train)),
-        eval_dataset=Dataset.from_list(tokenize_pairs(tokenizer, held_out)),
+        train_dataset=tokenize_pairs(tokenizer, train),
+        eval_dataset=tokenize_pairs(tokenizer, held_out),
         processing_class=tokenizer,
         peft_config=ctx.lora_config("reward"),  # None unless training.lora
         callbacks=ctx.callbacks(),
@@ -74,14 +75,25 @@ def load_reward_model(ctx: StageContext, tokenizer):
     return model
 
 
-def tokenize_pairs(tokenizer, rows: list[dict]) -> list[dict]:
-    """RewardTrainer's pre-tokenized format: `chosen_ids`/`rejected_ids` of prompt + response."""
+def render_pairs(tokenizer, dataset):
+    """Conversational pairs as text, as TRL renders them (`maybe_apply_chat_template`): the prompt's turns
+    with the generation prompt, and each answer as the rest of the rendered conversation, so prompt +
+    chosen is the whole chat the reward model scores."""
+    from trl.data_utils import maybe_apply_chat_template
+
+    return dataset.map(maybe_apply_chat_template, fn_kwargs={"processing_class": tokenizer})
+
+
+def tokenize_pairs(tokenizer, dataset):
+    """RewardTrainer's pre-tokenized format: `chosen_ids`/`rejected_ids` of prompt + response (a batched
+    map of the Arrow dataset)."""
     from ..scoring import reward_input_ids
 
-    return [
-        {
-            "chosen_ids": reward_input_ids(tokenizer, row.get("prompt", ""), row["chosen"]),
-            "rejected_ids": reward_input_ids(tokenizer, row.get("prompt", ""), row["rejected"]),
+    def tokenize(batch):
+        prompts = batch["prompt"] if "prompt" in batch else [""] * len(batch["chosen"])
+        return {
+            "chosen_ids": [reward_input_ids(tokenizer, p, c) for p, c in zip(prompts, batch["chosen"], strict=True)],
+            "rejected_ids": [reward_input_ids(tokenizer, p, r) for p, r in zip(prompts, batch["rejected"], strict=True)],
         }
-        for row in rows
-    ]
+
+    return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)

@@ -80,7 +80,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     if rl.algorithm == "ppo":  # our own loop: TRL 1.16 has no PPO
         from .. import ppo
 
-        rows = _rows(train_rows, spec)
+        rows = _rows(train_rows, spec).to_list()  # our PPO loop samples Python rows
         history = ppo.train(ctx, rl, policy, tokenizer, rewards, rows, callbacks=[watch, hacking],
                             completion_watch=completions)
         model = policy
@@ -168,21 +168,20 @@ HACKING_FLAGS = ("completionsCollapsed", "completionsDegenerate", "klExceeded", 
 
 
 def _held_out(ctx, eval_rows, rl: RlSpec) -> HeldOut:
-    rows = _rows(eval_rows, ctx.data)[: rl.eval_prompts]
+    dataset = _rows(eval_rows, ctx.data)
+    rows = dataset.select(range(min(rl.eval_prompts, len(dataset)))).to_list()
     columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
     return HeldOut([r["prompt"] for r in rows], columns)
 
 
-def _rows(table, spec) -> list[dict]:
-    """The prompts' rows in TRL's names: `prompt`, `reference` (data.referenceField), the other columns as they are."""
-    out = []
-    for row in table.rows:
-        new = {k: v for k, v in row.items() if k not in (spec.prompt_field, spec.reference_field, "prompt", REFERENCE)}
-        new["prompt"] = row[spec.prompt_field]
-        if spec.reference_field in row:
-            new[REFERENCE] = row[spec.reference_field]
-        out.append(new)
-    return out
+def _rows(table, spec):
+    """The prompts as a datasets.Dataset in TRL's names: `prompt`, `reference` (data.referenceField), the
+    other columns as they are (those the file's own `prompt`/`reference` would clash with left out)."""
+    columns = {c: c for c in table.column_names if c not in (spec.prompt_field, spec.reference_field, "prompt", REFERENCE)}
+    columns["prompt"] = spec.prompt_field
+    if table.has_column(spec.reference_field):
+        columns[REFERENCE] = spec.reference_field
+    return table.select(columns)
 
 
 def _check_references(ctx, rewards: list[Reward], audit: list[Reward], train_rows, eval_rows) -> None:
@@ -198,8 +197,6 @@ def _check_references(ctx, rewards: list[Reward], audit: list[Reward], train_row
 
 def _trainer(ctx, rl: RlSpec, policy, tokenizer, rewards: list[Reward], train_rows, eval_rows, generation: dict,
              callbacks: list, completions: CompletionWatch):
-    from datasets import Dataset
-
     if rl.algorithm == "grpo":
         from trl import GRPOConfig as Config, GRPOTrainer as Trainer
     else:
@@ -226,8 +223,8 @@ def _trainer(ctx, rl: RlSpec, policy, tokenizer, rewards: list[Reward], train_ro
         # The completion watch has weight 0: it only records what the completions look like (evaluation/hacking.py).
         reward_funcs=[f for f, _ in funcs] + [completions],
         args=config,
-        train_dataset=Dataset.from_list(_rows(train_rows, ctx.data)),
-        eval_dataset=Dataset.from_list(_rows(eval_rows, ctx.data)) if periodic_eval else None,
+        train_dataset=_rows(train_rows, ctx.data),
+        eval_dataset=_rows(eval_rows, ctx.data) if periodic_eval else None,
         processing_class=tokenizer,
         reward_processing_classes=[p for _, p in funcs] + [None],
         callbacks=[*ctx.callbacks(), *callbacks],

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 
 from ..context import StageContext
-from ..data import Table
 from ..errors import MisconfiguredError
 
 log = logging.getLogger(__name__)
@@ -37,18 +36,17 @@ def run(ctx: StageContext) -> dict[str, float]:
             table.require_text(*columns.values())
     model, tokenizer = ctx.load_causal_lm()
 
-    from datasets import Dataset
     from trl import SFTTrainer
 
     from ..packing import use_row_packing
 
-    plan = chat_loss_plan(ctx, tokenizer, chat, train_rows.select(columns))
+    plan = chat_loss_plan(ctx, tokenizer, chat, [row[columns["messages"]] for row in train_rows.head(SAMPLE_ROWS)] if chat else None)
     try:
         trainer = SFTTrainer(
             model=model,
             args=sft_config(ctx, min(ctx.training.seq_len, model.config.max_position_embeddings), plan),
-            train_dataset=Dataset.from_list(sft_rows(tokenizer, train_rows.select(columns), plan)),
-            eval_dataset=Dataset.from_list(sft_rows(tokenizer, eval_rows.select(columns), plan)),
+            train_dataset=sft_dataset(tokenizer, train_rows.select(columns), plan),
+            eval_dataset=sft_dataset(tokenizer, eval_rows.select(columns), plan),
             processing_class=tokenizer,
             peft_config=ctx.lora_config("causal"),  # None unless training.lora
             callbacks=ctx.callbacks(),
@@ -65,28 +63,36 @@ def run(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
-def chat_loss_plan(ctx: StageContext, tokenizer, chat: bool, rows: list[dict]):
-    """How the loss is masked (`training.lossOn`, refinery_trainer.lossmask). Raises MisconfiguredError
-    for `messages` data on a tokenizer without a chat template (preflight says so first)."""
+def chat_loss_plan(ctx: StageContext, tokenizer, chat: bool, sample: list | None):
+    """How the loss is masked (`training.lossOn`, refinery_trainer.lossmask), tried on `sample` (the first
+    conversations). Raises MisconfiguredError for `messages` data on a tokenizer without a chat template
+    (preflight says so first)."""
     from ..lossmask import loss_plan
 
     if chat and not getattr(tokenizer, "chat_template", None):
         raise MisconfiguredError(
             f"the tokenizer of {ctx.init_model_dir} has no chat template, which `messages` data needs: use "
             "prompt/completion data (data.promptField/data.completionField), or a tokenizer with a chat_template")
-    plan = loss_plan(tokenizer, chat, ctx.training.loss_on, [row["messages"] for row in rows[:SAMPLE_ROWS]] if chat else None)
+    plan = loss_plan(tokenizer, chat, ctx.training.loss_on, sample if chat else None)
     if plan.note:
         log.warning("%s", plan.note)
     return plan
 
 
-def sft_rows(tokenizer, rows: list[dict], plan) -> list[dict]:
-    """The rows handed to SFTTrainer: as they are (TRL tokenizes them), or tokenized with their loss mask."""
+def sft_dataset(tokenizer, dataset, plan):
+    """The dataset handed to SFTTrainer: as it is (TRL tokenizes it), or tokenized with its loss mask
+    (a batched map: the token ids land in an Arrow file beside the data's, not in Python lists)."""
     if not plan.pretokenize:
-        return rows
+        return dataset
     from ..lossmask import tokenize_chats
 
-    return tokenize_chats(tokenizer, [row["messages"] for row in rows], plan.loss_on)
+    return dataset.map(lambda batch: _columns_of(tokenize_chats(tokenizer, batch["messages"], plan.loss_on)),
+                       batched=True, remove_columns=dataset.column_names)
+
+
+def _columns_of(rows: list[dict]) -> dict[str, list]:
+    """Rows (dicts) as a batch of columns, as `Dataset.map(batched=True)` returns them."""
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
 
 def sft_config(ctx: StageContext, max_length: int, plan=None, **overrides):
@@ -114,7 +120,7 @@ def sft_config(ctx: StageContext, max_length: int, plan=None, **overrides):
     )
 
 
-def _columns(ctx: StageContext, table: Table) -> dict[str, str]:
+def _columns(ctx: StageContext, table) -> dict[str, str]:
     """TRL column name → the file's column: the chat when present, else prompt and completion."""
     spec = ctx.data
     if table.has_column(spec.messages_field):
