@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from refinery_operator.children import job_view
 from refinery_operator.k8s import merge_patch
 from refinery_operator.reconcile import attempt_state, describe_validation_error, parse_pipeline, progress_record
 from tests.builders import chat_pipeline
@@ -366,3 +367,5 @@ def test_a_multi_node_attempt_has_started_only_when_every_pod_has(parallelism, s
     obj = job(**status, startTime="2026-01-01T00:00:00Z")
     obj["spec"] = {"parallelism": parallelism} if parallelism else {}
     assert attempt_state(obj).ready is started
+    # the operator reads Jobs from its cache's slim view: it must keep what this depends on
+    assert attempt_state(job_view(obj)).ready is started
