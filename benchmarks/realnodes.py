@@ -53,6 +53,7 @@ def two_nodes(folder: Path):
                                check=True, timeout=600)
         cluster = Cluster(Kubectl(kubectl_binary(), kubeconfig), kubeconfig, nodes[0], names[0], images, plane)
         cluster.kubectl.run("wait", "--for=condition=Ready", *[f"node/{n}" for n in names], "--timeout=60s")
+        (folder / "helm").mkdir()
         helm_install(extract_helm(folder / "helm"), cluster, RELEASE, OPERATOR_NAMESPACE)
         cluster.nodes = names
         yield cluster
