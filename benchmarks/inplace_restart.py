@@ -47,6 +47,11 @@ def stage(steps: int) -> dict[str, Any]:
             "resources": {"gpus": 0, "nodes": 2}, "retries": {"application": 0, "infrastructure": 0, "disruption": 2}}
 
 
+def training_rows(volume: Path, name: str, attempt: int) -> list[dict[str, Any]]:
+    """Logged training steps (with a loss): not the evaluation line a (re)start writes at its first step."""
+    return [r for r in metrics_log(volume, name, "pretrain", attempt) if r.get("loss") is not None]
+
+
 def restart_of(rows: list[dict[str, Any]], since: float) -> tuple[dict[str, Any], int] | None:
     """(first log line of the restarted training, last step logged before it): where the steps went back."""
     for before, row in zip(rows, rows[1:]):
@@ -69,8 +74,8 @@ def whole(cluster, folder: Path, steps: int) -> dict[str, Any]:
     volume = namespace_with_volume(cluster, folder, name)
     cluster.kubectl.apply([pipeline(cluster, name, [stage(steps)])])
     deleted = delete_rank_1(cluster, name, f"{name}-pretrain-1", volume)
-    first = wait_for(lambda: metrics_log(volume, name, "pretrain", 2), 600, "attempt 2 training")[0]
-    last = max(r["step"] for r in metrics_log(volume, name, "pretrain", 1))
+    first = wait_for(lambda: training_rows(volume, name, 2), 600, "attempt 2 training")[0]
+    last = max(r["step"] for r in training_rows(volume, name, 1))
     final = wait_for(lambda: (s := stage_status(cluster, name))["pipeline"] in ("Succeeded", "Failed") and s, 1200, "end")
     resumed = final["resumedFrom"]["step"]
     return {"seconds_to_training": round(first["time"] - deleted, 1), "steps_lost": last - resumed,
@@ -116,7 +121,7 @@ def inplace(cluster, folder: Path, steps: int) -> dict[str, Any]:
         return {c["type"] for c in status.get("conditions", []) if c["status"] == "True"}
 
     def restarted_or_failed():
-        return restart_of(metrics_log(volume, name, "pretrain", 1), deleted) or ("Failed" in conditions() and "Failed")
+        return restart_of(training_rows(volume, name, 1), deleted) or ("Failed" in conditions() and "Failed")
     found = wait_for(restarted_or_failed, 600, "in-place restart")
     if found == "Failed":
         return {"end": "Failed", "jobs": 1, "seconds_to_training": None, "steps_lost": None, "resumed_from": None,
@@ -136,11 +141,15 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="refinery-inplace-") as tmp, two_nodes(Path(tmp)) as cluster:
         figures = {"whole": whole(cluster, Path(tmp), args.steps), "inplace": inplace(cluster, Path(tmp), args.steps)}
+    report(figures)
+    print(json.dumps(figures))
+
+
+def report(figures: dict[str, dict[str, Any]]) -> None:
     for way, f in figures.items():
         print(f"{way:<8} {f['seconds_to_training']:>6} s from the deletion to training again, resumed from step "
               f"{f['resumed_from']} (last step logged before: {f['last_step_before']}, {f['steps_lost']} lost); "
               f"{f['jobs']} Job(s); end: {f['end']}")
-    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/multinode.py                  # root; ~8 min on 2 cores (cluster start included)
     python benchmarks/multinode.py --steps 300 --batch 16
+    python benchmarks/multinode.py --restarts       # and benchmarks/inplace_restart.py's figures, same cluster
 
 One cluster (benchmarks/realnodes.py: a control plane, two nodes with cluster DNS and pod routes,
 the chart's operator), then two pipelines one after the other, each a pretrain stage of
@@ -61,10 +62,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=16, help="global batch (sequences per optimiser step)")
+    parser.add_argument("--restarts", action="store_true",
+                        help="then, on the same cluster, benchmarks/inplace_restart.py's comparison (saves a cluster start)")
     args = parser.parse_args()
+    restarts = None
     with tempfile.TemporaryDirectory(prefix="refinery-multinode-") as tmp, two_nodes(Path(tmp)) as cluster:
         single = run(cluster, Path(tmp), "single", 1, args.batch, args.steps)
         multi = run(cluster, Path(tmp), "multi", 2, args.batch, args.steps)
+        if args.restarts:
+            import inplace_restart
+
+            restarts = {way: getattr(inplace_restart, way)(cluster, Path(tmp), 100) for way in ("whole", "inplace")}
+    if restarts:
+        inplace_restart.report(restarts)
     ratios = {"final_loss": round(multi["final_loss"] / single["final_loss"], 3),
               "tokens_per_second": round(multi["tokens_per_second"] / single["tokens_per_second"], 3),
               "stage_seconds": round(multi["stage_seconds"] / single["stage_seconds"], 3)}
@@ -73,7 +83,7 @@ def main() -> None:
         print(f"{key:<22}{single[key]:>18}{multi[key]:>18}{ratios[key]:>14}")
     print(f"first loss {single['first_loss']} / {multi['first_loss']}; global batch {args.batch}, {args.steps} steps; "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(json.dumps({"single": single, "multi": multi, "ratios": ratios}))
+    print(json.dumps({"single": single, "multi": multi, "ratios": ratios, **({"restarts": restarts} if restarts else {})}))
 
 
 if __name__ == "__main__":
