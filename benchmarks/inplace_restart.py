@@ -53,10 +53,14 @@ def training_rows(volume: Path, name: str, attempt: int) -> list[dict[str, Any]]
 
 
 def restart_of(rows: list[dict[str, Any]], since: float) -> tuple[dict[str, Any], int] | None:
-    """(first log line of the restarted training, last step logged before it): where the steps went back."""
-    for before, row in zip(rows, rows[1:]):
-        if row["step"] <= before["step"] and row["time"] > since:
-            return row, before["step"]
+    """(first training line after a restart, last training step logged before it). A (re)started
+    trainer first logs its evaluation at step 0 (a line without `loss`); the steps themselves need
+    not go back (a deletion right after a checkpoint resumes at the step it had reached)."""
+    for i, row in enumerate(rows):
+        if row["time"] > since and row["step"] == 0 and row.get("loss") is None:
+            after = next((r for r in rows[i + 1:] if r.get("loss") is not None), None)
+            before = [r["step"] for r in rows[:i] if r.get("loss") is not None]
+            return (after, max(before, default=0)) if after else None
     return None
 
 
@@ -121,7 +125,7 @@ def inplace(cluster, folder: Path, steps: int) -> dict[str, Any]:
         return {c["type"] for c in status.get("conditions", []) if c["status"] == "True"}
 
     def restarted_or_failed():
-        return restart_of(training_rows(volume, name, 1), deleted) or ("Failed" in conditions() and "Failed")
+        return restart_of(metrics_log(volume, name, "pretrain", 1), deleted) or ("Failed" in conditions() and "Failed")
     found = wait_for(restarted_or_failed, 600, "in-place restart")
     if found == "Failed":
         return {"end": "Failed", "jobs": 1, "seconds_to_training": None, "steps_lost": None, "resumed_from": None,
