@@ -303,7 +303,9 @@ def build_pod_spec(pipeline: TrainingPipeline, stage: Stage, launch: Launch) -> 
     }
     if distributed.is_multi_node(stage):
         job = naming.job_name(pipeline.metadata.name, stage.name, launch.attempt)
-        spec.update(distributed.multi_node_pod_spec(naming.stage_service_name(job)))
+        attempt = {k: v for k, v in labels(pipeline, COMPONENT_STAGE, stage.name, launch.attempt).items()
+                   if k in (LABEL_PIPELINE, LABEL_STAGE, LABEL_ATTEMPT)}
+        spec.update(distributed.multi_node_pod_spec(naming.stage_service_name(job), attempt))
     spec.update(build_placement(stage))
     return spec
 

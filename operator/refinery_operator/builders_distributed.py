@@ -24,6 +24,9 @@ Decisions written down here:
   never a crash-loop of rendezvous timeouts.
 - `JOB_COMPLETION_INDEX` is declared on the container (downward API on the pod annotation, as
   the Job controller itself injects it) so the kubelet expands `$(JOB_COMPLETION_INDEX)` in args.
+- One pod per node, required (pod anti-affinity on the attempt's labels, `kubernetes.io/hostname`):
+  `nodes: N` asks for N machines, and on CPU nothing else would spread the ranks. A rank with no
+  node left stays Pending and the attempt ends as `StartTimeout` (every pod must be ready).
 - DeepSpeed needs nothing here: `stage.deepspeed` travels in the StageRun and the trainer hands
   it to transformers under torchrun (trainer/refinery_trainer/distributed.py).
 """
@@ -39,6 +42,7 @@ RENDEZVOUS_WAIT_S = 600  # how long pods other than 0 wait for pod 0's DNS name
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 TRAINER_MODULE = ["-m", "refinery_trainer"]
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"  # one pod of an attempt per node
 
 
 def is_multi_node(stage: Stage) -> bool:
@@ -87,9 +91,15 @@ def multi_node_job_spec(stage: Stage, service: str) -> dict[str, Any]:
     return {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes}
 
 
-def multi_node_pod_spec(service: str) -> dict[str, Any]:
-    """What each pod of an Indexed Job adds: its host `<job>-<index>` under the Service."""
-    return {"subdomain": service}
+def multi_node_pod_spec(service: str, attempt_labels: dict[str, str]) -> dict[str, Any]:
+    """What each pod of an Indexed Job adds: its host `<job>-<index>` under the Service, and one
+    node per pod (`nodes` means nodes: two ranks on one node would share its GPUs, NICs and fate)."""
+    return {
+        "subdomain": service,
+        "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": dict(attempt_labels)}, "topologyKey": HOSTNAME_TOPOLOGY},
+        ]}},
+    }
 
 
 def rendezvous_port() -> dict[str, Any]:

@@ -69,7 +69,9 @@ def job_view(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "metadata": {k: copy.deepcopy(meta[k]) for k in ("name", "namespace", "labels", "annotations", "deletionTimestamp")
                      if meta.get(k)},
-        "spec": {"suspend": bool((body.get("spec") or {}).get("suspend"))},
+        # parallelism: a multi-node attempt has started only when all its pods are ready (StartTimeout)
+        "spec": {"suspend": bool((body.get("spec") or {}).get("suspend")),
+                 "parallelism": (body.get("spec") or {}).get("parallelism")},
         "status": copy.deepcopy(dict(body.get("status") or {})),
     }
 

@@ -108,7 +108,7 @@ def attempt_state(job: Mapping[str, Any]) -> AttemptState:
     common = dict(
         start_time=start,
         pods_gone=not status.get("active") and not status.get("terminating"),
-        ready=bool(status.get("ready")),
+        ready=all_pods_started(job),
         # Suspended until the Job controller says it resumed: right after `spec.suspend: false` the
         # Job still shows the old segment's startTime, reset only with the JobResumed condition.
         suspended=bool((job.get("spec") or {}).get("suspend")) or "Suspended" in conditions,
@@ -137,6 +137,15 @@ def attempt_state(job: Mapping[str, Any]) -> AttemptState:
     if status.get("active") or status.get("ready"):
         return AttemptState(attempt, "Running", **common)
     return AttemptState(attempt, "Pending", **common)
+
+
+def all_pods_started(job: Mapping[str, Any]) -> bool:
+    """Every pod of the attempt is ready or has succeeded: with N ranks, one that never schedules
+    leaves the others waiting at the rendezvous, so one ready pod does not mean the attempt started
+    (StartTimeout, core/plan.py). Succeeded pods count: a rank that finished first started."""
+    status = job.get("status") or {}
+    wanted = (job.get("spec") or {}).get("parallelism") or 1
+    return (status.get("ready") or 0) + (status.get("succeeded") or 0) >= wanted
 
 
 def held_seconds(text: str | None) -> float:

@@ -5,13 +5,14 @@ Per session: the `operator` and `trainer-cpu` images built with podman (scripts/
 cached by content), a control plane (`../shared/k8s/control-plane`) with one real worker node
 (`../shared/k8s/node`: kubelet, kube-scheduler, containerd, runc), both images loaded onto the
 node with `node load` (there is no registry: pods use `imagePullPolicy: Never`), and the chart
-installed once in its all-namespaces mode with the built operator image.
+installed once in its all-namespaces mode with the built operator image. Every node has the
+cluster DNS and pod routes between nodes on. `second_node` joins a second node (no scheduler of its
+own) for the multi-node tests; test_node_loss_on_nodes.py, which runs after them (pytest orders
+the files by name), stops it for good.
 
 What the node cannot show, and is not pretended: GPUs (stage pods that ask for `nvidia.com/gpu`
 stay unschedulable until a test advertises the resource on the node's status, and then run on
-its CPU: the test says where it does), image pulls from a registry, a cluster DNS and several
-nodes (the node has both as options; these tests use one node without DNS, and
-test_node_loss_on_nodes.py adds a second node to lose), NetworkPolicy, CSI
+its CPU: the test says where it does), image pulls from a registry, NetworkPolicy, CSI
 or a PV provisioner (a claim binds to a hostPath PersistentVolume the test creates).
 
 Needs root, podman and debootstrap (images), containerd, runc, containernetworking-plugins and
@@ -41,7 +42,10 @@ from tests.tools import REPO, in_ci
 SHARED_K8S = REPO.parent / "shared" / "k8s"
 CONTROL_PLANE, NODE = SHARED_K8S / "control-plane", SHARED_K8S / "node"
 COMMANDS = {"podman": "podman", "debootstrap": "debootstrap", "containerd": "containerd", "runc": "runc",
-            "iptables": "iptables", "zstd": "zstd", "openssl": "openssl"}
+            "iptables": "iptables", "zstd": "zstd", "openssl": "openssl", "dnsmasq": "dnsmasq-base"}
+# Every node: pods of other nodes routed (PEERS) and a cluster DNS on its bridge (DNS), so a
+# multi-node stage's ranks find rank 0 by `<job>-0.<service>` wherever the scheduler puts them.
+NODE_OPTIONS = {"REFINERY_NODE_PEERS": "1", "REFINERY_NODE_DNS": "1"}
 OPERATOR_NAMESPACE, RELEASE = "refinery-system", "refinery"
 
 
@@ -104,16 +108,26 @@ def built_images() -> dict[str, Any]:
     return load_build_images().build_images()
 
 
+def traversable(folder: Path) -> Path:
+    """`folder` and its parents searchable by others (o+x). pytest makes its temporary folders 0700,
+    and the node's dnsmasq drops root for `nobody`, which then cannot read the DNS records the
+    node keeps under its folder ("failed to load names ...: Permission denied"): no pod name
+    resolves, and a multi-node stage's ranks wait for rank 0 until their timeout."""
+    for path in (folder, *folder.parents):
+        if path.stat().st_mode & 0o001 == 0:
+            path.chmod(path.stat().st_mode | 0o001)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def cluster(built_images: dict[str, Any], tmp_path_factory) -> Cluster:
-    folder = tmp_path_factory.mktemp("cluster")
+    folder = traversable(tmp_path_factory.mktemp("cluster"))
     plane, node = folder / "control-plane", folder / "node"
     try:
         up = subprocess.run([CONTROL_PLANE, "up", plane], stdout=subprocess.PIPE, text=True, check=True, timeout=600)
         kubeconfig = Path(up.stdout.splitlines()[-1])
-        # REFINERY_NODE_PEERS=1 on every node of a cluster that gets a second one (test_node_loss_on_nodes.py)
         joined = subprocess.run([NODE, "up", node, plane], stdout=subprocess.PIPE, text=True, check=True, timeout=300,
-                                env={**os.environ, "REFINERY_NODE_PEERS": "1"})
+                                env={**os.environ, **NODE_OPTIONS})
         for target in ("operator", "trainer-cpu"):
             subprocess.run([NODE, "load", node, built_images[target]["archive"]], stdout=subprocess.DEVNULL,
                            check=True, timeout=600)
@@ -122,6 +136,32 @@ def cluster(built_images: dict[str, Any], tmp_path_factory) -> Cluster:
     finally:  # also after a failed up: each stops exactly what it started
         subprocess.run([NODE, "down", node], check=False, timeout=300)
         subprocess.run([CONTROL_PLANE, "down", plane], check=False, timeout=300)
+
+
+@dataclass
+class SecondNode:
+    folder: Path
+    name: str
+
+
+@pytest.fixture(scope="session")
+def second_node(cluster: Cluster, tmp_path_factory) -> SecondNode:
+    """A second real node on the session's control plane, the trainer image loaded: the multi-node
+    tests run on it, and test_node_loss_on_nodes.py stops it (`node down`) as a lost machine."""
+    folder = traversable(tmp_path_factory.mktemp("node-b"))
+    name = None
+    try:
+        up = subprocess.run([NODE, "up", folder, cluster.plane_dir], stdout=subprocess.PIPE, text=True, check=True,
+                            timeout=300, env={**os.environ, **NODE_OPTIONS, "REFINERY_NODE_SCHEDULER": "0"})
+        name = up.stdout.split()[-1]
+        subprocess.run([NODE, "load", folder, cluster.images["trainer-cpu"]["archive"]], stdout=subprocess.DEVNULL,
+                       check=True, timeout=600)
+        cluster.kubectl.run("wait", "--for=condition=Ready", f"node/{name}", "--timeout=60s")
+        yield SecondNode(folder, name)
+    finally:
+        subprocess.run([NODE, "down", folder], check=False, timeout=300)
+        if name:  # leave the session's cluster as it was: one node
+            cluster.kubectl.run("delete", "node", "--ignore-not-found", "--wait=false", name, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -149,10 +189,12 @@ def operator_release(helm: Path, cluster: Cluster) -> dict[str, Any]:
     return {"seconds": helm_install(helm, cluster, RELEASE, OPERATOR_NAMESPACE)}
 
 
-def hostpath_volume(cluster: Cluster, folder: Path, namespace: str, claim: str) -> None:
+def hostpath_volume(cluster: Cluster, folder: Path, namespace: str, claim: str,
+                    access_modes: tuple[str, ...] = ("ReadWriteOnce",)) -> None:
     """A PersistentVolume on the node's disk holding the tests' data (tests/operator/volumes.py),
     reserved for a claim (claimRef) before the operator creates it; the kube-controller-manager's
-    PV controller binds the two. A hostPath volume ignores fsGroup, so its folder is made the stage
+    PV controller binds the two. Its folder is on this machine, where every test node runs, so it
+    can honestly declare ReadWriteMany for multi-node stages. A hostPath volume ignores fsGroup, so its folder is made the stage
     user's (uid 1000), as an admin would."""
     provision_volume(folder)
     for root, dirs, files in os.walk(folder):
@@ -160,7 +202,7 @@ def hostpath_volume(cluster: Cluster, folder: Path, namespace: str, claim: str) 
             os.chown(name, 1000, 1000)
     cluster.kubectl.apply([{
         "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-{claim}"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": list(access_modes),
                  "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(folder), "type": "Directory"},
                  "claimRef": {"namespace": namespace, "name": claim}},
     }])

@@ -1,7 +1,7 @@
 """A node lost mid-stage, and a node drained, on two real kubelets of one control plane.
 
-A second node joins the session's cluster (`REFINERY_NODE_PEERS=1`, no scheduler of its own),
-the first is cordoned so the stage's pod lands on the second, and once it has written a
+The session's second node (conftest `second_node`: `REFINERY_NODE_PEERS=1`, no scheduler of its
+own) is used; the first is cordoned so the stage's pod lands on the second, and once it has written a
 checkpoint the second node is stopped as a reclaimed machine stops (`node down`: kubelet gone,
 every container SIGKILLed; the Node object stays). Kubernetes alone would leave the pod Running,
 then Terminating for ever; the operator ends the attempt as soon as the node is NotReady/Unknown
@@ -13,7 +13,6 @@ the pipeline. Printed: the seconds from the node stopping to attempt 2 Running."
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import time
 from typing import Any
@@ -22,7 +21,7 @@ import yaml
 
 from tests.tools import REPO
 
-from .conftest import NODE, Cluster, hostpath_volume, wait_for
+from .conftest import NODE, Cluster, SecondNode, hostpath_volume, wait_for
 
 NAME = "lose"
 
@@ -42,23 +41,11 @@ def running_on(cluster: Cluster, attempt: int) -> str | None:
 
 
 def test_a_lost_node_and_a_drained_one_are_disruptions_and_the_stage_resumes_elsewhere(
-        cluster: Cluster, operator_release, tmp_path_factory):
-    second = tmp_path_factory.mktemp("node-b")
-    env = {**os.environ, "REFINERY_NODE_PEERS": "1", "REFINERY_NODE_SCHEDULER": "0"}
-    node_b = None
-    try:
-        up = subprocess.run([NODE, "up", second, cluster.plane_dir], stdout=subprocess.PIPE, text=True, check=True,
-                            timeout=300, env=env)
-        node_b = up.stdout.split()[-1]
-        subprocess.run([NODE, "load", second, cluster.images["trainer-cpu"]["archive"]], stdout=subprocess.DEVNULL,
-                       check=True, timeout=600)
-        cluster.kubectl.run("wait", "--for=condition=Ready", f"node/{node_b}", "--timeout=60s")
-        lose_node_then_drain(cluster, node_b, second, tmp_path_factory)
+        cluster: Cluster, operator_release, second_node: SecondNode, tmp_path_factory):
+    try:  # the second node is stopped here for good: this file runs after the multi-node tests
+        lose_node_then_drain(cluster, second_node.name, second_node.folder, tmp_path_factory)
     finally:
-        subprocess.run([NODE, "down", second], check=False, timeout=300)
         cluster.kubectl.run("uncordon", cluster.node_name, check=False)
-        if node_b:  # leave the session's cluster as it was: one node
-            cluster.kubectl.run("delete", "node", "--ignore-not-found", "--wait=false", node_b, check=False)
 
 
 def lose_node_then_drain(cluster: Cluster, node_b: str, second, tmp_path_factory) -> None:

@@ -78,6 +78,11 @@ MULTI_NODE_JOB = [
     (("spec", "backoffLimit"), 0),
     ((*POD, "subdomain"), "mn-sft-3"),
     ((*POD, "restartPolicy"), "Never"),
+    # one rank per node: a required anti-affinity on this attempt's pods only
+    ((*POD, "affinity", "podAntiAffinity", "requiredDuringSchedulingIgnoredDuringExecution"), [{
+        "labelSelector": {"matchLabels": {"refinery.dev/pipeline": "mn", "refinery.dev/stage": "sft",
+                                          "refinery.dev/attempt": "3"}},
+        "topologyKey": "kubernetes.io/hostname"}]),
     ((*POD, "automountServiceAccountToken"), True),
     ((*POD, "securityContext", "runAsNonRoot"), True),
     ((*CONTAINER, "env", 0), {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
@@ -95,7 +100,7 @@ def test_multi_node_job_fields(path, expected):
 
 def test_single_node_job_is_not_indexed_and_has_no_service():
     job = builders.build_stage_job(pipeline(1, 4), launch())
-    assert "completionMode" not in job["spec"] and "subdomain" not in at(job, *POD)
+    assert "completionMode" not in job["spec"] and "subdomain" not in at(job, *POD) and "affinity" not in at(job, *POD)
     assert (job["spec"]["completions"], job["spec"]["parallelism"]) == (1, 1)
     assert all(e["name"] != "JOB_COMPLETION_INDEX" for e in at(job, *CONTAINER, "env"))
     assert builders.build_stage_service(pipeline(1, 4), launch()) is None

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from refinery_operator.children import job_view
 from refinery_operator.k8s import merge_patch
 from refinery_operator.reconcile import attempt_state, describe_validation_error, parse_pipeline, progress_record
 from tests.builders import chat_pipeline
@@ -353,3 +354,18 @@ async def test_a_failed_recheck_ends_the_stage_still_running():
     [(job, patch)] = cluster.patches
     assert job == "p-pretrain-1" and patch["spec"] == {"activeDeadlineSeconds": 1}
     assert patch["metadata"]["annotations"]["refinery.dev/stop-reason"] == "SourceError"
+
+
+@pytest.mark.parametrize(("parallelism", "status", "started"), [
+    (None, {"active": 1, "ready": 1}, True),  # one pod: ready is started
+    (None, {"active": 1, "ready": 0}, False),
+    (3, {"active": 3, "ready": 2}, False),  # rank 2 Pending (no node left): not started, StartTimeout applies
+    (3, {"active": 3, "ready": 3}, True),
+    (2, {"active": 1, "ready": 1, "succeeded": 1}, True),  # rank 1 finished first: it had started
+])
+def test_a_multi_node_attempt_has_started_only_when_every_pod_has(parallelism, status, started):
+    obj = job(**status, startTime="2026-01-01T00:00:00Z")
+    obj["spec"] = {"parallelism": parallelism} if parallelism else {}
+    assert attempt_state(obj).ready is started
+    # the operator reads Jobs from its cache's slim view: it must keep what this depends on
+    assert attempt_state(job_view(obj)).ready is started

@@ -4,8 +4,11 @@ pods wait for rank 0's name). Both torch-free: files, DNS and exec only."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+
+import pytest
 
 from refinery_operator.api.run import CHECKPOINT_MARKER
 from refinery_trainer import checkpoints as ckpt
@@ -131,3 +134,32 @@ def test_launch_fails_with_a_clear_message_when_rank_0_never_resolves(tmp_path):
     assert done.returncode == launch.EXIT_NOT_RESOLVED
     assert "p-sft-1-0.p-sft-1.invalid did not resolve within 1s" in done.stderr
     assert json.loads(log.read_text())["reason"] == "RendezvousNotResolved"
+
+
+CHILD = ("import signal, sys, time\n"
+         "signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))\n"  # what torchrun does once its workers run
+         "print('child running', flush=True)\n"
+         "time.sleep(120)\n")
+
+
+def start_launcher(host: str, *command: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "refinery_trainer.launch", "--wait-for", host, "--timeout", "120",
+                             "--", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("handled", [True, False])
+def test_the_launcher_passes_sigterm_on_to_the_command(handled):
+    """The launcher stays the container's PID 1 (which drops signals it has no handler for) and
+    forwards SIGTERM: the command's exit code comes back, 128 + 15 when SIGTERM ended it."""
+    command = [sys.executable, "-c", CHILD if handled else CHILD.replace("signal.signal", "(lambda *_: 0)")]
+    launcher = start_launcher("localhost", *command)
+    assert launcher.stdout.readline().strip() == "child running"
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=30) == (42 if handled else 143)
+
+
+def test_the_launcher_exits_143_on_sigterm_while_it_waits_for_rank_0():
+    launcher = start_launcher("never-resolves.invalid", sys.executable, "-c", "pass")
+    assert "waiting for never-resolves.invalid" in launcher.stdout.readline()
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=30) == 143

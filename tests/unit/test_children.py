@@ -43,7 +43,8 @@ def test_children_are_kept_by_pipeline_and_slimmed():
     assert names(cache.jobs("ns", "q")) == ["q-sft-1"]
     assert cache.jobs("other", "p") == []
     (view,) = cache.jobs("ns", "p")
-    assert view["status"] == {"active": 1} and view["spec"] == {"suspend": False}  # no pod template
+    # no pod template; parallelism: whether every rank has started (reconcile.all_pods_started)
+    assert view["status"] == {"active": 1} and view["spec"] == {"suspend": False, "parallelism": None}
     assert cache.progress("ns", "p")[0]["data"] == {"progress.json": '{"step": 3}'}
 
 

@@ -20,8 +20,10 @@ def test_ci_provides_what_the_real_control_plane_needs_before_the_test_command()
 
 
 def test_ci_provides_the_node_and_builds_the_images_before_the_test_command():
-    """tests/cluster fails under CI=true without podman, debootstrap and the node's runtime."""
+    """tests/cluster fails under CI=true without podman, debootstrap and the node's runtime (dnsmasq:
+    the cluster DNS that multi-node stages find rank 0 by)."""
     script = (REPO / ".ci" / "run").read_text()
     install = script.index("apt-get install -y -qq podman debootstrap containerd runc containernetworking-plugins iptables")
+    assert "dnsmasq-base" in script[install:script.index("\n", install)] and "command -v dnsmasq" in script
     build = script.index("python3 scripts/build_images.py")
     assert script.index("command -v podman") < install < build < script.index("&& pytest")

@@ -9,19 +9,27 @@ Service appears only once the pod has an IP. torchrun's static rendezvous resolv
 `--master_addr` once and gives up, so a pod that starts before pod 0 is published would fail
 the whole attempt (and spend a retry). Every pod, pod 0 included (its torchrun agent also
 connects to the address as a client), therefore waits here until the name resolves — bounded
-by `--timeout`, logging what it waits for — and then `exec`s the command, so torchrun is the
-container's process and receives SIGTERM directly.
+by `--timeout`, logging what it waits for — and then runs the command as its child.
 
-Exit codes: the command's own (after exec); 1 when the name did not resolve in time (the message
-names the host and says what to check), 2 on a usage error. Imports no torch.
+Why a child and not `exec`: the container's first process is PID 1, and the kernel drops every
+signal PID 1 has no handler for. torchrun installs its SIGTERM handler only once its workers
+run, so a torchrun waiting at the rendezvous as PID 1 (a rank whose peer never scheduled, the
+Job ended by StartTimeout, a suspend) ignored SIGTERM and its pod stayed Terminating for the
+whole `terminationGracePeriodSeconds` (300 s; seen on real nodes). So this process stays PID 1,
+exits 143 on SIGTERM while it waits, and afterwards passes SIGTERM and SIGINT on to the command.
+
+Exit codes: the command's own (128 + N when a signal N ended it); 1 when the name did not resolve
+in time (the message names the host and says what to check), 2 on a usage error, 143 on SIGTERM
+while waiting. Imports no torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -72,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between two lookups (default: 1)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to exec")
     args = parser.parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # PID 1 ignores signals it has no handler for
+        signal.signal(signum, exit_on_signal)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.print_usage(sys.stderr)
@@ -86,8 +96,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOT_RESOLVED
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvp(command[0], command)  # noqa: S606 - replaces this process; never returns
-    return 0  # pragma: no cover
+    return run_forwarding_signals(command)
+
+
+def exit_on_signal(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_forwarding_signals(command: list[str]) -> int:
+    """Run `command`, passing SIGTERM and SIGINT on to it; its exit code (128 + N if signal N ended it)."""
+    child = subprocess.Popen(command)  # noqa: S603 - the operator's own torchrun command line
+
+    def forward(signum, _frame) -> None:
+        child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    code = child.wait()
+    return 128 - code if code < 0 else code
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ class AttemptState:
     start_time: str | None = None
     completion_time: str | None = None
     pods_gone: bool = True  # no pod of the attempt is running or terminating
-    ready: bool = False  # a pod of the attempt is ready: it has started
+    ready: bool = False  # every pod of the attempt is ready (or done): it has started
     suspended: bool = False  # the Job is suspended (by us for spec.suspend, or by Kueue until admitted)
     held_seconds: float = 0.0  # time its pods ran before its latest suspension (Kubernetes restarts startTime on resume)
     deleting: bool = False  # the Job is being deleted
@@ -351,8 +351,10 @@ def control_attempt(pipeline: TrainingPipeline, stage: Stage, status: StageStatu
         return []
     if left > 0:
         return [left]
+    pods = "no pod" if stage.resources.nodes == 1 else f"not all {stage.resources.nodes} pods (one per node)"
     stops.append(Stop(stage.name, latest.attempt, "fail", REASON_START_TIMEOUT,
-                      f"no pod of attempt {latest.attempt} was ready {timeout}s after it started: look for "
+                      f"{pods} of attempt {latest.attempt} {'was' if stage.resources.nodes == 1 else 'were'} ready "
+                      f"{timeout}s after it started: look for "
                       "ImagePullBackOff (spec.image), an unschedulable pod (GPUs, nodeSelector, tolerations) or a "
                       "volume that cannot attach in `kubectl describe pod`"))
     return []
