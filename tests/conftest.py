@@ -1,4 +1,5 @@
-"""Markers every layer shares: `gpu` tests are skipped cleanly where no CUDA device is present."""
+"""What every layer shares: `gpu` tests are skipped cleanly where no CUDA device is present, and one
+real MLflow tracking server per session (started by the first test that asks for it)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,12 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA device (marker gpu)")
         for item in gpu_tests:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    from tests.mlflowserver import start_mlflow_server
+
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    yield server
+    server.stop()

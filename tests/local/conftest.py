@@ -19,8 +19,6 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.mlflowserver import start_mlflow_server
-
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "tiny-chat.yaml"
 EXPERIMENT = "tiny-chat-tests"
@@ -59,13 +57,6 @@ def phase_of(samples: Samples, stage: str, type_: str) -> str | None:
     phases = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
     current = [p for p in phases if stage_sample(samples, "refinery_stage_phase", stage, type=type_, phase=p) == 1.0]
     return current[0] if len(current) == 1 else None
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")

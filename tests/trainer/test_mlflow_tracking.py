@@ -6,19 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.mlflowserver import start_mlflow_server
-
 from .conftest import read_json, stage_run
 from .example_task import DATA, MODEL, run_stage
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
-    yield server
-    server.stop()
 
 
 def test_stages_log_nested_runs_that_a_retry_continues(mlflow_server, workspace):
