@@ -106,12 +106,11 @@ def build() -> dict[str, Any]:
                      "step it is at.", target(f"refinery_stage_last_checkpoint_step{{{SEL}}}", f"checkpoint {STAGE}"),
                      target(f"refinery_stage_step{{{SEL}}}", f"step {STAGE}", ref="B")), w=12)
 
-    eta = bargauge("Time left (estimated)", "Seconds until each running pipeline ends (the longest chain of its "
-                   "remaining stages) and each running stage's attempt ends, at the pace measured since its first "
-                   "step; README: Status says how good the estimate is.",
-                   f"refinery_pipeline_eta_seconds{{{SEL}}}", "s", "{{namespace}}/{{pipeline}}")
-    eta["targets"].append(target(f"refinery_stage_eta_seconds{{{SEL}}} > 0", STAGE, ref="B", instant=True))
-    g.add(eta, w=24)
+    g.add(timeseries("Time left (estimated)", "Seconds until each running pipeline ends (the longest chain of its "
+                     "remaining stages) and each running stage's attempt ends, at the pace measured since its first "
+                     "step; README: Status says how good the estimate is.",
+                     target(f"refinery_pipeline_eta_seconds{{{SEL}}}", "{{namespace}}/{{pipeline}}"),
+                     target(f"refinery_stage_eta_seconds{{{SEL}}} > 0", STAGE, ref="B"), unit="s"), w=24)
 
     g.row("Training")
     g.add(timeseries("Training loss", "Mean training loss of each logging window, per stage (trainer pods).",

@@ -59,7 +59,7 @@ VARIABLES = {"$namespace": NAMESPACE, "$pipeline": PIPELINE, "$__rate_interval":
 PANELS_WITH_DATA = [
     "Pipelines by phase", "Stage progress", "Stage phase", "Checkpoint age", "Last checkpoint step",
     "Restarts by failure class", "GPU-hours", "Lost GPU-hours", "Stage duration", "Retry budget left",
-    "Checkpoint to status latency", "Stage done to next Job latency", "Operator up",
+    "Checkpoint to status latency", "Stage done to next Job latency", "Operator up", "Time left (estimated)",
     "variable namespace", "variable pipeline",
 ]
 # Panels of the trainer pods' metrics (PodMonitor): fake_stage.py serves none, so they only parse.
