@@ -1,7 +1,7 @@
 """Tokenizing a streamed pretraining corpus with N parallel workers, and resuming it.
 
-    python benchmarks/tokenize.py                          # 128 MB in 16 shards; 1, 2 and 4 workers
-    python benchmarks/tokenize.py --size-mb 64 --workers 1 2
+    python benchmarks/tokenize_corpus.py                          # 128 MB in 16 shards; 1, 2 and 4 workers
+    python benchmarks/tokenize_corpus.py --size-mb 64 --workers 1 2
 
 Generated JSONL shards (`--shard-mb` each, short documents from a small grammar, the corpus of
 benchmarks/big_dataset.py) go to `--root` (default /tmp/refinery-tokenize, never the repository).
