@@ -171,11 +171,12 @@ def helm(tmp_path_factory) -> Path:
 
 def helm_install(helm: Path, cluster: Cluster, release: str, namespace: str, **sets: str) -> float:
     """`helm install --wait` of charts/refinery with the built operator image; the seconds it took."""
-    values = {"image.repository": cluster.image("operator").rsplit(":", 1)[0],
-              "image.tag": cluster.image("operator").rsplit(":", 1)[1], "image.pullPolicy": "Never", **sets}
+    values = {"image.repository": cluster.image("operator").rsplit(":", 1)[0], "image.pullPolicy": "Never", **sets}
+    # --set-string: a content-hash tag can be all digits, which --set would pass as a number (the schema wants a string).
+    tag = ("--set-string", f"image.tag={cluster.image('operator').rsplit(':', 1)[1]}")
     started = time.monotonic()
     result = subprocess.run([helm, "install", release, REPO / "charts" / "refinery", "--namespace", namespace,
-                             "--create-namespace", "--wait", "--timeout", "180s",
+                             "--create-namespace", "--wait", "--timeout", "180s", *tag,
                              *[a for k, v in values.items() for a in ("--set", f"{k}={v}")]],
                             capture_output=True, text=True, timeout=240,
                             env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "HOME": str(helm.parent)})
