@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from .data import ROLES, SUPPORTED, _chat_problem
 from .errors import DataError
+from .sources import files as sources_files
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -34,13 +35,8 @@ SCAN_BATCH = 4096  # rows turned into Python objects at a time where a check can
 
 
 def data_files(path: Path) -> list[Path]:
-    """The file itself, or every supported data file under a folder (recursively, by name)."""
-    if not path.is_dir():
-        return [path]
-    found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in ARROW_SUPPORTED)
-    if not found:
-        raise DataError(f"{path}: no data files ({', '.join(ARROW_SUPPORTED)}) in this folder")
-    return found
+    """The file itself, or every file under a folder that `datasets` loads (.csv too)."""
+    return sources_files.data_files(path, ARROW_SUPPORTED)
 
 
 @dataclass

@@ -13,13 +13,13 @@ from ..data import SUPPORTED, Table, read_table
 from ..errors import DataError
 
 
-def data_files(path: Path) -> list[Path]:
-    """The file itself, or every supported data file under a folder (recursively, by name)."""
+def data_files(path: Path, suffixes: tuple[str, ...] = SUPPORTED) -> list[Path]:
+    """The file itself, or every data file with one of `suffixes` under a folder (recursively, by name)."""
     if not path.is_dir():
         return [path]
-    found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED)
+    found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not found:
-        raise DataError(f"{path}: no data files ({', '.join(SUPPORTED)}) in this folder")
+        raise DataError(f"{path}: no data files ({', '.join(suffixes)}) in this folder")
     return found
 
 
