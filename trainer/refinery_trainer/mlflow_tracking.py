@@ -159,8 +159,6 @@ def stage_tags(ctx: StageContext) -> dict[str, str]:
     stage = ctx.stage
     tags = {"refinery.pipeline": ctx.run.pipeline, "refinery.stage": stage.name, "refinery.type": str(stage.type),
             "refinery.from": stage.from_ or "", "refinery.initModel": ctx.run.init_model or ""}
-    if image := os.environ.get("REFINERY_IMAGE"):
-        tags["refinery.image"] = image
     for i, source in enumerate(ctx.lineage()):
         tags[f"refinery.source.{i}"] = f"{source.get('uri')} -> {source.get('resolved')}"
     return tags
