@@ -56,7 +56,16 @@ class Kubectl:
 
 def install_crd(kubectl: Kubectl) -> None:
     kubectl.run("apply", "--server-side", "--field-manager=refinery-tests", "--force-conflicts", "-f", str(CRD))
-    kubectl.run("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingpipelines.refinery.dev")
+    # Polled rather than `kubectl wait --for=condition=Established`: right after the apply the CRD can have no
+    # status.conditions yet, and kubectl wait then fails at once ("accessor error: <nil>") instead of waiting.
+    deadline = time.monotonic() + 60
+    while True:
+        established = kubectl.run("get", "crd/trainingpipelines.refinery.dev", "-o",
+                                  "jsonpath={.status.conditions[?(@.type=='Established')].status}", check=False)
+        if established.stdout.strip() == "True":
+            return
+        assert time.monotonic() < deadline, f"CRD not Established in 60 s: {established.stdout} {established.stderr}"
+        time.sleep(0.5)
 
 
 def kubeconfig_parts(admin_kubeconfig: Path) -> tuple[str, bytes]:
