@@ -29,6 +29,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin refinery
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY sdk/ sdk/
 COPY operator/ operator/
 # The distribution also holds the trainer package; the operator image ships none of its code.
 # A virtual environment: a Debian base's own Python refuses system-wide installs (PEP 668).
@@ -73,6 +74,7 @@ RUN pip install "torch==${TORCH_VERSION}" \
  && echo "torch==${TORCH_VERSION}" > /opt/constraints.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY sdk/ sdk/
 COPY operator/ operator/
 COPY trainer/ trainer/
 # --no-build-isolation: DeepSpeed's setup imports torch; an isolated build would fetch another one.
@@ -117,6 +119,7 @@ RUN pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}+cpu" \
  && echo "torch==${TORCH_VERSION}" > /opt/constraints.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY sdk/ sdk/
 COPY operator/ operator/
 COPY trainer/ trainer/
 RUN pip install -c /opt/constraints.txt '.[trainer,eval,export,tracking]' \

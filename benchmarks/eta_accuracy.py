@@ -6,7 +6,7 @@
 Runs the pipeline in local mode (`refinery run --quiet`) and reads its status.json as it
 changes, every 0.1 s: each stage's `estimatedRemainingSeconds` (the trainer's, from its pace
 since its first step) and the pipeline's (the longest chain of remaining stages, later stages
-from a borrowed pace: operator/refinery_operator/core/eta.py). Afterwards the actual time left
+from a borrowed pace: sdk/refinery/core/eta.py). Afterwards the actual time left
 is known: a stage's from its `completionTime` (the final save and evaluation after the last step
 included), the pipeline's from the moment its status said Succeeded. At the first status at or
 past 25/50/75 % of a stage's steps (of the pipeline's wall time for the pipeline), the error is

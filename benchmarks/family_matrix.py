@@ -48,7 +48,7 @@ def lora_targets(folder: Path) -> list[str]:
 
     from refinery_trainer.lora import lora_config
     from refinery_trainer.modeling import load_model
-    from refinery_operator.api.training import LoraSpec
+    from refinery.api.training import LoraSpec
 
     model = get_peft_model(load_model(folder), lora_config(LoraSpec()))
     return sorted({name.split(".")[-2] for name, _ in model.named_modules() if name.endswith(".lora_A")})

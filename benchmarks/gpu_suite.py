@@ -124,7 +124,7 @@ def free_memory() -> None:
 
 def run_stage(work: Path, name: str, type_: str, spec: dict, **resolved) -> dict:
     """One StageRun through refinery-train's `run_stage`; its result.json metrics."""
-    from refinery_operator.api.run import StageRun
+    from refinery.api.run import StageRun
     from refinery_trainer import cli
 
     free_memory()
@@ -194,7 +194,7 @@ def part_pretrain(work: Path, size: dict, steps: int, device: str, precision: st
 
 def base_policy(work: Path, size: dict, corpus_words: int) -> Path:
     """A fresh ~0.4B Llama (tiny with --tiny) and a BPE tokenizer, saved like a stage's model/."""
-    from refinery_operator.api.v1alpha1 import ModelConfig
+    from refinery.api.v1alpha1 import ModelConfig
     from refinery_trainer.modeling import build_model
     from refinery_trainer.tokenizer import train_bpe_tokenizer
 

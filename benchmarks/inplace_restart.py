@@ -34,7 +34,7 @@ import yaml
 from realnodes import REPO, metrics_log, namespace_with_volume, pipeline, rank_pod, stage_status, two_nodes, wait_for
 
 from refinery_operator import builders
-from refinery_operator.core.plan import Launch
+from refinery.core.plan import Launch
 from refinery_operator.reconcile import parse_pipeline
 
 LOGGING_STEPS, SAVE_STEPS, DELETE_AFTER = 5, 20, 40

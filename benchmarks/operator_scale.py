@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.operator_latency import manifest  # noqa: E402
-from refinery_operator.core.sources import INPUTS_CHECKED, initializer_job_name  # noqa: E402
+from refinery.core.sources import INPUTS_CHECKED, initializer_job_name  # noqa: E402
 from tests.operator.harness import (  # noqa: E402
     NAMESPACE, IndexedEmulator, operator_in_process, serve_emulator, server_url, stored, with_server_fields,
     write_kubeconfig,

@@ -36,7 +36,7 @@ from trainer_overhead import held_out, make_base_model  # noqa: E402  (the same 
 
 
 def run_sft(base: Path, work: Path, packing: bool, steps: int, batch: int) -> dict:
-    from refinery_operator.api.run import StageRun
+    from refinery.api.run import StageRun
     from refinery_trainer import cli
 
     stage_dir = work / f"sft-{'packed' if packing else 'unpacked'}"

@@ -97,7 +97,7 @@ class Timer(TrainerCallback):
 
 def make_base_model(folder: Path, hidden: int, layers: int) -> Path:
     """A fresh Llama and a BPE tokenizer trained on the example corpus, saved like a stage's model/."""
-    from refinery_operator.api.v1alpha1 import ModelConfig
+    from refinery.api.v1alpha1 import ModelConfig
     from refinery_trainer.modeling import build_model
     from refinery_trainer.tokenizer import train_bpe_tokenizer
 
@@ -160,7 +160,7 @@ def held_out(name: str, folder: Path, n: int = 64) -> Path:
 
 
 def run_refinery(stage: str, base: Path, work: Path, steps: int, batch: int) -> Timer:
-    from refinery_operator.api.run import StageRun
+    from refinery.api.run import StageRun
     from refinery_trainer import cli
     from refinery_trainer.context import StageContext
 
@@ -232,7 +232,7 @@ def run_direct(stage: str, base: Path, work: Path, steps: int, batch: int) -> Ti
     elif stage == "rlhf":
         from trl import RLOOConfig, RLOOTrainer
 
-        from refinery_operator.api.v1alpha1 import RlSpec
+        from refinery.api.v1alpha1 import RlSpec
 
         rl = RlSpec.model_validate(RL)
         tokenizer.padding_side = "left"  # generation continues the prompt

@@ -12,7 +12,7 @@ environment and install steps as a `docker build` of it. Only the inputs differ:
 - the host's CA bundle is mounted where Debian's pip looks for it (a TLS-intercepting proxy).
 
 Caching: an archive is named after a hash of the Dockerfile and every file the build context
-holds (.dockerignore: pyproject.toml, README.md, operator/, trainer/), so a second run with nothing
+holds (.dockerignore: pyproject.toml, README.md, sdk/, operator/, trainer/), so a second run with nothing
 changed returns at once; podman's layer cache keeps the torch layer across source changes. The
 archives live in `$REFINERY_IMAGE_CACHE` (default `~/.cache/refinery-images`). Root only (podman
 as root, debootstrap); needs `apt-get install -y podman debootstrap`.
@@ -54,7 +54,7 @@ def cache_dir() -> Path:
 def context_files() -> list[Path]:
     """The files `.dockerignore` lets into the build context, plus the Dockerfile itself."""
     files = [REPO / "Dockerfile", REPO / "pyproject.toml", REPO / "README.md"]
-    for folder in ("operator", "trainer"):
+    for folder in ("sdk", "operator", "trainer"):
         files += [p for p in sorted((REPO / folder).rglob("*")) if p.is_file()
                   and "__pycache__" not in p.parts and not p.suffix == ".pyc"
                   and not any(part.endswith(".egg-info") for part in p.parts)]

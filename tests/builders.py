@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from refinery_operator.api.v1alpha1 import TrainingPipeline
+from refinery.api.v1alpha1 import TrainingPipeline
 
 DATA_BY_TYPE = {
     "pretrain": "data/pretrain.txt",

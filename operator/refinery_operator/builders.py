@@ -20,12 +20,12 @@ import yaml
 
 from . import builders_distributed as distributed
 from .builders_pod import user_env, user_env_from, user_mounts, user_volumes  # noqa: F401 (used by builders_sources too)
-from .api.run import PROGRESS_FILE, ConfigMapReporter, StageRun
-from .api.v1alpha1 import API_VERSION, KIND, Stage, StageType, TrainingPipeline
-from .core import naming
-from .core.plan import Launch
-from .core.sources import initializer_record_name, needs_initializer
-from .core.stage_run import build_stage_run
+from refinery.api.run import PROGRESS_FILE, ConfigMapReporter, StageRun
+from refinery.api.v1alpha1 import API_VERSION, KIND, Stage, StageType, TrainingPipeline
+from refinery.core import naming
+from refinery.core.plan import Launch
+from refinery.core.sources import initializer_record_name, needs_initializer
+from refinery.core.stage_run import build_stage_run
 
 APP_NAME = "refinery"
 MANAGED_BY = "refinery-operator"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api.v1alpha1 import Stage
+from refinery.api.v1alpha1 import Stage
 
 MASTER_PORT = 29500  # torchrun's default rendezvous port, on rank 0's pod
 RENDEZVOUS_WAIT_S = 600  # how long pods other than 0 wait for pod 0's DNS name

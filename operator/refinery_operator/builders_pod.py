@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api.v1alpha1 import Stage, TrainingPipeline
+from refinery.api.v1alpha1 import Stage, TrainingPipeline
 
 
 def user_env(pipeline: TrainingPipeline, stages: list[Stage]) -> list[dict[str, Any]]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import builders
-from .api.v1alpha1 import PipelineStatus, TrainingPipeline
-from .core import naming, retention
+from refinery.api.v1alpha1 import PipelineStatus, TrainingPipeline
+from refinery.core import naming, retention
 
 COMPONENT_CLEANUP = "cleanup"
 CLEANUP_CONTAINER = "prune"

@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 
 from . import builders
-from .api.run import ConfigMapReporter
-from .api.sources import stage_sources
-from .api.v1alpha1 import Stage, TrainingPipeline
-from .core import naming
-from .core.sources import (
+from refinery.api.run import ConfigMapReporter
+from refinery.api.sources import stage_sources
+from refinery.api.v1alpha1 import Stage, TrainingPipeline
+from refinery.core import naming
+from refinery.core.sources import (
     ANNOTATION_GENERATION, build_fetch_run, initializer_config_name, initializer_job_name, initializer_record_name,
 )
 

@@ -18,9 +18,9 @@ import yaml
 
 from . import builders
 from . import builders_distributed as distributed
-from .api.v1alpha1 import TrainingPipeline
-from .core import naming
-from .core.tokenize import TokenizeLaunch, tokenize_job_name
+from refinery.api.v1alpha1 import TrainingPipeline
+from refinery.core import naming
+from refinery.core.tokenize import TokenizeLaunch, tokenize_job_name
 
 LABEL_TOKENIZE = "refinery.dev/tokenize"  # the stage whose corpus the Job tokenizes
 LABEL_RUN = "refinery.dev/run"  # the stage's run it tokenizes for (a re-run gets its own step)

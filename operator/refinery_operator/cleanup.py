@@ -7,9 +7,9 @@ name makes the repeat a no-op). See core/retention.py for what is kept and why.
 
 from __future__ import annotations
 
-from .api.v1alpha1 import PipelineStatus, TrainingPipeline
+from refinery.api.v1alpha1 import PipelineStatus, TrainingPipeline
 from .builders_retention import build_cleanup_job
-from .core.retention import stages_to_prune
+from refinery.core.retention import stages_to_prune
 from .k8s import Cluster
 
 

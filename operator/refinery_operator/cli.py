@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from .api.crd import render
+    from refinery.api.crd import render
 
     text = render()
     if args.output:
@@ -32,7 +32,7 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .api.load import InvalidManifest, load_pipelines
+    from refinery.api.load import InvalidManifest, load_pipelines
 
     failed = 0
     for path in args.files:
@@ -54,7 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def check_data(args: argparse.Namespace, manifest: str, pipeline) -> str | None:
     """What `refinery run` checks before its first stage: every remote source fetched (into the
     work folder, where a later run reuses it) and every stage's inputs read. None when all is well."""
-    from .core.naming import pipeline_root
+    from refinery.core.naming import pipeline_root
     from .local.initializer import run_initializer
     from .local.runner import trainer_environment
 
@@ -68,7 +68,7 @@ def check_data(args: argparse.Namespace, manifest: str, pipeline) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import metrics
-    from .api.load import InvalidManifest, load_pipelines
+    from refinery.api.load import InvalidManifest, load_pipelines
     from .local.runner import run_local
     from .local.serve import LOCAL_NAMESPACE, serve_metrics
 

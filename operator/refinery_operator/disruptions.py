@@ -31,8 +31,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import builders
-from .core.conditions import rfc3339
-from .core.disruption import (
+from refinery.core.conditions import rfc3339
+from refinery.core.disruption import (
     REASON_NODE_LOST, REASON_POD_DELETED, REASON_TERMINATED, classify_attempt, is_terminal, lost_node_problem,
 )
 from .k8s import JOBS, Cluster

@@ -42,9 +42,9 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from . import builders, metrics
-from .api.v1alpha1 import GROUP, PLURAL, VERSION
+from refinery.api.v1alpha1 import GROUP, PLURAL, VERSION
 from .children import ChildCache
-from .core.reruns import RERUN_ANNOTATION
+from refinery.core.reruns import RERUN_ANNOTATION
 from .k8s import CONFIGMAPS, JOBS, PODS, Cluster
 from .reconcile import Outcome, reconcile_current
 

@@ -32,8 +32,8 @@ import kubernetes.config
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from .api.v1alpha1 import GROUP, PLURAL, VERSION
-from .core.conditions import rfc3339
+from refinery.api.v1alpha1 import GROUP, PLURAL, VERSION
+from refinery.core.conditions import rfc3339
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .api.run import METRICS_PORT_ENV
-from .api.v1alpha1 import Phase, PipelineSpec, PipelineStatus, StageStatus
-from .core import accounting
+from refinery.api.run import METRICS_PORT_ENV
+from refinery.api.v1alpha1 import Phase, PipelineSpec, PipelineStatus, StageStatus
+from refinery.core import accounting
 
 PORT_ENV = METRICS_PORT_ENV
 PHASES = [p.value for p in Phase]

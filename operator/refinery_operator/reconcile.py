@@ -25,23 +25,23 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import builders, builders_sources, builders_tokenize, metrics
-from .api.load import explain
-from .api.run import PROGRESS_FILE, FetchResult, ProgressRecord
-from .api.v1alpha1 import PipelineStatus, TrainingPipeline
+from refinery.api.load import explain
+from refinery.api.run import PROGRESS_FILE, FetchResult, ProgressRecord
+from refinery.api.v1alpha1 import PipelineStatus, TrainingPipeline
 from .children import Children
 from .cleanup import launch_cleanup_jobs
-from .core import naming
+from refinery.core import naming
 from . import disruptions
-from .core.accounting import parse_time
-from .core.events import pipeline_events
-from .core.plan import AttemptState, Launch, Observed, Stop, plan
-from .core.sources import (
+from refinery.core.accounting import parse_time
+from refinery.core.events import pipeline_events
+from refinery.core.plan import AttemptState, Launch, Observed, Stop, plan
+from refinery.core.sources import (
     ANNOTATION_GENERATION, InitializerDecision, attempts_to_end, decide_initializer, initializer_launch,
     initializer_record_name, record_inputs_check, source_failure_status,
 )
-from .core.summary import invalid_spec_status
-from .core.tokenize import TokenizeAttempt
-from .core.reruns import RERUN_ANNOTATION
+from refinery.core.summary import invalid_spec_status
+from refinery.core.tokenize import TokenizeAttempt
+from refinery.core.reruns import RERUN_ANNOTATION
 from .k8s import JOBS, PIPELINES, Cluster, StatusConflict
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from refinery_operator.api.crd import render as render_crd
+from refinery.api.crd import render as render_crd
 from tests.tools import REPO
 
 from .conftest import ALL_FEATURES, CHART, NAMESPACE, find
@@ -82,7 +82,7 @@ def test_all_features_render_the_monitoring_objects(chart):
 
 def test_pod_monitor_selects_the_stage_pods_the_operator_builds(chart):
     from refinery_operator import builders
-    from refinery_operator.core.plan import Launch
+    from refinery.core.plan import Launch
     from tests.builders import chat_pipeline
 
     pipeline = chat_pipeline("chat").obj()

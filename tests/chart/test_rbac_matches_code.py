@@ -17,10 +17,10 @@ from __future__ import annotations
 import ast
 
 from refinery_operator import builders, k8s
-from refinery_operator.api import v1alpha1
-from refinery_operator.api.v1alpha1 import PipelineStatus, TrainingPipeline
+from refinery.api import v1alpha1
+from refinery.api.v1alpha1 import PipelineStatus, TrainingPipeline
 from refinery_operator.builders_retention import build_cleanup_job
-from refinery_operator.core.plan import Launch
+from refinery.core.plan import Launch
 from tests.builders import make_pipeline
 from tests.tools import REPO
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from refinery_operator.api.run import CHECKPOINT_MARKER
+from refinery.api.run import CHECKPOINT_MARKER
 from refinery_operator.local.summary import read_history
 
 from .conftest import EXAMPLE, REPO, URL_LINE, phase_of, refinery, stage_of, stage_sample

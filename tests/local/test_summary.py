@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from refinery_operator.api.v1alpha1 import PipelineStatus
+from refinery.api.v1alpha1 import PipelineStatus
 from refinery_operator.local.summary import (
     METRICS_LOG_FILE, StageCurves, read_history, summary_figure, write_summary_plot,
 )

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from refinery_operator.api.run import StageRun
-from refinery_operator.api.v1alpha1 import Checkpoint
+from refinery.api.run import StageRun
+from refinery.api.v1alpha1 import Checkpoint
 from refinery_trainer import checkpoints as ckpt
 from refinery_trainer.report import Reporter
 

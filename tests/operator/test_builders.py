@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from refinery_operator import builders
-from refinery_operator.api.run import StageRun
-from refinery_operator.api.v1alpha1 import StageInputs
-from refinery_operator.core.plan import Launch
+from refinery.api.run import StageRun
+from refinery.api.v1alpha1 import StageInputs
+from refinery.core.plan import Launch
 from tests.builders import chat_pipeline, make_pipeline
 
 UID = "0f5c2a4e-1111-2222-3333-444455556666"

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from refinery_operator import builders, builders_distributed
-from refinery_operator.api.run import StageRun
-from refinery_operator.api.v1alpha1 import StageInputs
-from refinery_operator.core.plan import Launch
+from refinery.api.run import StageRun
+from refinery.api.v1alpha1 import StageInputs
+from refinery.core.plan import Launch
 from tests.builders import make_pipeline
 from tests.tools import REPO
 

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from refinery_operator.core.accounting import seconds_between
+from refinery.core.accounting import seconds_between
 from refinery_operator.k8s import PIPELINES
 from tests.builders import chat_pipeline, make_pipeline
 

@@ -268,7 +268,7 @@ async def test_the_inputs_are_checked_once_per_generation_before_a_stage_starts(
 def test_the_export_steps_job_and_progress_are_observed():
     """spec.export runs as a step of its own (PipelineSpec.run_stages): its Job and progress record
     must reach the planner like a stage's, or the pipeline waits on it forever."""
-    from refinery_operator.api.run import PROGRESS_FILE
+    from refinery.api.run import PROGRESS_FILE
     from refinery_operator.reconcile import observe
 
     manifest = chat_pipeline().manifest()

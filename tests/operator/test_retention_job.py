@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from refinery_operator.api.v1alpha1 import Phase, PipelineStatus, StageInputs, StageStatus
+from refinery.api.v1alpha1 import Phase, PipelineStatus, StageInputs, StageStatus
 from refinery_operator.builders_retention import build_cleanup_job
 from refinery_trainer import checkpoints as ckpt
 from tests.builders import chat_pipeline, make_pipeline
@@ -23,7 +23,7 @@ def pipeline(checkpoints):
     manifest = chat_pipeline("chat").manifest()
     manifest["spec"]["checkpoints"] = checkpoints
     manifest["metadata"]["uid"] = UID
-    from refinery_operator.api.v1alpha1 import TrainingPipeline
+    from refinery.api.v1alpha1 import TrainingPipeline
 
     return TrainingPipeline.model_validate(manifest)
 
@@ -73,7 +73,7 @@ def test_cleanup_job_runs_where_its_stage_ran():
     manifest = make_pipeline("p").stage("pt", "pretrain", resources=placement).manifest()
     manifest["spec"]["checkpoints"] = {"keepLast": 1}
     manifest["metadata"]["uid"] = UID
-    from refinery_operator.api.v1alpha1 import TrainingPipeline
+    from refinery.api.v1alpha1 import TrainingPipeline
 
     p = TrainingPipeline.model_validate(manifest)
     pod = build_cleanup_job(p, PipelineStatus(stages=[StageStatus(name="pt", phase=Phase.succeeded, attempt=1)]), "pt")

@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from refinery_operator import builders_tokenize
-from refinery_operator.api.run import StageRun
-from refinery_operator.api.v1alpha1 import StageInputs
-from refinery_operator.core.plan import Launch
-from refinery_operator.core.tokenize import TokenizeLaunch
+from refinery.api.run import StageRun
+from refinery.api.v1alpha1 import StageInputs
+from refinery.core.plan import Launch
+from refinery.core.tokenize import TokenizeLaunch
 from tests.builders import make_pipeline
 
 from .conftest import create_pipeline, stored, stored_all, wait_for

@@ -98,7 +98,7 @@ def read_json(path: Path) -> dict:
 
 def wait_for_marker(stage_dir: Path, proc: subprocess.Popen, timeout_s: float) -> None:
     """Wait until attempt 1 has a complete checkpoint (its marker written); fail if `proc` exits first."""
-    from refinery_operator.api.run import CHECKPOINT_MARKER
+    from refinery.api.run import CHECKPOINT_MARKER
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -166,7 +166,7 @@ def test_a_mixture_names_the_file_of_a_bad_row(tmp_path):
 
 
 def sft_stage(type_="sft", **data):
-    from refinery_operator.api.v1alpha1 import Stage
+    from refinery.api.v1alpha1 import Stage
 
     return Stage.model_validate({"name": "s", "type": type_, "from": "p", "data": data})
 
@@ -203,7 +203,7 @@ def test_sft_trains_on_a_mixture_and_records_it_in_its_lineage(pretrained, works
     Arrow copies sit in the stage's cache folder, and the model card names them."""
     import datasets
 
-    from refinery_operator.api.v1alpha1 import Stage
+    from refinery.api.v1alpha1 import Stage
     from refinery_trainer import cli
     from refinery_trainer.export.card import data_files
 
@@ -232,7 +232,7 @@ def test_sft_trains_on_a_mixture_and_records_it_in_its_lineage(pretrained, works
 def test_conversational_preference_pairs_are_checked_as_chats(tmp_path):
     """TRL's conversational pairs: the prompt's turns, chosen/rejected ending with the assistant. The
     stage (Arrow) and preflight (the head as rows) accept them and name the line of a bad one."""
-    from refinery_operator.api.v1alpha1 import DataSpec
+    from refinery.api.v1alpha1 import DataSpec
     from refinery_trainer.data import is_chat_pairs, preference_columns
 
     def pair(answer="moo", prompt=None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from refinery_operator.api.run import CHECKPOINT_MARKER
+from refinery.api.run import CHECKPOINT_MARKER
 from refinery_trainer import checkpoints as ckpt
 
 

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from refinery_operator.api.run import StageRun
+from refinery.api.run import StageRun
 from refinery_trainer.context import StageContext, camel_metrics
 from refinery_trainer.errors import ModelError, NanLossError
 from refinery_trainer.report import Reporter

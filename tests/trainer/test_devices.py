@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from refinery_operator.api.run import StageRun
+from refinery.api.run import StageRun
 from refinery_trainer import cli
 from refinery_trainer.callbacks import ProgressCallback
 from refinery_trainer.context import StageContext

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from refinery_operator.api.v1alpha1 import DeepSpeedSpec
+from refinery.api.v1alpha1 import DeepSpeedSpec
 from refinery_trainer.distributed import DeepSpeedConfigError, deepspeed_config, gathered_parameters, training_args_kwargs
 
 
@@ -85,7 +85,7 @@ def test_gathering_a_model_that_is_not_partitioned_does_nothing(monkeypatch):
 def test_marker_waits_for_every_rank_and_only_rank_0_writes_it(workspace, monkeypatch):
     """Under torchrun each rank writes its own files (ZeRO shards, rng_state_<rank>.pth) after the
     Trainer's last barrier: the marker may only come after a barrier that every rank reaches."""
-    from refinery_operator.api.run import CHECKPOINT_MARKER, StageRun
+    from refinery.api.run import CHECKPOINT_MARKER, StageRun
     from refinery_trainer import distributed
     from refinery_trainer.context import StageContext
     from refinery_trainer.report import Reporter

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from refinery_operator.api.run import CHECKPOINT_MARKER, ProgressRecord
+from refinery.api.run import CHECKPOINT_MARKER, ProgressRecord
 
 from .conftest import read_json
 from .example_task import DATA, example_run, example_sft, model_dir, run_stage

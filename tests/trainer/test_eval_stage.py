@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from refinery_operator.api.run import ProgressRecord
+from refinery.api.run import ProgressRecord
 
 from .conftest import read_json, stage_run, write_config
 from .example_task import DATA, example_data, example_models, model_dir

@@ -22,7 +22,7 @@ def test_lora_adapts_every_linear_layer_of_each_architecture(family):
     qkv_proj/gate_up_proj as it finds Llama's separate projections; never the output layer."""
     from peft import get_peft_model
 
-    from refinery_operator.api.training import LoraSpec
+    from refinery.api.training import LoraSpec
     from refinery_trainer.lora import lora_config
 
     model = build_model(FAMILIES[family], build_tokenizer(FAMILIES[family]))

@@ -36,7 +36,7 @@ def test_pass_and_mean_at_k_over_prompts():
 
 
 def test_the_initializer_checks_an_eval_stages_python_verifier(tmp_path):
-    from refinery_operator.api.v1alpha1 import Stage
+    from refinery.api.v1alpha1 import Stage
     from refinery_trainer.rewards.user import BadRewardFunction
     from refinery_trainer.sources.preflight import check_pipeline
 

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from refinery_operator.api.run import StageRun
+from refinery.api.run import StageRun
 from refinery_trainer import metrics
 from refinery_trainer.context import StageContext
 from refinery_trainer.metrics import MetricsCallback, TrainerMetrics

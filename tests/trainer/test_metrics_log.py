@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from refinery_operator.api.run import METRICS_LOG_FILE
+from refinery.api.run import METRICS_LOG_FILE
 from refinery_trainer.callbacks import MetricsLogCallback
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from refinery_operator.api.run import StageRun
+from refinery.api.run import StageRun
 from refinery_trainer.context import StageContext
 from refinery_trainer.packing import use_row_packing
 from refinery_trainer.stages.sft import chat_loss_plan, sft_config

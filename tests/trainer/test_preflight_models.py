@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from refinery_operator.api.run import FetchRun
-from refinery_operator.api.v1alpha1 import Stage
+from refinery.api.run import FetchRun
+from refinery.api.v1alpha1 import Stage
 from refinery_trainer.sources.fetch import run_fetch
 from tests.families import FAMILIES, build_tokenizer
 from tests.hubcache import add_folder

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from refinery_operator.api.run import CHECKPOINT_MARKER
+from refinery.api.run import CHECKPOINT_MARKER
 from refinery_trainer import checkpoints as ckpt
 from refinery_trainer import cli, launch
 
@@ -57,7 +57,7 @@ def test_prune_protects_paths_and_dry_run_deletes_nothing(tmp_path, capsys):
 
 
 def test_runs_of_a_stage_are_pruned_apart(tmp_path, capsys):
-    from refinery_operator.core.naming import stage_dir
+    from refinery.core.naming import stage_dir
 
     base = tmp_path / "sft"
     first = [make_checkpoint(base, 1, s) for s in (10, 20)]

@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from refinery_operator.api.run import ConfigMapReporter, FileReporter, ProgressRecord, StageRun
-from refinery_operator.api.v1alpha1 import Checkpoint
+from refinery.api.run import ConfigMapReporter, FileReporter, ProgressRecord, StageRun
+from refinery.api.v1alpha1 import Checkpoint
 from refinery_trainer.report import ConfigMapSink, FileSink, Reporter, make_sink
 
 

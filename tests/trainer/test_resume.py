@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from refinery_operator.api.run import CHECKPOINT_MARKER
+from refinery.api.run import CHECKPOINT_MARKER
 from refinery_trainer.checkpoints import complete_checkpoints, checkpoint_step
 
 from .conftest import TINY_MODEL, make_corpus, read_json, stage_run, wait_for_marker, write_config

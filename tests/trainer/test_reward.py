@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from refinery_operator.api.run import CHECKPOINT_MARKER, ProgressRecord
+from refinery.api.run import CHECKPOINT_MARKER, ProgressRecord
 
 from .conftest import read_json
 from .example_task import DATA, example_models, example_run, model_dir, run_stage

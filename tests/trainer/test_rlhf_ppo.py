@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from refinery_operator.api.run import CHECKPOINT_MARKER
+from refinery.api.run import CHECKPOINT_MARKER
 
 from .conftest import read_json
 from .example_task import accuracy, eval_prompts, example_models, example_run, model_dir, run_stage

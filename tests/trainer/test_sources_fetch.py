@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from refinery_operator.api.run import FETCH_RESULT_FILE, FetchRun
-from refinery_operator.api.sources import SOURCE_MARKER, parse_source, source_dir
-from refinery_operator.api.v1alpha1 import Stage
+from refinery.api.run import FETCH_RESULT_FILE, FetchRun
+from refinery.api.sources import SOURCE_MARKER, parse_source, source_dir
+from refinery.api.v1alpha1 import Stage
 from refinery_trainer.errors import SourceError
 from refinery_trainer.sources import s3 as s3_source
 from refinery_trainer.sources.fetch import fetch_source, run_fetch

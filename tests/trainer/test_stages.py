@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from refinery_operator.api.run import CHECKPOINT_MARKER, ProgressRecord
+from refinery.api.run import CHECKPOINT_MARKER, ProgressRecord
 from refinery_trainer import cli
 
 from .conftest import make_corpus, read_json, sft_rows, stage_run, write_config, write_jsonl, TINY_MODEL

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from refinery_operator.api.v1alpha1 import Stage
+from refinery.api.v1alpha1 import Stage
 from refinery_trainer.startup import hide_unused_packages, restore, unused_packages
 
 from .conftest import TINY_MODEL, make_corpus, stage_run, write_config
@@ -32,7 +32,7 @@ def test_what_each_stage_does_not_use():
 def test_hidden_packages_look_uninstalled_until_restored():
     """In a fresh interpreter: a package already imported (as DeepSpeed is after this suite's DeepSpeed
     tests) is never hidden, so the check needs a process of its own."""
-    script = ("import importlib.util, json; from refinery_operator.api.v1alpha1 import Stage; "
+    script = ("import importlib.util, json; from refinery.api.v1alpha1 import Stage; "
               "from refinery_trainer.startup import hide_unused_packages, restore; "
               "s = Stage.model_validate({'name': 's', 'type': 'sft', 'from': 'x', 'data': {'path': 'd.jsonl'}}); "
               "h = hide_unused_packages(s); hidden = importlib.util.find_spec('deepspeed') is None; restore(h); "

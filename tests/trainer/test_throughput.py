@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from refinery_operator.api.v1alpha1 import ModelConfig
+from refinery.api.v1alpha1 import ModelConfig
 from refinery_trainer import cli
 from refinery_trainer.throughput import ModelShape, flops_per_token, mfu, peak_tflops
 

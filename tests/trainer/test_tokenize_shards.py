@@ -99,7 +99,7 @@ def test_a_resumed_step_skips_complete_shards_and_redoes_a_killed_one(tmp_path, 
 def test_the_tokenize_step_leaves_nothing_for_the_stage_to_tokenize(workspace, monkeypatch, capsys):
     """`refinery-train tokenize` (two workers, as two pods of the Indexed Job would) on the stage's
     own config: the stage then finds every shard, training and held-out, complete."""
-    from refinery_operator.api.run import StageRun
+    from refinery.api.run import StageRun
     from refinery_trainer import cli
     from refinery_trainer.context import StageContext
     from refinery_trainer.stages import pretrain_stream

@@ -73,7 +73,7 @@ def test_the_ppo_loop_reports_its_rewards_to_tensorboard(tmp_path_factory, works
 def test_without_tensorboard_installed_the_stage_is_misconfigured_with_what_to_install(monkeypatch, tmp_path):
     import transformers.integrations
 
-    from refinery_operator.api.run import StageRun
+    from refinery.api.run import StageRun
     from refinery_trainer.errors import MisconfiguredError
     from refinery_trainer.tracking import tracking_callbacks
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from refinery_operator.core.plan import AttemptState, Observed, plan, rfc3339
+from refinery.core.plan import AttemptState, Observed, plan, rfc3339
 from tests.builders import make_pipeline
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from refinery_operator.api.admission import admission_problems, openapi_schema
+from refinery.api.admission import admission_problems, openapi_schema
 from tests.builders import chat_pipeline
 
 
@@ -54,7 +54,7 @@ def test_stages_are_a_map_list_keyed_by_name():
 def test_transition_rules_cost_is_bounded_by_the_fields_they_compare():
     """`self.data == oldSelf.data` costs at most the size of `data`: every string it compares is
     bounded, so the per-stage cost times MAX_STAGES stays far below the per-rule budget (10^7)."""
-    from refinery_operator.api.base import MAX_STAGES
+    from refinery.api.base import MAX_STAGES
 
     def bound(node):
         if node.get("type") == "string":

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from refinery_operator.api.admission import cel_problems, schema_problems, with_defaults
-from refinery_operator.api.crd import crd, render
-from refinery_operator.api.load import InvalidManifest, load_pipelines, parse_pipeline
+from refinery.api.admission import cel_problems, schema_problems, with_defaults
+from refinery.api.crd import crd, render
+from refinery.api.load import InvalidManifest, load_pipelines, parse_pipeline
 from refinery_operator.cli import main
 from tests.builders import chat_pipeline, make_pipeline
 
@@ -152,7 +152,7 @@ def worst_case_cost(rule: str, enclosing_items: int, max_items: int, max_string:
     its whole list (`stages`: max_items; an rlhf stage's `rewards`/`audit`: MAX_REWARDS) as many
     times as the comprehensions around it, every comparison of two names costs up to their
     length, and a rule on a list item runs once per item."""
-    from refinery_operator.api.rewards import MAX_REWARDS
+    from refinery.api.rewards import MAX_REWARDS
 
     walks, stack, depth = 0, [], 0  # stack: (paren depth a comprehension opened at, its walk count)
     for i, ch in enumerate(rule):
@@ -174,7 +174,7 @@ def worst_case_cost(rule: str, enclosing_items: int, max_items: int, max_string:
 
 
 def test_cel_rules_stay_within_the_api_servers_cost_budget():
-    from refinery_operator.api.base import MAX_STAGES, STAGE_NAME_MAX
+    from refinery.api.base import MAX_STAGES, STAGE_NAME_MAX
 
     spec = schema()["properties"]["spec"]
     stage = spec["properties"]["stages"]["items"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from refinery_operator.api.admission import admission_problems
-from refinery_operator.api.credentials import ENV_SECRET_MESSAGE, URI_CREDENTIAL_MESSAGE, env_secret_problem, uri_credential_problem
-from refinery_operator.api.load import parse_pipeline
+from refinery.api.admission import admission_problems
+from refinery.api.credentials import ENV_SECRET_MESSAGE, URI_CREDENTIAL_MESSAGE, env_secret_problem, uri_credential_problem
+from refinery.api.load import parse_pipeline
 from tests.builders import make_pipeline
 
 URIS = [  # (uri, carries a credential)

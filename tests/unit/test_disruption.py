@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from refinery_operator.api.run import ProgressRecord
-from refinery_operator.api.v1alpha1 import Checkpoint
-from refinery_operator.core.conditions import get_condition
-from refinery_operator.core.disruption import classify_attempt, lost_node_problem
+from refinery.api.run import ProgressRecord
+from refinery.api.v1alpha1 import Checkpoint
+from refinery.core.conditions import get_condition
+from refinery.core.disruption import classify_attempt, lost_node_problem
 from refinery_operator.disruptions import ANNOTATION_DISRUPTION_REASON, note_disruptions
 from refinery_operator.reconcile import attempt_state
 from tests.unit.planning import NOW, failed, run, single, stamp

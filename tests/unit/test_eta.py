@@ -3,10 +3,10 @@ summed along the longest chain; nothing made up before a pace is measured."""
 
 from __future__ import annotations
 
-from refinery_operator.api.run import ProgressRecord
-from refinery_operator.api.v1alpha1 import Phase, PipelineStatus, StageStatus
-from refinery_operator.core.eta import pipeline_seconds_left, tokens_per_step, words
-from refinery_operator.core.plan import AttemptState
+from refinery.api.run import ProgressRecord
+from refinery.api.v1alpha1 import Phase, PipelineStatus, StageStatus
+from refinery.core.eta import pipeline_seconds_left, tokens_per_step, words
+from refinery.core.plan import AttemptState
 from tests.builders import make_pipeline
 
 from .planning import NOW, run, stamp

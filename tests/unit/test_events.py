@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from refinery_operator.api.v1alpha1 import PipelineStatus
-from refinery_operator.core.events import pipeline_events
+from refinery.api.v1alpha1 import PipelineStatus
+from refinery.core.events import pipeline_events
 
 
 def status(phase="Running", conditions=(), **stages):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from refinery_operator.api.admission import admission_problems
+from refinery.api.admission import admission_problems
 from refinery_operator.cli import main
 from tests.builders import catalog_expectation
 

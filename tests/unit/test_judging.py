@@ -7,11 +7,11 @@ from datetime import datetime, timezone
 import pytest
 from pydantic import ValidationError
 
-from refinery_operator.api.evaluation import GenerateEval
-from refinery_operator.api.v1alpha1 import PipelineStatus, TrainingPipeline
-from refinery_operator.core.events import pipeline_events
-from refinery_operator.core.judging import circular_footnotes, circular_judgements, set_circular_judge_condition
-from refinery_operator.core.plan import Observed, plan
+from refinery.api.evaluation import GenerateEval
+from refinery.api.v1alpha1 import PipelineStatus, TrainingPipeline
+from refinery.core.events import pipeline_events
+from refinery.core.judging import circular_footnotes, circular_judgements, set_circular_judge_condition
+from refinery.core.plan import Observed, plan
 from tests.builders import chat_pipeline
 
 ANSWERS = "data/answers_eval.jsonl"

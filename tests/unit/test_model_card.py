@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from refinery_operator.api.v1alpha1 import TrainingPipeline
+from refinery.api.v1alpha1 import TrainingPipeline
 from refinery_trainer.export.card import Lineage, ancestry, model_card
 from tests.builders import chat_pipeline
 

@@ -9,7 +9,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from refinery_operator import metrics
-from refinery_operator.api.v1alpha1 import PipelineStatus
+from refinery.api.v1alpha1 import PipelineStatus
 from tests.builders import chat_pipeline
 from tests.tools import check_metrics
 

@@ -6,10 +6,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from refinery_operator.api.run import ProgressRecord
-from refinery_operator.api.v1alpha1 import Checkpoint, PipelineStatus, TrainingPipeline
-from refinery_operator.core.conditions import get_condition
-from refinery_operator.core.plan import AttemptState, Observed, plan
+from refinery.api.run import ProgressRecord
+from refinery.api.v1alpha1 import Checkpoint, PipelineStatus, TrainingPipeline
+from refinery.core.conditions import get_condition
+from refinery.core.plan import AttemptState, Observed, plan
 from tests.builders import chat_pipeline, make_pipeline
 from tests.unit.planning import NOW, ROOT, at, failed, ok, run, single, stamp
 
@@ -135,7 +135,7 @@ def test_restarted_planner_recreates_the_same_attempt_not_a_new_one():
 
 
 def test_long_names_give_valid_deterministic_job_names():
-    from refinery_operator.core.naming import job_name
+    from refinery.core.naming import job_name
 
     name = job_name("a" * 60, "stage-with-a-long-name", 12)
     assert len(name) <= 63 and name == job_name("a" * 60, "stage-with-a-long-name", 12)

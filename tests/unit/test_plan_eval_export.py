@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from refinery_operator.api.run import ProgressRecord
-from refinery_operator.api.v1alpha1 import TrainingPipeline
-from refinery_operator.core.conditions import get_condition
-from refinery_operator.core.events import pipeline_events
-from refinery_operator.core.stage_run import build_stage_run
+from refinery.api.run import ProgressRecord
+from refinery.api.v1alpha1 import TrainingPipeline
+from refinery.core.conditions import get_condition
+from refinery.core.events import pipeline_events
+from refinery.core.stage_run import build_stage_run
 from tests.builders import chat_pipeline
 
 from .planning import ROOT, ok, run
@@ -141,7 +141,7 @@ def test_an_export_waits_for_no_reward_hacking_unless_allowed():
 
 
 def test_eval_scores_and_hacking_signals_are_prometheus_gauges():
-    from refinery_operator.api.v1alpha1 import StageStatus
+    from refinery.api.v1alpha1 import StageStatus
     from refinery_operator.metrics import StageSnapshot, stage_samples
 
     status = StageStatus(name="eval", metrics={"rlhf.exactMatch": 1.0, "sft.animal_sounds/acc": 0.6})

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from refinery_operator.api.v1alpha1 import TrainingPipeline
-from refinery_operator.core.conditions import get_condition
-from refinery_operator.core.plan import AttemptState
+from refinery.api.v1alpha1 import TrainingPipeline
+from refinery.core.conditions import get_condition
+from refinery.core.plan import AttemptState
 from tests.builders import make_pipeline
 from tests.unit.planning import failed, ok, run, single, stamp
 

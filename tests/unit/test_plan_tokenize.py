@@ -5,9 +5,9 @@ budget is spent; the stage starts once the step succeeded, and a re-run gets a s
 
 from __future__ import annotations
 
-from refinery_operator.api.v1alpha1 import Phase, PipelineStatus, StageStatus
-from refinery_operator.core.plan import AttemptState, Observed, plan
-from refinery_operator.core.tokenize import TokenizeAttempt
+from refinery.api.v1alpha1 import Phase, PipelineStatus, StageStatus
+from refinery.core.plan import AttemptState, Observed, plan
+from refinery.core.tokenize import TokenizeAttempt
 from tests.builders import make_pipeline
 from tests.unit.planning import NOW, ROOT, failed, stamp
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from refinery_operator.api.v1alpha1 import (
+from refinery.api.v1alpha1 import (
     CheckpointRetention, KeepBest, Phase, PipelineStatus, StageInputs, StageStatus,
 )
-from refinery_operator.core.retention import (
+from refinery.core.retention import (
     CheckpointInfo, checkpoints_to_delete, prune_arguments, protected_paths, stages_to_prune,
 )
 from tests.builders import chat_pipeline

@@ -7,15 +7,15 @@ import datetime
 import pytest
 
 from refinery_operator import builders, builders_sources
-from refinery_operator.api.load import InvalidManifest, parse_pipeline
-from refinery_operator.api.run import FetchResult
-from refinery_operator.api.sources import (
+from refinery.api.load import InvalidManifest, parse_pipeline
+from refinery.api.run import FetchResult
+from refinery.api.sources import (
     SourceStatus, SourceUriError, display_uri, fetched_path, matches, parse_source, single_file_name, source_key,
 )
-from refinery_operator.api.v1alpha1 import Phase, PipelineStatus, StageStatus
-from refinery_operator.core.conditions import get_condition
-from refinery_operator.core.plan import AttemptState, Observed, plan
-from refinery_operator.core.sources import (
+from refinery.api.v1alpha1 import Phase, PipelineStatus, StageStatus
+from refinery.core.conditions import get_condition
+from refinery.core.plan import AttemptState, Observed, plan
+from refinery.core.sources import (
     INPUTS_CHECKED, REASON_CHECKING_INPUTS, REASON_INPUTS_CHECKED, InitializerDecision, decide_initializer,
     initializer_launch, needs_initializer, record_inputs_check, source_failure_status, stage_source_paths,
 )

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from refinery_operator.api.run import METRICS_LOG_FILE
+from refinery.api.run import METRICS_LOG_FILE
 
 from .errors import NanLossError
 

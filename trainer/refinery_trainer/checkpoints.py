@@ -17,7 +17,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from refinery_operator.api.run import CHECKPOINT_MARKER
+from refinery.api.run import CHECKPOINT_MARKER
 
 CHECKPOINT_PREFIX = "checkpoint-"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR + "-"
 _ATTEMPT_RE = re.compile(r"^attempt-(\d+)$")

@@ -98,7 +98,7 @@ def load_stage_run(path: str):
     import yaml
     from pydantic import ValidationError
 
-    from refinery_operator.api.run import StageRun
+    from refinery.api.run import StageRun
 
     try:
         text = Path(path).read_text(encoding="utf-8")

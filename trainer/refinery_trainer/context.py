@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from refinery_operator.api.run import MODEL_DIR, RESULT_FILE, StageRun
-from refinery_operator.api.v1alpha1 import Checkpoint, DataSpec, Stage, TrainingSpec
+from refinery.api.run import MODEL_DIR, RESULT_FILE, StageRun
+from refinery.api.v1alpha1 import Checkpoint, DataSpec, Stage, TrainingSpec
 
 from . import checkpoints as ckpt
 from . import distributed
@@ -126,7 +126,7 @@ class StageContext:
         `model.hubId` (the pipeline's fetched copy of a source URI). Raises ModelError."""
         own = self.stage.model
         if self.run.init_model is None and own is not None and (own.path or own.hub_id):
-            from refinery_operator.api.sources import hub_uri
+            from refinery.api.sources import hub_uri
 
             uri = own.path or hub_uri(own.hub_id)
             return self._model_path(uri, f"model {uri}")

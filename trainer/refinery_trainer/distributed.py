@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from refinery_operator.api.v1alpha1 import DeepSpeedSpec
+from refinery.api.v1alpha1 import DeepSpeedSpec
 
 from .errors import StageError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 REASON_BAD_DATA = "BadData"
 REASON_BAD_MODEL = "BadModel"
-REASON_MISCONFIGURED = "Misconfigured"  # never retried: refinery_operator.core.plan.NOT_RETRIED
+REASON_MISCONFIGURED = "Misconfigured"  # never retried: refinery.core.plan.NOT_RETRIED
 REASON_NAN_LOSS = "NanLoss"
 REASON_SOURCE_ERROR = "SourceError"
 REASON_STAGE_FAILED = "StageFailed"

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from refinery_operator.api.training import LoraSpec
+from refinery.api.training import LoraSpec
 
 if TYPE_CHECKING:
     from peft import LoraConfig

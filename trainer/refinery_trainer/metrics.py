@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from transformers import TrainerCallback
 
-from refinery_operator.api.rewards import WATCH_NAME
-from refinery_operator.api.run import METRICS_PORT_ENV
+from refinery.api.rewards import WATCH_NAME
+from refinery.api.run import METRICS_PORT_ENV
 
 if TYPE_CHECKING:
     from .context import StageContext

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from refinery_operator.api.v1alpha1 import ModelConfig
+from refinery.api.v1alpha1 import ModelConfig
 
 from .errors import ModelError
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from refinery_operator.api.v1alpha1 import RlSpec
+    from refinery.api.v1alpha1 import RlSpec
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +403,7 @@ class _Loop:
         from safetensors.torch import load_file
         from transformers import TrainerState
 
-        from refinery_operator.api.v1alpha1 import Checkpoint
+        from refinery.api.v1alpha1 import Checkpoint
 
         from . import checkpoints as ckpt
 

@@ -4,7 +4,7 @@
         [--protect PATH ...] [--dry-run]
 
 Run by the short Job the operator starts when a stage succeeds (builders_retention.py); the
-decision is `refinery_operator.core.retention.checkpoints_to_delete`, the same pure function the
+decision is `refinery.core.retention.checkpoints_to_delete`, the same pure function the
 operator's tests exercise. Only complete checkpoints (marker present) are candidates; partial
 folders are never touched. Each deletion removes the marker first, then the folder — the order
 the trainer's own rotation uses — so an interrupted prune leaves a partial folder, never a
@@ -21,8 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-from refinery_operator.api.v1alpha1 import CheckpointRetention, KeepBest
-from refinery_operator.core.retention import CheckpointInfo, checkpoints_to_delete
+from refinery.api.v1alpha1 import CheckpointRetention, KeepBest
+from refinery.core.retention import CheckpointInfo, checkpoints_to_delete
 
 from . import checkpoints as ckpt
 from .checkpoints import delete_checkpoint  # also this module's name for it (prune deletes checkpoints)

@@ -22,14 +22,14 @@ import logging
 import time
 from typing import Protocol
 
-from refinery_operator.api.run import (
+from refinery.api.run import (
     PROGRESS_FILE,
     ConfigMapReporter,
     FileReporter,
     ProgressRecord,
     StageRun,
 )
-from refinery_operator.api.v1alpha1 import Checkpoint
+from refinery.api.v1alpha1 import Checkpoint
 
 from .checkpoints import atomic_write_text, now_rfc3339
 from .eta import RemainingTime

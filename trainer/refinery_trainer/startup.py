@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from refinery_operator.api.v1alpha1 import RlSpec, Stage
+from refinery.api.v1alpha1 import RlSpec, Stage
 
 
 def unused_packages(stage: Stage) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from refinery_operator.api.tracking import TENSORBOARD_DIR
+from refinery.api.tracking import TENSORBOARD_DIR
 
 from .errors import MisconfiguredError
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from ..api.v1alpha1 import Phase, PipelineStatus, TrainingPipeline
-from ..core.eta import words
-from ..core.judging import MARK, circular_footnotes
+from refinery.api.v1alpha1 import Phase, PipelineStatus, TrainingPipeline
+from refinery.core.eta import words
+from refinery.core.judging import MARK, circular_footnotes
 
 # The metrics worth a column in the summary, in the order a reader wants them.
 SUMMARY_METRICS = ("initialEvalLoss", "evalLoss", "evalAccuracy", "baselineMeanReward", "meanReward", "kl",

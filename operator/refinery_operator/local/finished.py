@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api.v1alpha1 import Phase, PipelineStatus, StageType, TrainingPipeline
+from refinery.api.v1alpha1 import Phase, PipelineStatus, StageType, TrainingPipeline
 from .runner import PIPELINE_FILE, STATUS_FILE
 
 LANGUAGE_MODEL_TYPES = (StageType.pretrain, StageType.sft, StageType.rlhf, StageType.dpo)

@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..api.run import FETCH_RESULT_FILE, FetchResult
-from ..api.sources import SOURCES_DIR
-from ..api.v1alpha1 import TrainingPipeline
-from ..core.sources import INITIALIZER_RETRIES, REASON_SOURCE_ERROR, build_fetch_run
+from refinery.api.run import FETCH_RESULT_FILE, FetchResult
+from refinery.api.sources import SOURCES_DIR
+from refinery.api.v1alpha1 import TrainingPipeline
+from refinery.core.sources import INITIALIZER_RETRIES, REASON_SOURCE_ERROR, build_fetch_run
 
 EXIT_TRANSIENT = 75  # refinery_trainer.sources.fetch.EXIT_TRANSIENT
 

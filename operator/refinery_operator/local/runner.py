@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..api.run import METRICS_PORT_ENV, PROGRESS_FILE, RESULT_FILE, FileReporter, ProgressRecord
-from ..api.v1alpha1 import Phase, PipelineStatus, StageStatus, TrainingPipeline
-from ..core.events import WARNING, pipeline_events
-from ..core.judging import CIRCULAR_JUDGE
-from ..core.naming import pipeline_root, stage_dir
-from ..core.plan import AttemptState, Observed, plan, rfc3339
-from ..core.sources import InitializerDecision, record_inputs_check, source_failure_status
-from ..core.stage_run import build_stage_run
-from ..core.tokenize import TokenizeAttempt, TokenizeLaunch
+from refinery.api.run import METRICS_PORT_ENV, PROGRESS_FILE, RESULT_FILE, FileReporter, ProgressRecord
+from refinery.api.v1alpha1 import Phase, PipelineStatus, StageStatus, TrainingPipeline
+from refinery.core.events import WARNING, pipeline_events
+from refinery.core.judging import CIRCULAR_JUDGE
+from refinery.core.naming import pipeline_root, stage_dir
+from refinery.core.plan import AttemptState, Observed, plan, rfc3339
+from refinery.core.sources import InitializerDecision, record_inputs_check, source_failure_status
+from refinery.core.stage_run import build_stage_run
+from refinery.core.tokenize import TokenizeAttempt, TokenizeLaunch
 from .display import ProgressDisplay, eval_table, summary_table
 from .initializer import run_initializer
 from .launcher import ForkedProcess, StageLauncher

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..api.rewards import WATCH_NAME
-from ..api.run import METRICS_LOG_FILE
-from ..api.v1alpha1 import PipelineStatus, StageStatus, TrainingPipeline
-from ..core.naming import stage_dir
+from refinery.api.rewards import WATCH_NAME
+from refinery.api.run import METRICS_LOG_FILE
+from refinery.api.v1alpha1 import PipelineStatus, StageStatus, TrainingPipeline
+from refinery.core.naming import stage_dir
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

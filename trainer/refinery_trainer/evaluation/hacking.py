@@ -17,7 +17,7 @@ import logging
 
 from transformers import TrainerCallback
 
-from refinery_operator.api.rewards import WATCH_NAME
+from refinery.api.rewards import WATCH_NAME
 
 from ..errors import StageError
 
@@ -42,7 +42,7 @@ def hacking_verdict(*, first_reward: float | None, reward: float | None, empty: 
 
 def describe(verdict: dict[str, float], metrics: dict[str, float], max_kl: float | None) -> str:
     """What happened, with its figures: the same words as the pipeline's RewardHacking condition."""
-    from refinery_operator.core.hacking import verdict_texts
+    from refinery.core.hacking import verdict_texts
 
     return "; ".join(text for _, text in verdict_texts({**metrics, **verdict}, max_kl))
 

@@ -19,7 +19,7 @@ import math
 import os
 from pathlib import Path
 
-from refinery_operator.api.evaluation import HarnessEval
+from refinery.api.evaluation import HarnessEval
 
 from ..errors import DataError, StageError
 

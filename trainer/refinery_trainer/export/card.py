@@ -16,9 +16,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from refinery_operator.api.evaluation import EXPORT_STAGE
-from refinery_operator.api.run import RESULT_FILE
-from refinery_operator.api.v1alpha1 import PipelineSpec, Stage
+from refinery.api.evaluation import EXPORT_STAGE
+from refinery.api.run import RESULT_FILE
+from refinery.api.v1alpha1 import PipelineSpec, Stage
 
 HYPERPARAMETERS = ("maxSteps", "epochs", "learningRate", "warmupRatio", "batchSize", "gradientAccumulationSteps",
                    "seqLen", "seed", "precision", "lora")

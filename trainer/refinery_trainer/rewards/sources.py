@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from refinery_operator.api.rewards import RewardSource
+from refinery.api.rewards import RewardSource
 
 from ..errors import DataError
 from . import verifiers

@@ -1,6 +1,6 @@
 """`refinery-train fetch --config fetch.json`: fetch every remote source once, then check every input.
 
-    refinery-train fetch --config fetch.json      # a FetchRun (refinery_operator/api/run.py)
+    refinery-train fetch --config fetch.json      # a FetchRun (refinery/api/run.py)
 
 Run by the pipeline's initializer Job (and by local mode) before the first stage. For each
 distinct remote source of the pipeline: a complete folder (`store.py`) is reused as it is — no
@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from refinery_operator.api.run import FETCH_RESULT_FILE, FetchResult, FetchRun
-from refinery_operator.api.sources import (
+from refinery.api.run import FETCH_RESULT_FILE, FetchResult, FetchRun
+from refinery.api.sources import (
     SOURCES_DIR, SourceRef, SourceStatus, display_uri, fetched_path, remote_sources, single_file_name, source_dir,
 )
 

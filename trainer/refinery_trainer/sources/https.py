@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from refinery_operator.api.sources import SourceRef, display_uri
+from refinery.api.sources import SourceRef, display_uri
 
 from ..errors import SourceError
 from .store import Fetched

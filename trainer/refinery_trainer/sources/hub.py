@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from refinery_operator.api.sources import SourceRef, matches
+from refinery.api.sources import SourceRef, matches
 
 from ..errors import SourceError
 from .store import Fetched

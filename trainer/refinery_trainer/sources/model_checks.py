@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from refinery_operator.api.sources import hub_uri
+from refinery.api.sources import hub_uri
 
 from ..errors import MisconfiguredError, ModelError
 from ..lora import REWARD_HEAD

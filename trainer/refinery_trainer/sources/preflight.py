@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from itertools import chain, islice
 from pathlib import Path
 
-from refinery_operator.api.sources import stage_sources
+from refinery.api.sources import stage_sources
 
 from ..data import Table, preference_columns, read_table
 from ..errors import DataError, ModelError, SourceError

@@ -23,7 +23,7 @@ import hashlib
 import logging
 from pathlib import Path
 
-from refinery_operator.api.sources import SourceRef, matches
+from refinery.api.sources import SourceRef, matches
 
 from ..errors import SourceError
 from .store import Fetched

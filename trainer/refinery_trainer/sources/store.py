@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from refinery_operator.api.sources import FILES_DIR, SOURCE_MARKER, SourceStatus
+from refinery.api.sources import FILES_DIR, SOURCE_MARKER, SourceStatus
 
 from ..checkpoints import atomic_write_text, fsync_tree
 

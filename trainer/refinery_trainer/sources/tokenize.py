@@ -48,7 +48,7 @@ def tokenize_worker(run, index: int = 0, of: int = 1) -> dict[str, int]:
 
 
 def _worker(run_json: str, index: int, of: int) -> dict[str, int]:
-    from refinery_operator.api.run import StageRun
+    from refinery.api.run import StageRun
 
     from .. import cli
 

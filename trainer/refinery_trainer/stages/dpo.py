@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 
-from refinery_operator.api.training import DpoSpec
+from refinery.api.training import DpoSpec
 
 from ..context import StageContext
 from ..data import preference_columns

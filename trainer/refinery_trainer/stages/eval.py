@@ -25,7 +25,7 @@ import json
 import logging
 import random
 
-from refinery_operator.api.evaluation import EvalSpec, GenerateEval
+from refinery.api.evaluation import EvalSpec, GenerateEval
 
 from ..checkpoints import atomic_write_text
 from ..context import StageContext

@@ -15,7 +15,7 @@ import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from refinery_operator.api.v1alpha1 import PipelineSpec
+from refinery.api.v1alpha1 import PipelineSpec
 
 from ..context import StageContext
 from ..errors import StageError

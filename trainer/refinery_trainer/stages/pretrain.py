@@ -104,7 +104,7 @@ def _model_location(ctx: StageContext) -> str:
     if source.path:
         return str(ctx.resolve(source.path))
     if source.hub_id:  # the copy the pipeline's fetch made, else the hub id (downloaded here, as before)
-        from refinery_operator.api.sources import hub_uri
+        from refinery.api.sources import hub_uri
 
         return str(ctx.resolve(hub_uri(source.hub_id))) if hub_uri(source.hub_id) in ctx.run.sources else source.hub_id
     raise StageError("pretrain: the model source has neither path nor hubId")

@@ -43,8 +43,8 @@ import logging
 import math
 from pathlib import Path
 
-from refinery_operator.api.rewards import WATCH_NAME
-from refinery_operator.api.v1alpha1 import RlSpec
+from refinery.api.rewards import WATCH_NAME
+from refinery.api.v1alpha1 import RlSpec
 
 from ..context import StageContext
 from ..errors import DataError, StageError
