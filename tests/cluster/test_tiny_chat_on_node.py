@@ -2,6 +2,12 @@
 reward, rlhf, eval, export) a container of the CPU trainer image, run by the kubelet as uid 1000
 with the stage pod's securityContext, its claim bound to a hostPath PersistentVolume.
 
+The namespace enforces the Pod Security Standard `restricted` (as a platform team hands namespaces
+to ML teams): every pod of the example must be admitted under it. This test also holds what the
+operator's objects and status must say of the example (Jobs, owners, GPUs, volume, outputs,
+lineage, the eval gate and the export): the same run through kmock's emulator, a copy of these
+checks, was retired to keep CI inside its budget.
+
 The manifest is the example as it ships, with two fields set as a user of a registry-less
 cluster (kind, minikube) would set them: `image` (the trainer-cpu build loaded onto the node) and
 `imagePullPolicy: Never`. Its stages ask for `gpus: 1`, so their pods request `nvidia.com/gpu: 1`:
@@ -85,7 +91,8 @@ def local_stage_seconds(workdir: Path) -> dict[str, float]:
 
 def test_tiny_chat_succeeds_with_every_stage_a_container_on_the_node(cluster: Cluster, operator_release, tmp_path_factory):
     volume = tmp_path_factory.mktemp("tiny-chat-volume")
-    cluster.kubectl.run("create", "namespace", NAMESPACE)
+    cluster.kubectl.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": {
+        f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}}}])
     hostpath_volume(cluster, volume, NAMESPACE, CLAIM)
     cluster.kubectl.apply([example_manifest(cluster)])
 
@@ -127,12 +134,34 @@ def test_tiny_chat_succeeds_with_every_stage_a_container_on_the_node(cluster: Cl
     for stage in ("pretrain", "sft", "reward", "rlhf"):
         assert by_job[stages[stage]["jobName"]]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
+    # The Jobs: one per stage and the sources initializer, named deterministically, owned by the
+    # pipeline (garbage-collected with it), the workspace claim mounted; GPUs only where training.
+    uid = pipeline["metadata"]["uid"]
+    jobs = {j["metadata"]["name"]: j for j in cluster.get("jobs", "-n", NAMESPACE)["items"]}
+    assert set(jobs) == {f"{PIPELINE}-{s}-1" for s in STAGES} | {f"{PIPELINE}-sources-1-fetch"}, sorted(jobs)
+    for name, job in jobs.items():
+        [owner] = job["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("TrainingPipeline", PIPELINE, uid, True)
+        template = job["spec"]["template"]["spec"]
+        gpus = (template["containers"][0].get("resources") or {}).get("limits", {}).get("nvidia.com/gpu")
+        assert gpus == (None if name in (f"{PIPELINE}-export-1", f"{PIPELINE}-sources-1-fetch") else "1"), name
+        assert {"name": "workspace", "persistentVolumeClaim": {"claimName": CLAIM}} in template["volumes"], name
+
     # The trainer wrote as the pod's user, and what it reported reached the status.
     stage_folder = volume / NAMESPACE / PIPELINE / "pretrain"
     assert stage_folder.stat().st_uid == 1000
     assert stages["pretrain"]["checkpoints"] >= 1 and stages["pretrain"]["lastCheckpoint"]["step"] == 150
     assert stages["rlhf"]["metrics"]["meanReward"] > stages["rlhf"]["metrics"]["baselineMeanReward"]
     assert any(row.split()[2] == "2/6" for row in columns), columns  # PROGRESS moved while it ran
+    for name in ("pretrain", "sft", "reward", "rlhf"):
+        stage = stages[name]
+        assert stage["progress"] == 1.0 and stage["lastCheckpoint"]["step"] > 0 and stage["metrics"], stage
+        assert stage["output"] == f"/workspace/{NAMESPACE}/{PIPELINE}/{name}/model", stage["output"]
+        assert (volume / NAMESPACE / PIPELINE / name / "model" / "config.json").is_file(), name
+    assert stages["rlhf"]["inputs"] == {"model": stages["sft"]["output"], "rewardModel": stages["reward"]["output"]}
+    # The eval stage scored sft and rlhf, its gate held, and the export wrote the rlhf model.
+    assert stages["eval"]["metrics"]["rlhf.exactMatch"] >= stages["eval"]["metrics"]["sft.exactMatch"]
+    assert "`rlhf`" in (volume / "exports" / PIPELINE / "README.md").read_text()
 
     # The exported model loads and answers what the example teaches (its stages trained on plain
     # prompts: a bare model folder does not say so, hence --template plain).

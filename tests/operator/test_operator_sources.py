@@ -6,8 +6,8 @@ status.sources holds the ETags; the planted secret appears nowhere the run wrote
 misspelt rlhf path fails the pipeline before any stage Job exists — also when no input is
 remote (every pipeline gets the initializer).
 
-Steps are cut down from the example's: this is about the data path (test_e2e_tiny_chat.py
-checks that the stages learn).
+Steps are cut down from the example's: this is about the data path (tests/cluster/test_tiny_chat_on_node.py
+runs the whole example on a real node).
 """
 
 from __future__ import annotations
