@@ -212,7 +212,7 @@ def build_cluster_stage_run(pipeline: TrainingPipeline, launch: Launch) -> Stage
     name, namespace = pipeline.metadata.name, pipeline.metadata.namespace
     root = naming.pipeline_root(naming.VOLUME_ROOT, namespace, name)
     reporter = ConfigMapReporter(namespace=namespace or "default", name=naming.progress_configmap_name(name, launch.stage))
-    return build_stage_run(pipeline, launch, root, naming.VOLUME_ROOT, reporter)
+    return build_stage_run(pipeline, launch, root, naming.VOLUME_ROOT, reporter, image=pipeline.spec.image)
 
 
 def build_stage_config(pipeline: TrainingPipeline, launch: Launch) -> dict[str, Any]:

@@ -138,6 +138,7 @@ def test_stage_config_holds_the_stage_run():
     assert run.data_root == "/workspace"
     assert run.init_model == "/workspace/default/chat/pretrain/model"
     assert run.reporter.kind == "configmap" and run.reporter.name == "chat-sft-progress"
+    assert run.image == p.spec.image  # the trackers' lineage: the image the stage ran in
 
 
 def test_progress_configmap_starts_empty():

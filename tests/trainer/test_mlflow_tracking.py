@@ -37,6 +37,7 @@ def test_stages_log_nested_runs_that_a_retry_continues(mlflow_server, workspace)
     assert losses[-1].value < losses[0].value  # it trained
     assert stage.data.params["refinery.training.maxSteps"] == "20"  # the first attempt's, never changed
     assert stage.data.tags["refinery.type"] == "pretrain" and stage.data.tags["refinery.stage"] == "pt"
+    assert stage.data.tags["refinery.image"] == "local"  # the image, in a cluster (local mode has none)
     assert "evalLoss" in stage.data.metrics or "trainLoss" in stage.data.metrics, stage.data.metrics
     artifacts = {a.path for a in client.list_artifacts(stage.info.run_id, "model")}
     assert {"model/config.json", "model/model.safetensors"} <= artifacts, artifacts

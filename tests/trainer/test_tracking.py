@@ -84,6 +84,6 @@ def test_without_tensorboard_installed_the_stage_is_misconfigured_with_what_to_i
     monkeypatch.setattr(transformers.integrations, "TensorBoardCallback", Missing)
     run = StageRun.model_validate(stage_run(tmp_path, "pt", "pretrain", data={"path": "x.txt"}, model=MODEL,
                                             tracking=TRACKING))
-    ctx = type("Ctx", (), {"run": run, "stage_dir": tmp_path / "p" / "pt", "tracker": None})()
+    ctx = type("Ctx", (), {"run": run, "stage_dir": tmp_path / "p" / "pt", "trackers": []})()
     with pytest.raises(MisconfiguredError, match=r"pip install 'refinery\[tracking\]'"):
         tracking_callbacks(ctx)

@@ -147,7 +147,7 @@ def run_stage(run) -> int:
 def _run_stage(run) -> int:
     from .context import StageContext
     from .errors import StageError, TerminatedError
-    from .mlflow_tracking import StageTracker
+    from .tracking import start_trackers
     from .report import short_error
 
     # Progress goes through the Reporter and the log; download/save/map bars would only flood pod logs.
@@ -159,7 +159,7 @@ def _run_stage(run) -> int:
     log.info("stage %r (%s) attempt %d of pipeline %r", run.stage.name, run.stage.type, run.attempt, run.pipeline)
     previous = _stop_gracefully_on_sigterm(ctx)
     try:
-        ctx.tracker = StageTracker.start(ctx)  # spec.tracking.mlflow, rank 0
+        ctx.trackers = start_trackers(ctx)  # spec.tracking's MLflow and W&B runs, rank 0
         stage = importlib.import_module(STAGES[run.stage.type])
         metrics = {**stage.run(ctx), **ctx.throughput}  # tokensPerSecond, mfu: measured by ThroughputCallback
     except TerminatedError as exc:
@@ -178,8 +178,8 @@ def _run_stage(run) -> int:
     if not ctx.is_main_process:
         return 0
     result = write_result(ctx, metrics)
-    if ctx.tracker is not None:
-        ctx.tracker.succeeded(result)
+    for tracker in ctx.trackers:
+        tracker.succeeded(result)
     ctx.reporter.succeeded(result["metrics"], result["output"], step=ctx.steps)
     write_termination_message(json.dumps(result, sort_keys=True))
     log.info("stage %r succeeded in %d steps: %s", run.stage.name, ctx.steps, _fmt(result["metrics"]))
@@ -223,8 +223,8 @@ def write_result(ctx, metrics: dict[str, float]) -> dict:
 
 def _fail(ctx, message: str, reason: str, *, traceback: bool) -> int:
     ctx.reporter.failed(message, reason)
-    if getattr(ctx, "tracker", None) is not None:
-        ctx.tracker.failed(reason)
+    for tracker in getattr(ctx, "trackers", []):
+        tracker.failed(reason)
     if ctx.is_main_process:
         write_termination_message(json.dumps({"phase": "Failed", "reason": reason, "message": message[:3000]}))
     if not traceback:

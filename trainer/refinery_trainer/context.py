@@ -61,7 +61,7 @@ class StageContext:
         self.stop_requested = False  # set on SIGTERM: checkpoint at the end of this step, then stop
         self.throughput: dict[str, float] = {}  # tokensPerSecond (and mfu) of the training steps (ThroughputCallback)
         self.output: str | None = None  # what result.json names as the stage's output; default its model/
-        self.tracker = None  # spec.tracking.mlflow's StageTracker (rank 0), set by the CLI
+        self.trackers = []  # spec.tracking's MLflow and W&B trackers (rank 0), set by the CLI
         self.data_lineage: dict | None = None  # data.mixture: each dataset, its weight and rows (result.json, model/)
 
     # ---- the run -----------------------------------------------------------------------------

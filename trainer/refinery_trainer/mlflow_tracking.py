@@ -158,7 +158,8 @@ def stage_tags(ctx: StageContext) -> dict[str, str]:
     """Lineage: what the stage started from and the sources it read, as fetched."""
     stage = ctx.stage
     tags = {"refinery.pipeline": ctx.run.pipeline, "refinery.stage": stage.name, "refinery.type": str(stage.type),
-            "refinery.from": stage.from_ or "", "refinery.initModel": ctx.run.init_model or ""}
+            "refinery.from": stage.from_ or "", "refinery.initModel": ctx.run.init_model or "",
+            "refinery.image": ctx.run.image or "local"}
     for i, source in enumerate(ctx.lineage()):
         tags[f"refinery.source.{i}"] = f"{source.get('uri')} -> {source.get('resolved')}"
     return tags

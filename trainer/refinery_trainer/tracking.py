@@ -1,6 +1,7 @@
 """The experiment trackers a stage reports to (spec.tracking), through transformers' own callbacks.
 
-MLflow's callback comes from the stage's StageTracker (mlflow_tracking.py), which made its run.
+MLflow's and W&B's callbacks come from the stage's trackers (mlflow_tracking.py, wandb_tracking.py),
+which made their runs: `start_trackers(ctx)` before training.
 
     callbacks = tracking_callbacks(ctx)   # [] without spec.tracking
 
@@ -24,11 +25,27 @@ if TYPE_CHECKING:
     from .context import StageContext
 
 
+def start_trackers(ctx: StageContext) -> list:
+    """The runs of spec.tracking's servers, made (or resumed) before training; rank 0 only."""
+    from .mlflow_tracking import StageTracker
+    from .wandb_tracking import WandbTracker
+
+    trackers = [StageTracker.start(ctx)]
+    try:
+        trackers.append(WandbTracker.start(ctx))
+    except Exception:
+        for tracker in trackers:  # the MLflow run made above does not stay RUNNING
+            if tracker is not None:
+                tracker.failed("TrackingUnavailable")
+        raise
+    return [t for t in trackers if t is not None]
+
+
 def tracking_callbacks(ctx: StageContext) -> list[TrainerCallback]:
     tracking = ctx.run.tracking
-    mlflow = [ctx.tracker.callback()] if ctx.tracker is not None else []
+    callbacks = [tracker.callback() for tracker in ctx.trackers]
     if tracking is None or tracking.tensorboard is None:
-        return mlflow
+        return callbacks
     from transformers.integrations import TensorBoardCallback
 
     try:
@@ -38,4 +55,4 @@ def tracking_callbacks(ctx: StageContext) -> list[TrainerCallback]:
             "spec.tracking.tensorboard needs the tensorboard package in the trainer image "
             "(pip install 'refinery[tracking]'; the project's images have it)") from exc
     callback.logging_dir = str(ctx.stage_dir / TENSORBOARD_DIR / f"attempt-{ctx.run.attempt}")
-    return [callback, *mlflow]
+    return [callback, *callbacks]

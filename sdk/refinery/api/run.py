@@ -65,6 +65,7 @@ class StageRun(ApiModel):
     )
     progress_interval_s: float = Field(2.0, gt=0, description="Least seconds between two periodic progress reports.")
     tracking: TrackingSpec | None = Field(None, description="The pipeline's spec.tracking.")
+    image: str | None = Field(None, description="The image the stage runs in (cluster mode), for the trackers' lineage.")
 
 
 class ProgressRecord(ApiModel):

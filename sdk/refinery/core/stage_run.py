@@ -24,6 +24,7 @@ def build_stage_run(
     pipeline_root: str,
     data_root: str,
     reporter: FileReporter | ConfigMapReporter | None,
+    image: str | None = None,
 ) -> StageRun:
     stage = pipeline.spec.stage(launch.stage)
     return StageRun(
@@ -42,4 +43,5 @@ def build_stage_run(
         reporter=reporter,
         sources=stage_source_paths(stage, pipeline_root),
         tracking=pipeline.spec.tracking,
+        image=image,
     )
