@@ -45,3 +45,19 @@ def test_a_stage_run_is_grouped_by_its_pipeline_and_resumed_by_a_retry(workspace
     [artifact] = second.artifacts
     assert artifact.type == "model" and artifact.name == "p-pt"
     assert {"config.json", "model.safetensors"} <= {entry.path for entry in artifact.manifest.contents}
+
+
+def test_online_without_an_api_key_is_misconfigured_and_says_where_the_key_goes(workspace, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(workspace / ".wandb-config"))  # no key saved by `wandb login` either
+    monkeypatch.setenv("HOME", str(workspace))  # nor in ~/.netrc
+    from refinery_trainer import cli
+
+    from .conftest import write_config
+
+    run = stage_run(workspace, "pt", "pretrain", data={"path": str(DATA / "pretrain.txt")}, training={"maxSteps": 5},
+                    model=MODEL, tracking={"wandb": {"project": "refinery-tests"}})
+    assert cli.main(["run", "--config", str(write_config(workspace / "pt.yaml", run))]) == 1
+    progress = read_json(workspace / "p" / "pt" / "progress.json")
+    assert progress["failureReason"] == "Misconfigured", progress  # not retried: no retry finds a key
+    assert "WANDB_API_KEY" in progress["message"] and "secretKeyRef" in progress["message"], progress

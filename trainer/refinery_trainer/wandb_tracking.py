@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from refinery.api.tracking import WANDB_DIR
 
 from .checkpoints import atomic_write_text
+from .errors import MisconfiguredError
 from .mlflow_tracking import TrackingUnavailable, pipeline_root, stage_tags
 
 if TYPE_CHECKING:
@@ -67,6 +68,12 @@ class WandbTracker:
                 job_type=str(ctx.stage.type), config=config, tags=["refinery", str(ctx.stage.type)],
                 settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True, console="off"),
             )
+        except wandb.errors.UsageError as exc:
+            if "API key" not in str(exc):
+                raise TrackingUnavailable(f"spec.tracking.wandb: {str(exc)[:300]}") from exc
+            raise MisconfiguredError(  # no retry can find a key that was never given
+                "spec.tracking.wandb: no W&B API key in the stage's environment: give the pipeline WANDB_API_KEY "
+                "through env[].valueFrom.secretKeyRef or envFrom (or set mode: offline)") from exc
         except (wandb.errors.Error, OSError, TimeoutError) as exc:
             raise TrackingUnavailable(f"spec.tracking.wandb: project {spec.project!r} did not take the stage's run "
                                       f"({spec.mode}): {type(exc).__name__}: {str(exc)[:300]}") from exc
