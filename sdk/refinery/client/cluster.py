@@ -68,7 +68,7 @@ class ClusterBackend:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return fn(*args, _request_timeout=timeout, **kwargs)
+            return fn(*args, **({"_request_timeout": timeout} if timeout is not None else {}), **kwargs)
         except ApiException as err:
             body = parse_body(err.body)
             if err.status == 404 and name is not None:
@@ -88,8 +88,9 @@ class ClusterBackend:
         name = manifest["metadata"]["name"]
         namespace = manifest["metadata"].get("namespace") or self.namespace
         body = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
-        return self.call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, body,
-                         field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml")
+        self.call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, body,
+                  field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml")
+        return self.call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, name=name)
 
     def get(self, name: str) -> dict[str, Any]:
         return self.call(self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name, name=name)
@@ -109,14 +110,19 @@ class ClusterBackend:
     def events(self, name: str) -> list[PipelineEvent]:
         selector = f"involvedObject.kind={KIND},involvedObject.name={name}"
         listed = self.call(self.core.list_namespaced_event, self.namespace, field_selector=selector)
-        events = [PipelineEvent(e.type or "", e.reason or "", e.message or "", event_time(e), e.count or 1)
-                  for e in listed.items]
-        return sorted(events, key=lambda e: e.time or "")
+        # Oldest first: by time (to the second), then by resourceVersion, which etcd makes increase with each write.
+        ordered = sorted(listed.items, key=lambda e: (event_time(e) or "", int(e.metadata.resource_version or 0)))
+        return [PipelineEvent(e.type or "", e.reason or "", e.message or "", event_time(e), e.count or 1) for e in ordered]
 
     def stopped(self, name: str) -> str | None:
         return None  # the operator runs the pipeline; nothing of the client's to stop
 
     # -- a stage's output -----------------------------------------------------------------------
+
+    def metrics(self, pipeline: TrainingPipeline, stage: StageStatus) -> list[dict[str, Any]]:
+        """The one row the status holds: the stage's latest metrics at its step. The history
+        (metrics.jsonl) is on the volume, out of this client's reach (client.py says where to look)."""
+        return [{"step": stage.step, **stage.metrics}] if stage.metrics else []
 
     def logs(self, pipeline: TrainingPipeline, stage: StageStatus, follow: bool) -> Iterator[str]:
         name = pipeline.metadata.name
@@ -130,7 +136,7 @@ class ClusterBackend:
                                        -p.metadata.creation_timestamp.timestamp()))
         try:
             response = self.call(self.core.read_namespaced_pod_log, pod.metadata.name, self.namespace, follow=follow,
-                                 _preload_content=False, timeout=(5, None) if follow else REQUEST_TIMEOUT)
+                                 _preload_content=False, timeout=None if follow else REQUEST_TIMEOUT)
         except ClientError as err:  # 400: "container ... is waiting to start"
             raise NoLogs(f"stage {stage.name!r} attempt {stage.attempt}: pod {pod.metadata.name}: {err}") from None
         return lines_of(response)
