@@ -72,10 +72,13 @@ class LocalBackend:
         os.replace(tmp, self.root(name) / STATE_FILE)
 
     def running(self, name: str) -> bool:
+        """Whether the run's `refinery run` lives — started here or by another client (the pid in client.json)."""
+        pid = self.state(name).get("pid")
         process = self.processes.get(name)
         if process is not None:
-            return process.poll() is None
-        pid = self.state(name).get("pid")
+            alive = process.poll() is None  # also reaps it once it ended
+            if process.pid == pid:
+                return alive
         return pid is not None and is_refinery_run(pid)
 
     # -- the resource ---------------------------------------------------------------------------
@@ -92,11 +95,11 @@ class LocalBackend:
         if self.running(name) and (changed or suspend):
             self.stop(name)
         path.write_text(text)
-        self.save_state(name, suspended=suspend, dataRoot=str(self.data_root),
-                        created=self.state(name).get("created") or stamp(time.time()))
+        self.save_state(name, dataRoot=str(self.data_root), created=self.state(name).get("created") or stamp(time.time()))
         finished = self.status(name).phase in (Phase.succeeded, Phase.failed)
         if not suspend and not self.running(name) and (changed or not finished):
             self.start(name)
+        self.save_state(name, suspended=suspend)  # after the start: a waiter never sees it unsuspended and stopped
         return self.get(name)
 
     def get(self, name: str) -> dict[str, Any]:
@@ -133,11 +136,14 @@ class LocalBackend:
         return [self.get(n) for n in names]
 
     def set_suspend(self, name: str, suspend: bool) -> None:
-        self.save_state(name, suspended=suspend)
+        # Suspended before the stop, unsuspended after the start: a `wait` elsewhere never sees a stopped run.
         if suspend:
+            self.save_state(name, suspended=True)
             self.stop(name)
-        elif not self.running(name) and self.status(name).phase not in (Phase.succeeded, Phase.failed):
+            return
+        if not self.running(name) and self.status(name).phase not in (Phase.succeeded, Phase.failed):
             self.start(name)
+        self.save_state(name, suspended=False)
 
     def delete(self, name: str) -> None:
         self.manifest(name)  # NotFound
@@ -194,7 +200,7 @@ class LocalBackend:
         if self.status(name).phase in (Phase.succeeded, Phase.failed):
             return None  # it finished between the caller's read and this one
         process = self.processes.get(name)
-        code = f" (exit code {process.returncode})" if process is not None else ""
+        code = f" (exit code {process.returncode})" if process is not None and process.pid == self.state(name).get("pid") else ""
         return (f"the local run of {name!r} stopped before the pipeline finished{code}: {last_line(self.root(name) / RUN_LOG)}"
                 f"; its log: {self.root(name) / RUN_LOG}")
 
