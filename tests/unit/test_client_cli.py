@@ -181,3 +181,40 @@ def test_import_refinery_loads_no_kubernetes_client_nor_tqdm():
     code = "import sys, refinery; from refinery import Client, TrainingPipeline; print(sorted(m for m in ('kubernetes', 'tqdm', 'kopf', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_local_logs_follow_until_the_attempt_ends(tmp_path):
+    """`logs(follow=True)` yields lines as they are written and returns once the attempt is over
+    (here: the stage succeeded), while the run's process lives. The process stands in for `refinery run`
+    (the client knows a live run by its pid and command line)."""
+    import threading
+    import time
+
+    local_run(tmp_path, {"phase": "Running", "stages": [{"name": "pretrain", "phase": "Running", "attempt": 1}]})
+    root = tmp_path / "tiny-chat"
+    (root / ".runs").mkdir()
+    log = root / ".runs" / "pretrain-1.log"
+    log.write_text("loading\n")
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "refinery_operator.cli"])
+    try:
+        (root / "client.json").write_text(json.dumps({"suspended": False, "pid": stand_in.pid}))
+
+        def train():
+            for step in (1, 2):
+                time.sleep(0.3)
+                with open(log, "a") as out:
+                    out.write(f"step {step}/2\n")
+            time.sleep(0.3)
+            (root / "status.json").write_text(json.dumps({"phase": "Succeeded", "stages": [
+                {"name": "pretrain", "phase": "Succeeded", "attempt": 1}]}))
+
+        writer = threading.Thread(target=train)
+        started = time.monotonic()
+        writer.start()
+        lines = list(Client.local(tmp_path).logs("tiny-chat", "pretrain", follow=True))
+        writer.join()
+        assert lines == ["loading", "step 1/2", "step 2/2"]
+        assert time.monotonic() - started >= 0.9  # it waited for the lines, not just read what was there
+    finally:
+        stand_in.kill()
+        stand_in.wait()
