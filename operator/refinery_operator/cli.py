@@ -8,6 +8,8 @@
     refinery export runs/tiny-chat --stage rlhf --to exports/tiny-chat   # model + model card (or s3://, hf://)
     refinery chat runs/tiny-chat [--stage rlhf] [--prompt "What does the cow say?"]
     refinery serve-manifest s3://models/tiny-chat [--kserve]           # vLLM Deployment + Service YAML
+    refinery get | describe tp/NAME | logs NAME STAGE -f | wait NAME | suspend | resume | delete NAME
+                                                    # a cluster's pipelines, or --local-workdir runs (verbs.py)
 
 Heavy imports (kopf, torch) happen only inside the subcommand that needs them.
 """
@@ -15,6 +17,7 @@ Heavy imports (kopf, torch) happen only inside the subcommand that needs them.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -82,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: ${metrics.PORT_ENV} must be a port number, 0-65535 (0: no metrics)", file=sys.stderr)
         return 2
     data_root = Path(args.data_root or Path(args.manifest).resolve().parent)
+    stop_on_sigterm()
     endpoint = serve_metrics(metrics.OPERATOR.registry, port)  # prints its URL once
     ok = True
     try:
@@ -92,6 +96,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         if endpoint is not None:
             endpoint.close()
     return 0 if ok else 1
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops a local run as Ctrl-C does: its stages save a checkpoint and stop, and the same
+    command resumes it (`Client.local(...).suspend` sends it; so does `kill PID`)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def local_metrics_port(flag: int | None) -> int | None:
@@ -197,8 +210,12 @@ def cmd_serve_manifest(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refinery", description=__doc__.split("\n\n")[0])
+    from .verbs import EXIT_CODES, add_verbs
+
+    parser = argparse.ArgumentParser(prog="refinery", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_verbs(sub)
 
     run = sub.add_parser("run", help="run a pipeline on this machine (local mode)")
     run.add_argument("manifest", help="a TrainingPipeline YAML file")

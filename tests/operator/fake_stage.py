@@ -48,6 +48,8 @@ def main() -> int:
     if done:
         reporter.record = reporter.record.model_copy(update={"resumed_from": Checkpoint(step=start, path=str(done[0]))})
     reporter.update(force=True, step=start, max_steps=max_steps)
+    say(f"stage {run.stage.name!r} attempt {run.attempt}: " + (f"resuming from step {start}" if done else "starting")
+        + f", {max_steps} steps (fake stage)")
     count = len(done)
     stop = []  # SIGTERM (suspend, eviction notice): checkpoint after this step, then exit 143 like the trainer
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
@@ -65,7 +67,9 @@ def main() -> int:
             ckpt.write_marker(path, step, {"loss": loss})
             count += 1
             reporter.checkpoint(Checkpoint(step=step, path=str(path), time=ckpt.now_rfc3339()), count, {"loss": loss})
+            say(f"step {step}/{max_steps} loss {loss:.4f}: checkpoint saved")
             if stop:
+                say(f"SIGTERM: stopped after the checkpoint at step {step}")
                 return 143
         else:
             reporter.update(step=step, metrics={"loss": loss})
@@ -75,7 +79,13 @@ def main() -> int:
     metrics = {"loss": 1.0 / max_steps, "evalLoss": 1.5 / max_steps}
     ckpt.atomic_write_text(stage_dir / "result.json", json.dumps({"metrics": metrics, "output": str(model)}))
     reporter.succeeded(metrics, str(model), step=max_steps)
+    say(f"stage {run.stage.name!r} succeeded in {max_steps} steps: {model}")
     return 0
+
+
+def say(line: str) -> None:
+    """A line of the pod's log (`kubectl logs`, `refinery logs`), as the trainer logs its progress."""
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

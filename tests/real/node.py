@@ -26,6 +26,8 @@ lifecycle controller never marks it unreachable), binds every unscheduled pod to
   exit code (128 + signal for a killed process), reason, and the termination message (the file
   the trainer writes at `$REFINERY_TERMINATION_LOG`, standing in for /dev/termination-log; with
   `FallbackToLogsOnError` the log's tail on failure);
+- serves each pod's output at the kubelet's log endpoint (podlogs.py), so `kubectl logs` and
+  `refinery logs` work through the API server as on a cluster;
 - a pod given a deletionTimestamp (Job suspended, `activeDeadlineSeconds`, the Job deleted) gets
   SIGTERM, SIGKILL after its grace period, its final status, then the kubelet's final DELETE.
 
@@ -59,6 +61,8 @@ from urllib3.exceptions import HTTPError
 from refinery_operator.k8s import MERGE_PATCH, Cluster, Resource
 from tests.operator.kubelet import expand, kill_pod, map_path, map_yaml_paths
 from tests.operator.volumes import provision_volume
+
+from .podlogs import PodLogServer
 
 PODS = Resource("", "v1", "pods")
 NODES = Resource("", "v1", "nodes")
@@ -118,6 +122,7 @@ class Node:
         return self.root / "pvc" / namespace / claim
 
     async def run(self) -> None:
+        self.log_server = PodLogServer(self._pod_log, self.root / "kubelet")  # `kubectl logs` through the API server
         await self._register()
         last_beat = 0.0
         try:
@@ -132,9 +137,17 @@ class Node:
                     self._log(f"sync failed: {type(e).__name__}: {str(e)[:300]}")
                 await asyncio.sleep(SYNC_S)
         finally:
+            self.log_server.stop()
             for pod in self.pods.values():
                 if pod.process is not None:
                     kill_pod(pod)  # type: ignore[arg-type] - same fields as kubelet.Pod
+
+    def _pod_log(self, namespace: str, name: str) -> tuple[Path, Callable[[], bool]] | None:
+        """A pod's log file and whether its process has ended (PodLogServer's lookup; another thread)."""
+        pod = next((p for p in list(self.pods.values()) if (p.namespace, p.name) == (namespace, name)), None)
+        if pod is None or not (pod.folder / "log.txt").exists():
+            return None
+        return pod.folder / "log.txt", lambda: pod.process is None or pod.process.poll() is not None
 
     def _log(self, line: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -161,6 +174,7 @@ class Node:
         capacity = {"cpu": "64", "memory": "256Gi", "pods": "2000", "nvidia.com/gpu": "8", "ephemeral-storage": "1Ti"}
         status = {"capacity": capacity, "allocatable": capacity,
                   "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.name}],
+                  "daemonEndpoints": {"kubeletEndpoint": {"Port": self.log_server.port}},
                   "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test node",
                                   "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}],
                   "nodeInfo": {"kubeletVersion": "v1.36.2-test", "operatingSystem": "linux", "architecture": "amd64",

@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from refinery.api.run import METRICS_PORT_ENV, PROGRESS_FILE, RESULT_FILE, FileReporter, ProgressRecord
+from refinery.api.run import (
+    LOCAL_EVENTS_FILE, LOCAL_PIPELINE_FILE, LOCAL_STATUS_FILE, METRICS_PORT_ENV, PROGRESS_FILE, RESULT_FILE, FileReporter,
+    ProgressRecord,
+)
 from refinery.api.v1alpha1 import Phase, PipelineStatus, StageStatus, TrainingPipeline
 from refinery.core.events import WARNING, pipeline_events
 from refinery.core.judging import CIRCULAR_JUDGE
@@ -45,8 +48,8 @@ from .launcher import ForkedProcess, StageLauncher
 from .summary import write_summary_plot
 
 POLL_SECONDS = 0.2
-STATUS_FILE = "status.json"
-PIPELINE_FILE = "pipeline.json"
+STATUS_FILE = LOCAL_STATUS_FILE
+PIPELINE_FILE = LOCAL_PIPELINE_FILE
 
 
 @dataclass
@@ -200,6 +203,7 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, data_root: Path, show_p
                 local.start(launch)
             if decided.status != status:
                 warn_about(status, decided.status)
+                record_events(root, status, decided.status)
                 status = decided.status
                 write_status(root, status)
                 on_status(status)
@@ -235,6 +239,17 @@ def warn_about(old: PipelineStatus, new: PipelineStatus) -> None:
     for event in pipeline_events(old, new):
         if event.type == WARNING and event.reason in LOCAL_WARNINGS:
             print(f"warning ({event.reason}): {event.message}", file=sys.stderr)
+
+
+def record_events(root: Path, old: PipelineStatus, new: PipelineStatus) -> None:
+    """Append the Events a cluster would post for this change to events.jsonl (`refinery describe`,
+    `Client.events` read them)."""
+    events = pipeline_events(old, new)
+    if events:
+        with open(root / LOCAL_EVENTS_FILE, "a", encoding="utf-8") as out:
+            for event in events:
+                out.write(json.dumps({"time": now_stamp(), "type": event.type, "reason": event.reason,
+                                      "message": event.message}) + "\n")
 
 
 def next_steps(pipeline: TrainingPipeline, status: PipelineStatus, root: Path) -> str:

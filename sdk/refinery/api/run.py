@@ -22,6 +22,11 @@ PROGRESS_FILE = "progress.json"
 METRICS_PORT_ENV = "REFINERY_METRICS_PORT"  # the /metrics port of the operator, local mode and trainer pods
 METRICS_LOG_FILE = "metrics.jsonl"  # every training/eval log of an attempt, one JSON line each, in its folder
 CHECKPOINT_MARKER = "refinery-checkpoint-complete.json"
+# Local mode's run folder (<workdir>/<pipeline>/): what `refinery run` writes and `Client.local` reads.
+LOCAL_STATUS_FILE = "status.json"  # the status, as the operator would write it to .status
+LOCAL_PIPELINE_FILE = "pipeline.json"  # the manifest the run follows and its data root
+LOCAL_EVENTS_FILE = "events.jsonl"  # the Events a cluster would show, one JSON line each
+LOCAL_LOGS_DIR = ".runs"  # each attempt's config and log: <stage>-<attempt>.json / .log
 
 
 class FileReporter(ApiModel):

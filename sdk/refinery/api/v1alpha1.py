@@ -448,4 +448,29 @@ class TrainingPipeline(ApiModel):
     spec: PipelineSpec
     status: PipelineStatus | None = None
 
+    def check(self) -> TrainingPipeline:
+        """Run `refinery validate`'s checks offline — the CRD's schema and CEL rules as the API
+        server applies them, then the operator's own — and return the pipeline; InvalidManifest
+        (api/load.py) lists every problem with its field otherwise."""
+        from .load import parse_pipeline
+
+        return parse_pipeline(self.model_copy(update={"status": None}).dump(), f"pipeline {self.metadata.name!r}")
+
+    def to_yaml(self) -> str:
+        """The manifest (`kubectl apply -f`, `refinery run`): camelCase, no status, and only the fields
+        that were set (defaults apply again when it is read)."""
+        import yaml
+
+        fields = self.model_dump(by_alias=True, exclude_unset=True, exclude_none=True, mode="json", exclude={"status"})
+        return yaml.safe_dump({"apiVersion": self.api_version, "kind": self.kind, **fields}, sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> TrainingPipeline:
+        """One pipeline from YAML text, checked as `check()` does."""
+        import yaml
+
+        from .load import parse_pipeline
+
+        return parse_pipeline(yaml.safe_load(text), "YAML text")
+
 
