@@ -218,3 +218,16 @@ def test_local_logs_follow_until_the_attempt_ends(tmp_path):
     finally:
         stand_in.kill()
         stand_in.wait()
+
+
+def test_a_local_name_that_is_not_a_resource_name_reaches_nothing_outside_the_work_folder(tmp_path):
+    from refinery.client import Client, NotFound
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "manifest.yaml").write_text("kept: true\n")
+    client = Client.local(workdir=tmp_path / "runs")
+    for name in ("../victim", "/tmp", "Victim"):
+        with pytest.raises(NotFound, match="not a pipeline name"):
+            client.delete(name)
+    assert (victim / "manifest.yaml").read_text() == "kept: true\n"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -55,6 +56,9 @@ class LocalBackend:
         self.processes: dict[str, subprocess.Popen] = {}  # the runs this client started (reaped by poll)
 
     def root(self, name: str) -> Path:
+        # A resource name (DNS-1123), so that no name reaches outside the work folder (delete removes it).
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name) or ".." in name:
+            raise NotFound(f"{name!r} is not a pipeline name (lower-case letters, digits, '-' and '.')")
         return Path(pipeline_root(str(self.workdir), None, name))
 
     # -- state ----------------------------------------------------------------------------------
