@@ -4,7 +4,7 @@
 # The first two stages of `examples/tiny-chat.yaml` (pretrain -> sft), built with the typed models,
 # run in local mode through `refinery.Client`, watched with a progress bar, and their metrics read
 # back as tables. A cut-down copy of the example: the same tiny model, data and learning rates,
-# with fewer steps (pretrain 30 instead of 150, sft 50 instead of 500) so that it runs in well
+# with fewer steps (pretrain 100 instead of 150, sft 50 instead of 500) so that it runs in well
 # under a minute on a laptop CPU (the losses still fall: the metrics tables show it). Open it in Jupyter or VS Code (cells are `# %%`), or run it:
 #
 #     python examples/notebook.py            # the run goes to ./runs/tiny-chat-notebook
@@ -37,8 +37,8 @@ pipeline = TrainingPipeline(
                                                        intermediate_size=256, max_position_embeddings=128),
                                     vocab_size=512),
                   data=DataSpec(path="data/pretrain.txt"),
-                  training=TrainingSpec(max_steps=30, learning_rate=3e-3, batch_size=16, seq_len=128, save_steps=30,
-                                        logging_steps=5)),
+                  training=TrainingSpec(max_steps=100, learning_rate=3e-3, batch_size=16, seq_len=128, save_steps=100,
+                                        logging_steps=10)),
             Stage(name="sft", type="sft", from_="pretrain",
                   data=DataSpec(path="data/sft.jsonl", eval_path="data/sft_eval.jsonl"),
                   training=TrainingSpec(max_steps=50, learning_rate=3e-3, batch_size=8, seq_len=64, save_steps=50,

@@ -1,5 +1,5 @@
 """examples/notebook.py, run as a user runs it (`python examples/notebook.py`): it builds a cut-down
-tiny-chat (pretrain 30 steps, sft 50) with the typed models, runs it in local mode through
+tiny-chat (pretrain 100 steps, sft 50) with the typed models, runs it in local mode through
 `Client.local`, waits with a progress bar and prints the metrics tables. Checked: the run
 succeeded, both tables have their logged rows, and the losses went down.
 
@@ -42,7 +42,7 @@ def test_the_notebook_trains_and_prints_falling_losses(tmp_path):
     assert f"{NAME}:" in err and "Suspended" in err and "Succeeded" in err  # the progress bar
     pretrain, sft = table_after(lines, "pretrain metrics"), table_after(lines, "sft metrics")
     losses = [r["loss"] for r in pretrain if r["loss"] is not None]
-    assert [r["step"] for r in pretrain if r["loss"] is not None][-3:] == [20, 25, 30], pretrain
+    assert [r["step"] for r in pretrain if r["loss"] is not None][-3:] == [80, 90, 100], pretrain
     assert losses[-1] < 0.7 * losses[0], pretrain
     sft_losses = [r["loss"] for r in sft if r["loss"] is not None]
     assert len(sft_losses) == 5 and sft_losses[-1] < sft_losses[0], sft
@@ -63,7 +63,7 @@ def suspend_and_resume(notebook: subprocess.Popen, root: Path, where: list[str])
                                     timeout=60, check=True).stdout)
     assert (got["spec"]["suspend"], got["status"]["phase"]) == (True, "Suspended")
     saved = sorted(int(p.name.split("-")[1]) for p in root.glob("pretrain/attempt-1/checkpoints/checkpoint-*"))
-    assert saved and 5 <= saved[-1] < 30, saved  # SIGTERM: a checkpoint at the step reached, then the stage stopped
+    assert saved and 5 <= saved[-1] < 100, saved  # SIGTERM: a checkpoint at the step reached, then the stage stopped
     time.sleep(1)
     assert notebook.poll() is None  # its wait() goes on through the suspension
     resumed = subprocess.run([*VERBS, "resume", NAME, *where], capture_output=True, text=True, timeout=60)
