@@ -268,7 +268,12 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
     result = plan(pipeline, observed, root, now)
     launch_initializer = initializer_launch(initializer, result.waiting_for_inputs)  # a stage waits on the check
     record_inputs_check(result.status, pipeline, initializer, launch_initializer, now)
+    # A Job already ended keeps its first words: a later pass, once the Job controller has deleted the
+    # pods, would overwrite the StartTimeout's message with one that no longer says what they said.
+    ended = {j["metadata"]["name"] for j in jobs if ANNOTATION_STOP_REASON in (j["metadata"].get("annotations") or {})}
     for stop in result.stops:
+        if stop.action == "fail" and naming.job_name(name, stop.stage, stop.attempt) in ended:
+            continue
         await stop_attempt(cluster, pipeline, with_pod_words(stop, children.pods(namespace, name)))
 
     launched = []

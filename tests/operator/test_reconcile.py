@@ -413,3 +413,12 @@ async def test_a_start_timeout_says_what_the_scheduler_said_about_the_rank_that_
     assert annotations["refinery.dev/stop-reason"] == "StartTimeout"
     assert annotations["refinery.dev/stop-message"].startswith("not all 3 pods (one per node) of attempt 1 were ready")
     assert f"pod p-pretrain-1-2-x (rank 2): Unschedulable: {message}" in annotations["refinery.dev/stop-message"]
+
+    # The Job controller deletes the pods; a pass before the Job's Failed condition arrives must not
+    # end it again with a message that has lost the pods' words (the real node showed that).
+    job["metadata"].setdefault("annotations", {}).update(annotations)
+    for rank in range(3):
+        del cluster.objects[("Pod", f"p-pretrain-1-{rank}-x")]
+    await reconcile(cluster, {**body, "status": out.status}, children,
+                    now=datetime(2026, 1, 1, 0, 3, tzinfo=timezone.utc))
+    assert [n for n, _ in cluster.patches].count("p-pretrain-1") == 1
