@@ -34,11 +34,12 @@ from refinery.core import naming
 from . import disruptions
 from refinery.core.accounting import parse_time
 from refinery.core.events import pipeline_events
-from refinery.core.plan import AttemptState, Launch, Observed, Stop, plan
+from refinery.core.plan import REASON_START_TIMEOUT, AttemptState, Launch, Observed, Stop, plan
 from refinery.core.sources import (
     ANNOTATION_GENERATION, InitializerDecision, attempts_to_end, decide_initializer, initializer_launch,
     initializer_record_name, record_inputs_check, source_failure_status,
 )
+from refinery.core.starting import explain_start_timeout
 from refinery.core.summary import invalid_spec_status
 from refinery.core.tokenize import TokenizeAttempt
 from refinery.core.reruns import RERUN_ANNOTATION
@@ -267,8 +268,13 @@ async def reconcile(cluster: Cluster, body: Mapping[str, Any], children: Childre
     result = plan(pipeline, observed, root, now)
     launch_initializer = initializer_launch(initializer, result.waiting_for_inputs)  # a stage waits on the check
     record_inputs_check(result.status, pipeline, initializer, launch_initializer, now)
+    # A Job already ended keeps its first words: a later pass, once the Job controller has deleted the
+    # pods, would overwrite the StartTimeout's message with one that no longer says what they said.
+    ended = {j["metadata"]["name"] for j in jobs if ANNOTATION_STOP_REASON in (j["metadata"].get("annotations") or {})}
     for stop in result.stops:
-        await stop_attempt(cluster, pipeline, stop)
+        if stop.action == "fail" and naming.job_name(name, stop.stage, stop.attempt) in ended:
+            continue
+        await stop_attempt(cluster, pipeline, with_pod_words(stop, children.pods(namespace, name)))
 
     launched = []
     if result.launches or launch_initializer or result.tokenize_launches:
@@ -345,6 +351,16 @@ async def reconcile_current(cluster: Cluster, body: Mapping[str, Any], children:
         if fresh is None:  # deleted meanwhile: nothing left to write
             return Outcome(status=dict(last_status or body.get("status") or {}))
         body, last_status, resource_version = fresh, None, None  # the server's status is the newest
+
+
+def with_pod_words(stop: Stop, pods: Sequence[Mapping[str, Any]]) -> Stop:
+    """A StartTimeout's message with what the scheduler and kubelet said on its attempt's pods
+    (core/starting.py), e.g. "0/2 nodes are available: ...", so the user sees why a rank never started."""
+    if stop.action != "fail" or stop.reason != REASON_START_TIMEOUT:
+        return stop
+    mine = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(builders.LABEL_STAGE) == stop.stage
+            and p["metadata"]["labels"].get(builders.LABEL_ATTEMPT) == str(stop.attempt)]
+    return dataclasses.replace(stop, message=explain_start_timeout(stop.message, mine))
 
 
 async def stop_attempt(cluster: Cluster, pipeline: TrainingPipeline, stop: Stop) -> None:

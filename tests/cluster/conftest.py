@@ -147,7 +147,8 @@ class SecondNode:
 @pytest.fixture(scope="session")
 def second_node(cluster: Cluster, tmp_path_factory) -> SecondNode:
     """A second real node on the session's control plane, the trainer image loaded: the multi-node
-    tests run on it, and test_node_loss_on_nodes.py stops it (`node down`) as a lost machine."""
+    tests run on it (and stop it as a lost machine, then start it again: `node up` on the same
+    folder keeps its name and images), and test_node_loss_on_nodes.py stops it for good."""
     folder = traversable(tmp_path_factory.mktemp("node-b"))
     name = None
     try:

@@ -369,3 +369,56 @@ def test_a_multi_node_attempt_has_started_only_when_every_pod_has(parallelism, s
     assert attempt_state(obj).ready is started
     # the operator reads Jobs from its cache's slim view: it must keep what this depends on
     assert attempt_state(job_view(obj)).ready is started
+
+
+async def test_a_start_timeout_says_what_the_scheduler_said_about_the_rank_that_never_started():
+    """A `nodes: 3` stage on two nodes: rank 2's pod is Unschedulable. When its attempt runs out of
+    `startTimeoutSeconds`, the Job is ended with the scheduler's message in the StartTimeout's
+    words (and so in status.lastFailure and the AttemptFailed Event), not only "not all 3 pods"."""
+    from datetime import datetime, timezone
+
+    from refinery_operator.reconcile import reconcile
+
+    class PatchRecording(InMemoryCluster):
+        def __init__(self):
+            super().__init__()
+            self.patches = []
+
+        async def patch(self, resource, namespace, name, patch):
+            self.patches.append((name, patch))
+            return None
+
+    cluster = PatchRecording()
+    body, children, out = await first_pass(cluster)
+    body["spec"]["stages"][0]["resources"] = {"gpus": 0, "nodes": 3}
+    body["spec"]["stages"][0]["retries"] = {"startTimeoutSeconds": 60}
+    complete(cluster, "p-sources-1-fetch")
+    out = await reconcile(cluster, {**body, "status": out.status}, children)
+    assert out.launched == ["p-pretrain-1"]
+    job = cluster.objects[("Job", "p-pretrain-1")]
+    job["status"] = {"active": 3, "ready": 2, "startTime": "2026-01-01T00:00:00Z"}
+    message = "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules."
+    for rank in range(3):
+        labels = {**job["metadata"]["labels"], "batch.kubernetes.io/job-completion-index": str(rank)}
+        conditions = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}] \
+            if rank == 2 else [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}]
+        cluster.objects[("Pod", f"p-pretrain-1-{rank}-x")] = {
+            "kind": "Pod", "metadata": {"name": f"p-pretrain-1-{rank}-x", "labels": labels},
+            "spec": {"nodeName": None if rank == 2 else f"n{rank}"},
+            "status": {"phase": "Pending" if rank == 2 else "Running", "conditions": conditions}}
+    await reconcile(cluster, {**body, "status": out.status}, children,
+                    now=datetime(2026, 1, 1, 0, 2, tzinfo=timezone.utc))
+    [(name, patch)] = [(n, p) for n, p in cluster.patches if n == "p-pretrain-1"]
+    annotations = patch["metadata"]["annotations"]
+    assert annotations["refinery.dev/stop-reason"] == "StartTimeout"
+    assert annotations["refinery.dev/stop-message"].startswith("not all 3 pods (one per node) of attempt 1 were ready")
+    assert f"pod p-pretrain-1-2-x (rank 2): Unschedulable: {message}" in annotations["refinery.dev/stop-message"]
+
+    # The Job controller deletes the pods; a pass before the Job's Failed condition arrives must not
+    # end it again with a message that has lost the pods' words (the real node showed that).
+    job["metadata"].setdefault("annotations", {}).update(annotations)
+    for rank in range(3):
+        del cluster.objects[("Pod", f"p-pretrain-1-{rank}-x")]
+    await reconcile(cluster, {**body, "status": out.status}, children,
+                    now=datetime(2026, 1, 1, 0, 3, tzinfo=timezone.utc))
+    assert [n for n, _ in cluster.patches].count("p-pretrain-1") == 1

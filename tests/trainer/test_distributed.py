@@ -109,3 +109,29 @@ def test_marker_waits_for_every_rank_and_only_rank_0_writes_it(workspace, monkey
     ctx.mark_checkpoint(path, 10, {"trainLoss": 1.0})
     assert events == ["barrier", "barrier"]  # rank 0 also waited, before its marker existed
     assert json.loads((path / CHECKPOINT_MARKER).read_text())["step"] == 10
+
+
+def _stop_vote(rank: int, init_file: str, votes) -> None:
+    import torch.distributed as dist
+
+    from refinery_trainer import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        # step 1: no SIGTERM yet; step 2: only rank 1 got one (a drained node, or its SIGTERM came first)
+        votes[rank] = [distributed.any_rank(False), distributed.any_rank(rank == 1)]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_sigterm_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """A 2-process gloo world (torch.multiprocessing, as torchrun's workers): SIGTERM seen by one
+    rank is every rank's stop, so they save one checkpoint together (callbacks.ProgressCallback)."""
+    import torch.multiprocessing as mp
+
+    from refinery_trainer import distributed
+
+    assert distributed.any_rank(True) and not distributed.any_rank(False)  # one process: the flag itself
+    votes = mp.Manager().dict()
+    mp.spawn(_stop_vote, args=(str(tmp_path / "init"), votes), nprocs=2, join=True)
+    assert dict(votes) == {0: [False, True], 1: [False, True]}

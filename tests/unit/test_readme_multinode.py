@@ -43,3 +43,24 @@ def test_in_place_against_whole_attempt_restart_figures_are_consistent():
         assert match, (way, text)
         _, resumed, last, lost = match.groups()
         assert int(float(last)) - int(float(resumed)) == int(lost), (way, text)
+
+
+def test_multi_node_suspend_and_node_loss_figures_are_consistent():
+    """The lines tests/cluster/test_multi_node_on_nodes.py prints (paste them from a run of it)."""
+    assert re.search(r"pytest -s[^`]*tests/cluster/test_multi_node_on_nodes\.py", README)
+    text = line("Suspended, `nodes: 2`")
+    match = re.search(rf"Suspended {NUMBER} s after spec.suspend, one checkpoint at step ([0-9]+) from both ranks, "
+                      rf"restarts (\{{[^}}]*\}}), resumed \(attempt 1\) from step ([0-9]+)", text)
+    assert match, text
+    _, saved, restarts, resumed = match.groups()
+    assert saved == resumed and "'disruption': 0" in restarts and "'application': 0" in restarts, text  # no budget
+
+    text = line("Node lost, `nodes: 2`")
+    match = re.search(rf"rank ([01])'s node stopped after a checkpoint at step ([0-9]+): attempt 1 ended {NUMBER} s after "
+                      rf"the node stopped, attempt 2 Running on both nodes {NUMBER} s after the node's restart "
+                      rf"\({NUMBER} s after the loss\), resumed from step ([0-9]+); restarts (\{{[^}}]*\}})", text)
+    assert match, text
+    _, checkpoint, ended, back, total, resumed, restarts = match.groups()
+    assert float(total) + 0.2 >= float(ended) + float(back), text  # the restart came after the attempt ended
+    assert int(resumed) >= int(checkpoint) and "'disruption': 1" in restarts and "'application': 0" in restarts, text
+    assert float(ended) < 120 and float(back) < 120, text  # the bounds the test asserts

@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from refinery.api.run import METRICS_LOG_FILE
 
+from . import distributed
 from .errors import NanLossError
 
 if TYPE_CHECKING:
@@ -94,7 +95,9 @@ class ProgressCallback(TrainerCallback):
         self.ctx.report(force=True, step=state.global_step, max_steps=state.max_steps or None, metrics=metrics)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.ctx.stop_requested:  # SIGTERM: the Trainer saves right after this step, then stops
+        # SIGTERM on any rank: every rank saves right after this step, then stops (distributed.any_rank).
+        if distributed.any_rank(self.ctx.stop_requested):
+            self.ctx.stop_requested = True
             control.should_save = True
             control.should_training_stop = True
         self.ctx.report(step=state.global_step)

@@ -166,6 +166,24 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` is true on any rank (every rank must call it: a collective; no-op in one process).
+
+    SIGTERM reaches the ranks of a multi-node attempt at different moments (a suspension deletes
+    every pod, a drain only one): a rank that stopped after its own step would save while its peers
+    went on into the next step's all-reduce, and the checkpoint's barrier would meet a gradient
+    collective. Asked once a step, the ranks stop after the same step and save that checkpoint together."""
+    if world_size() <= 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    wanted = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(wanted, op=dist.ReduceOp.MAX)
+    return bool(wanted.item())
+
+
 def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     import torch.distributed as dist
