@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from refinery.api.run import METRICS_LOG_FILE
 from refinery.api.v1alpha1 import PipelineStatus
-from refinery_operator.local.summary import (
-    METRICS_LOG_FILE, StageCurves, read_history, summary_figure, write_summary_plot,
-)
+from refinery_operator.local.summary import StageCurves, read_history, summary_figure, write_summary_plot
 from tests.builders import chat_pipeline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

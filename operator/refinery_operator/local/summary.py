@@ -21,18 +21,16 @@ global backend is switched in the caller's process. It is imported only when a p
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from refinery.api.rewards import WATCH_NAME
-from refinery.api.run import METRICS_LOG_FILE
 from refinery.api.v1alpha1 import PipelineStatus, StageStatus, TrainingPipeline
+from refinery.client.local import metrics_rows
 from refinery.core.naming import stage_dir
 
 if TYPE_CHECKING:
@@ -90,23 +88,13 @@ class StageCurves:
 def read_history(stage_folder: Path) -> History:
     """Every numeric log value of a stage's attempts, by key and step; {} before any log."""
     by_key: dict[str, dict[int, float]] = {}
-    attempts = sorted((n, p) for p in stage_folder.glob("attempt-*") if (n := _attempt_number(p)) is not None)
-    for _, attempt in attempts:
-        try:
-            lines = (attempt / METRICS_LOG_FILE).read_text().splitlines()
-        except (FileNotFoundError, NotADirectoryError):
+    for entry in metrics_rows(stage_folder):
+        step = entry.get("step")
+        if not isinstance(step, int):
             continue
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # the last line of a killed attempt may be cut short
-            step = entry.get("step") if isinstance(entry, dict) else None
-            if not isinstance(step, int):
-                continue
-            for key, value in entry.items():
-                if key not in ("step", "time") and _is_number(value):
-                    by_key.setdefault(key, {})[step] = float(value)
+        for key, value in entry.items():
+            if key not in ("step", "time", "attempt") and _is_number(value):
+                by_key.setdefault(key, {})[step] = float(value)
     return {key: sorted(points.items()) for key, points in by_key.items()}
 
 
@@ -230,11 +218,6 @@ def write_summary_plot(root: Path, pipeline: TrainingPipeline, status: PipelineS
     fig.savefig(tmp, format="png", dpi=100)
     os.replace(tmp, path)  # a viewer never reads half a file
     return path
-
-
-def _attempt_number(path: Path) -> int | None:
-    match = re.fullmatch(r"attempt-(\d+)", path.name)
-    return int(match.group(1)) if match else None
 
 
 def _is_number(value) -> bool:

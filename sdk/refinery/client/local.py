@@ -226,19 +226,26 @@ class LocalBackend:
         return tail(path, attempt_ended if follow else None)
 
     def metrics(self, pipeline: TrainingPipeline, stage: StageStatus) -> list[dict[str, Any]]:
-        folder = Path(stage_dir(str(self.root(pipeline.metadata.name)), stage.name, stage.run))
-        rows = []
-        for number, attempt in sorted((attempt_number(p), p) for p in folder.glob("attempt-*")):
+        return metrics_rows(Path(stage_dir(str(self.root(pipeline.metadata.name)), stage.name, stage.run)))
+
+
+def metrics_rows(stage_folder: Path) -> list[dict[str, Any]]:
+    """Every row the trainer logged to a stage's `metrics.jsonl`, attempt by attempt, each with its
+    `attempt` (local mode's summary plots read the same rows)."""
+    rows = []
+    for number, attempt in sorted((n, p) for p in stage_folder.glob("attempt-*") if (n := attempt_number(p)) >= 0):
+        try:
+            lines = (attempt / METRICS_LOG_FILE).read_text().splitlines()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for line in lines:
             try:
-                lines = (attempt / METRICS_LOG_FILE).read_text().splitlines()
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for line in lines:
-                try:
-                    rows.append({**json.loads(line), "attempt": number})
-                except ValueError:
-                    continue  # the last line of a killed attempt may be cut short
-        return rows
+                entry = json.loads(line)
+            except ValueError:
+                continue  # the last line of a killed attempt may be cut short
+            if isinstance(entry, dict):
+                rows.append({**entry, "attempt": number})
+    return rows
 
 
 def tail(path: Path, ended=None) -> Iterator[str]:
