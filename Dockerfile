@@ -73,13 +73,21 @@ RUN apt-get update \
 RUN pip install "torch==${TORCH_VERSION}" \
  && echo "torch==${TORCH_VERSION}" > /opt/constraints.txt
 WORKDIR /src
+# Dependencies first, from pyproject.toml alone (empty packages stand in for the source), so that
+# a change of the source rebuilds only the small layer after it, not GBs of dependencies.
+COPY pyproject.toml ./
+RUN mkdir -p sdk/refinery operator/refinery_operator trainer/refinery_trainer \
+ && touch README.md sdk/refinery/__init__.py operator/refinery_operator/__init__.py trainer/refinery_trainer/__init__.py \
+ && pip install -c /opt/constraints.txt '.[trainer,eval,export,tracking]' \
+ && pip uninstall -y refinery \
+ && rm -rf /src/*
+# --no-build-isolation: DeepSpeed's setup imports torch; an isolated build would fetch another one.
+RUN pip install -c /opt/constraints.txt --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}"
 COPY pyproject.toml README.md ./
 COPY sdk/ sdk/
 COPY operator/ operator/
 COPY trainer/ trainer/
-# --no-build-isolation: DeepSpeed's setup imports torch; an isolated build would fetch another one.
-RUN pip install -c /opt/constraints.txt '.[trainer,eval,export,tracking]' \
- && pip install -c /opt/constraints.txt --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}" \
+RUN pip install --no-deps -c /opt/constraints.txt . \
  && cd / && rm -rf /src \
  && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}') and torch.version.cuda, torch.__version__"
 # The stage pod runs as uid 1000 (builders.RUN_AS_USER) with a read-only view of everything but
@@ -118,11 +126,19 @@ RUN python3 -m venv /opt/venv \
 RUN pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}+cpu" \
  && echo "torch==${TORCH_VERSION}" > /opt/constraints.txt
 WORKDIR /src
+# Dependencies first, from pyproject.toml alone (empty packages stand in for the source), so that
+# a change of the source rebuilds only the small layer after it, not GBs of dependencies.
+COPY pyproject.toml ./
+RUN mkdir -p sdk/refinery operator/refinery_operator trainer/refinery_trainer \
+ && touch README.md sdk/refinery/__init__.py operator/refinery_operator/__init__.py trainer/refinery_trainer/__init__.py \
+ && pip install -c /opt/constraints.txt '.[trainer,eval,export,tracking]' \
+ && pip uninstall -y refinery \
+ && rm -rf /src/*
 COPY pyproject.toml README.md ./
 COPY sdk/ sdk/
 COPY operator/ operator/
 COPY trainer/ trainer/
-RUN pip install -c /opt/constraints.txt '.[trainer,eval,export,tracking]' \
+RUN pip install --no-deps -c /opt/constraints.txt . \
  && cd / && rm -rf /src \
  && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}') and torch.version.cuda is None, torch.__version__"
 RUN useradd --uid 1000 --user-group --create-home --home-dir /home/refinery --shell /usr/sbin/nologin refinery

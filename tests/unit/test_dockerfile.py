@@ -253,3 +253,16 @@ def test_dockerignore_keeps_the_context_to_what_the_images_copy():
     copied = {rest.split()[0].rstrip("/") for s in STAGES.values() for k, rest in s.instructions if k == "COPY"}
     for path in copied:
         assert f"!{path}/" in ignore or f"!{path}" in ignore, f"{path} is copied but excluded from the build context"
+
+
+@pytest.mark.parametrize("target", ["trainer", "trainer-cpu"])
+def test_trainer_dependencies_are_a_layer_built_from_pyproject_alone(target):
+    """A change of the source must not reinstall GBs of dependencies: the extras install before the
+    source is copied (only pyproject.toml is), and the source's own install adds no dependency."""
+    steps = STAGES[target].instructions
+    first_source = next(i for i, (k, rest) in enumerate(steps) if k == "COPY" and rest.split()[0] in ("sdk/", "operator/", "trainer/"))
+    extras = next(i for i, (k, rest) in enumerate(steps) if k == "RUN" and "'.[trainer,eval,export,tracking]'" in rest)
+    assert extras < first_source, f"{target}: the extras install after the source is copied"
+    assert [rest for k, rest in steps[:extras] if k == "COPY"][-1].split()[0] == "pyproject.toml"
+    source_installs = [" ".join(w) for w in commands(STAGES[target]) if w[:2] == ["pip", "install"] and w[-1] == "."]
+    assert source_installs and all("--no-deps" in cmd for cmd in source_installs), source_installs
