@@ -223,7 +223,7 @@ def write_result(ctx, metrics: dict[str, float]) -> dict:
 
 def _fail(ctx, message: str, reason: str, *, traceback: bool) -> int:
     ctx.reporter.failed(message, reason)
-    for tracker in getattr(ctx, "trackers", []):
+    for tracker in ctx.trackers:
         tracker.failed(reason)
     if ctx.is_main_process:
         write_termination_message(json.dumps({"phase": "Failed", "reason": reason, "message": message[:3000]}))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoints import atomic_write_text
-from .errors import StageError
+from .tracking import TrackingUnavailable, pipeline_root, stage_tags
 
 if TYPE_CHECKING:
     from .context import StageContext
@@ -35,12 +35,6 @@ LOCK_WAIT_S = 60.0  # a lock older than this was left by a process that died hol
 PARAM_LIMIT = 6000  # MLflow's longest parameter value (server side: 6000 characters)
 
 
-class TrackingUnavailable(StageError):
-    """The tracking server could not be reached or refused us: retried like any trainer failure."""
-
-    reason = "TrackingUnavailable"
-
-
 def flatten(prefix: str, value: Any) -> dict[str, str]:
     """A spec as dotted parameters: refinery.training.learningRate = 0.003."""
     if isinstance(value, dict):
@@ -49,12 +43,6 @@ def flatten(prefix: str, value: Any) -> dict[str, str]:
             out.update(flatten(f"{prefix}.{key}", item))
         return out
     return {prefix: json.dumps(value)[:PARAM_LIMIT] if isinstance(value, list) else str(value)[:PARAM_LIMIT]}
-
-
-def pipeline_root(ctx: StageContext) -> Path:
-    """The pipeline's folder: the stage folder's parent (`<stage>/reruns/<n>/` for a re-run)."""
-    stage_dir = ctx.stage_dir
-    return stage_dir.parents[2] if stage_dir.parent.name == "reruns" else stage_dir.parent
 
 
 class StageTracker:
@@ -152,17 +140,6 @@ def find_or_create(path: Path, create) -> str:
         finally:
             os.close(fd)
             lock.unlink(missing_ok=True)
-
-
-def stage_tags(ctx: StageContext) -> dict[str, str]:
-    """Lineage: what the stage started from and the sources it read, as fetched."""
-    stage = ctx.stage
-    tags = {"refinery.pipeline": ctx.run.pipeline, "refinery.stage": stage.name, "refinery.type": str(stage.type),
-            "refinery.from": stage.from_ or "", "refinery.initModel": ctx.run.init_model or "",
-            "refinery.image": ctx.run.image or "local"}
-    for i, source in enumerate(ctx.lineage()):
-        tags[f"refinery.source.{i}"] = f"{source.get('uri')} -> {source.get('resolved')}"
-    return tags
 
 
 def params(ctx: StageContext, client, run_id: str):

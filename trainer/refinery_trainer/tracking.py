@@ -13,16 +13,40 @@ rewards and throughput land there with their steps.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from refinery.api.tracking import TENSORBOARD_DIR
 
-from .errors import MisconfiguredError
+from .errors import MisconfiguredError, StageError
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
     from .context import StageContext
+
+
+class TrackingUnavailable(StageError):
+    """The tracking server could not be reached or refused us: retried like any trainer failure."""
+
+    reason = "TrackingUnavailable"
+
+
+def pipeline_root(ctx: StageContext) -> Path:
+    """The pipeline's folder: the stage folder's parent (`<stage>/reruns/<n>/` for a re-run)."""
+    stage_dir = ctx.stage_dir
+    return stage_dir.parents[2] if stage_dir.parent.name == "reruns" else stage_dir.parent
+
+
+def stage_tags(ctx: StageContext) -> dict[str, str]:
+    """Lineage: what the stage started from and the sources it read, as fetched."""
+    stage = ctx.stage
+    tags = {"refinery.pipeline": ctx.run.pipeline, "refinery.stage": stage.name, "refinery.type": str(stage.type),
+            "refinery.from": stage.from_ or "", "refinery.initModel": ctx.run.init_model or "",
+            "refinery.image": ctx.run.image or "local"}
+    for i, source in enumerate(ctx.lineage()):
+        tags[f"refinery.source.{i}"] = f"{source.get('uri')} -> {source.get('resolved')}"
+    return tags
 
 
 def start_trackers(ctx: StageContext) -> list:

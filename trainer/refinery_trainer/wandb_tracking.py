@@ -23,7 +23,7 @@ from refinery.api.tracking import WANDB_DIR
 
 from .checkpoints import atomic_write_text
 from .errors import MisconfiguredError
-from .mlflow_tracking import TrackingUnavailable, pipeline_root, stage_tags
+from .tracking import TrackingUnavailable, pipeline_root, stage_tags
 
 if TYPE_CHECKING:
     from .context import StageContext
